@@ -1,0 +1,5 @@
+import sys
+
+from milcompress.tools.cli import main
+
+sys.exit(main())

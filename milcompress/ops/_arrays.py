@@ -1,0 +1,56 @@
+"""Checks and helpers shared by the numeric kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from milcompress.errors import NotCompressible
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+
+
+def check_weight(weight: np.ndarray) -> np.ndarray:
+    """The weight as an ndarray of float16 or float32 with only finite values, else NotCompressible."""
+    weight = np.asarray(weight)
+    if weight.dtype not in FLOAT_DTYPES:
+        raise NotCompressible(f"dtype {weight.dtype} is not float16 or float32")
+    if weight.size == 0:
+        raise NotCompressible("the tensor is empty")
+    if not np.isfinite(weight).all():
+        bad = int(np.size(weight) - np.count_nonzero(np.isfinite(weight)))
+        raise NotCompressible(f"{bad} non-finite values (inf or nan)")
+    return weight
+
+
+def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
+    if not -rank <= axis < rank:
+        raise NotCompressible(f"{what} {axis} is out of range for a rank-{rank} tensor")
+    return axis % rank
+
+
+def largest_divisor_at_most(size: int, limit: int) -> int:
+    """The largest divisor of `size` that is <= `limit` (at least 1)."""
+    for candidate in range(min(size, limit), 0, -1):
+        if size % candidate == 0:
+            return candidate
+    return 1
+
+
+def select_smallest(scores: np.ndarray, count: int) -> np.ndarray:
+    """Boolean mask of the `count` smallest entries of `scores`; ties go to the lowest flat index.
+
+    O(n): a partition finds the count-th smallest score, then ties at that score are taken in
+    index order. `scores` must not be float16 (callers pass float32 or float64 magnitudes).
+    """
+    flat = scores.reshape(-1)
+    chosen = np.zeros(flat.shape, dtype=bool)
+    if count <= 0:
+        return chosen.reshape(scores.shape)
+    if count >= flat.size:
+        chosen[:] = True
+        return chosen.reshape(scores.shape)
+    kth = np.partition(flat, count - 1)[count - 1]
+    chosen = flat < kth
+    ties = np.flatnonzero(flat == kth)[: count - int(chosen.sum())]
+    chosen[ties] = True
+    return chosen.reshape(scores.shape)

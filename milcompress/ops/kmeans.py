@@ -1,0 +1,535 @@
+"""k-means for palettization: optimal or near-optimal 1-D clustering, and vector clustering.
+
+Scalar (1-D) clustering of many groups at once, `kmeans_1d(values[G, n], k)`:
+
+1. Histogram. Values are binned: float16 values by their code (at most 65,536 bins, one value
+   each), float32 groups of up to 65,536 values by exact value, larger float32 groups by their
+   float16 rounding (bins a float16 ulp wide). Each bin keeps the exact weighted count, sum, and
+   centred sum and sum of squares of its values. All later work is on sorted bins with prefix
+   sums: the squared error of any run of bins costs O(1).
+2. A clustering of sorted 1-D data is a set of k-1 cuts between bins. Small problems are solved
+   exactly by dynamic programming over all cuts. Larger ones start from two initial cut sets -- a
+   greedy divisive split (always split the cluster whose best 2-split gains most) and, for k <= 16,
+   the exact DP over a few hundred coarse "atoms" (runs of bins with equal weight or equal width)
+   -- and improve each by sweeps of an exact DP over all cuts jointly, where each cut may move to
+   a grid of positions between its neighbours or by +-1, 2, 4, ... bins. Each sweep finds the best
+   joint move in that neighbourhood; sweeps stop when none improves. The better result is kept.
+3. Centroids are the weighted means of the clusters.
+
+Everything is batched over groups (padded arrays, no Python loop over groups), deterministic, and
+computed in float64. On the distributions in tests/ops/test_kmeans.py the result is within 0.1% of
+the optimal squared error; problems small enough for the exact DP are solved optimally.
+
+Vector clustering (`kmeans_vectors`) is batched Lloyd iteration from a seeded k-means++ start.
+
+Pure numpy: this module never sees a MIL program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+_F16_MAX = 65504.0
+_CHUNK_ELEMENTS = 1 << 21  # bound on the elements of any padded per-chunk work array
+_EXACT_DP_BUDGET = 1 << 21  # k * (bins + 1) ** 2 per group, below which the exact DP runs
+_COARSE_DP_MAX_K = 16
+_COARSE_ATOMS_PER_CLUSTER = 16
+_SWEEP_GRID = 64
+_MAX_SWEEPS = 64
+_SWEEP_TOLERANCE = 1e-7  # a sweep must lower a group's error by this fraction to continue
+
+
+# ----------------------------------------------------------------------------------------------
+# Order-preserving integer keys of float16 and float32 values.
+
+
+def _ordered_key16(values: np.ndarray) -> np.ndarray:
+    """Integer keys in [0, 65535] whose order is the order of the float16 `values`.
+
+    Positive values set the sign bit; negative values flip every bit, reversing their order.
+    """
+    bits = np.ascontiguousarray(values, dtype=np.float16).view(np.int16)
+    flip = (bits >> 15).view(np.uint16) | np.uint16(0x8000)
+    return bits.view(np.uint16) ^ flip
+
+
+def _key16_to_value(keys: np.ndarray) -> np.ndarray:
+    keys = keys.astype(np.int32)
+    bits = np.where(keys >= 0x8000, keys - 0x8000, 0x8000 | (0x7FFF - keys)).astype(np.uint16)
+    return bits.view(np.float16).astype(np.float64)
+
+
+def _ordered_key32(values: np.ndarray) -> np.ndarray:
+    """Integer keys whose order is the order of the float32 `values` (-0.0 sorts before +0.0)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.int64)
+    return np.where(bits & 0x80000000, 0x7FFFFFFF - (bits & 0x7FFFFFFF), bits | 0x80000000)
+
+
+def _round_down_f32(values: np.ndarray) -> np.ndarray:
+    """The largest float32 <= each float64 value."""
+    rounded = values.astype(np.float32)
+    too_big = rounded.astype(np.float64) > values
+    return np.where(too_big, np.nextafter(rounded, np.float32(-np.inf)), rounded)
+
+
+def assign_nearest(values: np.ndarray, tables: np.ndarray) -> np.ndarray:
+    """Index of the nearest entry of each group's sorted table, for every value (ties go low).
+
+    `values` [G, n] (float16 or float32 precision), `tables` [G, K] sorted ascending. Exact: the
+    comparison with each midpoint is made on float32 keys, in one search for all groups.
+    """
+    groups, size = tables.shape
+    if size == 1:
+        return np.zeros(values.shape, dtype=np.int64)
+    table = tables.astype(np.float64)
+    mids = _round_down_f32((table[:, :-1] + table[:, 1:]) / 2)  # x > mid  <=>  key(x) > key(mid)
+    offsets = np.arange(groups, dtype=np.int64)[:, None] << 33
+    mid_keys = (_ordered_key32(mids) + offsets).reshape(-1)
+    value_keys = (_ordered_key32(values.astype(np.float32)) + offsets).reshape(-1)
+    index = np.searchsorted(mid_keys, value_keys, side="left").reshape(values.shape)
+    return index - np.arange(groups)[:, None] * (size - 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Histogram of sorted bins with prefix sums, per group, padded to the largest group.
+
+
+@dataclass(frozen=True)
+class _Bins:
+    """Sorted bins of each group: prefix sums of weight `w`, sum `s`, centred sum `sc` and
+    centred squares `qc` ([G, n + 1], index b = total over bins < b), and each bin's value.
+
+    Groups with fewer than n bins repeat their totals, so a cut anywhere past a group's last bin
+    means "the end".
+    """
+
+    w: np.ndarray
+    s: np.ndarray
+    sc: np.ndarray
+    qc: np.ndarray
+    value: np.ndarray  # [G, n] sorted representative value of each bin, padded with the last
+    count: np.ndarray  # [G] bins in each group
+
+    @property
+    def groups(self) -> int:
+        return self.w.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.w.shape[1] - 1
+
+    def rows(self, part: slice) -> "_Bins":
+        return _Bins(*(getattr(self, f.name)[part] for f in dataclasses.fields(self)))
+
+    def gather(self, prefix: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """prefix[g, index[g, ...]] for an index array of shape [G, ...]."""
+        flat = index.reshape(self.groups, -1)
+        return np.take_along_axis(prefix, flat, axis=1).reshape(index.shape)
+
+    def at(self, index: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The prefix sums (w, sc, qc) at positions `index` [G, ...]."""
+        return tuple(self.gather(p, index) for p in (self.w, self.sc, self.qc))
+
+    def cost(self, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        """Weighted squared error of the cluster of bins [start, stop), per group.
+
+        `start` and `stop` are [G, ...] index arrays that broadcast against each other; each is
+        gathered once, so an outer product of candidate starts and stops costs two small gathers.
+        """
+        (w0, s0, q0), (w1, s1, q1) = self.at(start), self.at(stop)
+        return _squared_error(w1 - w0, s1 - s0, q1 - q0)
+
+    def total_cost(self, cuts: np.ndarray) -> np.ndarray:
+        return self.cost(cuts[:, :-1], cuts[:, 1:]).sum(1)
+
+    def centroids(self, cuts: np.ndarray) -> np.ndarray:
+        """Weighted mean of each cluster; an empty cluster copies its nearest non-empty neighbour."""
+        w = np.diff(self.gather(self.w, cuts), axis=1)
+        s = np.diff(self.gather(self.s, cuts), axis=1)
+        return _fill_empty(np.where(w > 0, s / np.where(w > 0, w, 1.0), np.nan))
+
+
+def _squared_error(w: np.ndarray, s: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Squared error about the mean from weight, centred sum and centred sum of squares."""
+    return np.maximum(np.where(w > 0, q - s * (s / np.where(w > 0, w, 1.0)), 0.0), 0.0)
+
+
+_EXACT_BINS_MAX = 1 << 16  # float32 groups up to this size are binned by exact value
+
+
+def _histogram(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bins:
+    """Bin each row of `values` [G, n]; weights default to 1.
+
+    Bins are exact values for float16 (a bincount over the 65,536 codes) and for float32 rows of
+    up to 65,536 values (a sort); larger float32 rows are binned by their float16 rounding, with
+    exact statistics of the values in each bin.
+    """
+    groups, n = values.shape
+    rows = np.arange(groups, dtype=np.int64)[:, None]
+    if values.dtype == np.float16 or n > _EXACT_BINS_MAX:
+        keys = _ordered_key16(np.clip(values, -_F16_MAX, _F16_MAX)).astype(np.int64)
+        low = int(keys.min())
+        width = int(keys.max()) - low + 1
+        slot = (rows * width + (keys - low)).reshape(-1)
+        slot_value = _key16_to_value(np.arange(groups * width) % width + low)
+        exact = values.dtype == np.float16
+    else:
+        keys = _ordered_key32(values)
+        order = np.argsort(keys, axis=1, kind="stable")
+        sorted_keys = np.take_along_axis(keys, order, axis=1)
+        rank = np.zeros((groups, n), dtype=np.int64)
+        rank[:, 1:] = np.cumsum(sorted_keys[:, 1:] != sorted_keys[:, :-1], axis=1)
+        width = n
+        slot = np.empty((groups, n), dtype=np.int64)
+        np.put_along_axis(slot, order, rows * width + rank, axis=1)
+        slot = slot.reshape(-1)
+        slot_value = np.zeros(groups * width)
+        slot_value[slot] = values.reshape(-1)
+        exact = True
+    nslots = groups * width
+    count = np.bincount(slot, minlength=nslots)
+    if weights is None and exact:
+        # An exact bin holds a single value: its statistics follow from the counts.
+        w = count.astype(np.float64)
+        s = w * slot_value
+        mean = s.reshape(groups, width).sum(1) / w.reshape(groups, width).sum(1)
+        centred = (slot_value.reshape(groups, width) - mean[:, None]).reshape(-1)
+        sc, qc = w * centred, w * centred * centred
+    else:
+        x = values.astype(np.float64)
+        wt = np.ones_like(x) if weights is None else weights.astype(np.float64)
+        total = wt.sum(1, keepdims=True)
+        mean = (wt * x).sum(1, keepdims=True) / np.where(total > 0, total, 1.0)
+        flat_w, centred = wt.reshape(-1), (x - mean).reshape(-1)
+        w = np.bincount(slot, flat_w, nslots)
+        s = np.bincount(slot, flat_w * x.reshape(-1), nslots)
+        sc = np.bincount(slot, flat_w * centred, nslots)
+        qc = np.bincount(slot, flat_w * centred * centred, nslots)
+        if not exact:
+            slot_value = np.where(w > 0, s / np.where(w > 0, w, 1.0), slot_value)
+    present = (count > 0).reshape(groups, width)
+    bins_per_group = present.sum(1)
+    n_bins = int(bins_per_group.max())
+    row_of, col_of = np.nonzero(present)
+    col_of = (np.cumsum(present, axis=1) - 1)[row_of, col_of]  # rank of each present slot in its row
+    kept = present.reshape(-1)
+
+    def prefix(stat: np.ndarray) -> np.ndarray:
+        dense = np.zeros((groups, n_bins + 1))
+        dense[row_of, col_of + 1] = stat[kept]
+        return np.cumsum(dense, axis=1)
+
+    value = np.zeros((groups, n_bins))
+    value[row_of, col_of] = slot_value[kept]
+    last = value[np.arange(groups), bins_per_group - 1][:, None]
+    value = np.where(np.arange(n_bins)[None, :] < bins_per_group[:, None], value, last)
+    return _Bins(prefix(w), prefix(s), prefix(sc), prefix(qc), value, bins_per_group)
+
+
+def _fill_empty(c: np.ndarray) -> np.ndarray:
+    """Replace NaN entries by the nearest finite entry to their left, else right, else 0."""
+    k = c.shape[1]
+    column = np.arange(k)[None, :]
+    left = np.maximum.accumulate(np.where(np.isnan(c), -1, column), axis=1)
+    right = np.minimum.accumulate(np.where(np.isnan(c), k, column)[:, ::-1], axis=1)[:, ::-1]
+    source = np.where(left >= 0, left, np.where(right < k, right, -1))
+    filled = np.take_along_axis(np.nan_to_num(c, nan=0.0), np.maximum(source, 0), axis=1)
+    return np.where(source >= 0, filled, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cut search.
+
+
+def _dp_over_positions(bins: _Bins, positions: np.ndarray, k: int) -> np.ndarray:
+    """Optimal k-cluster cuts restricted to `positions` [G, A] (sorted, from 0 to n): [G, k + 1].
+
+    Plain O(k A^2) dynamic programming per group, run on as many groups at a time as keep the
+    [groups, A, A] cost matrix within the chunk budget.
+    """
+    groups, count = positions.shape
+    per_part = max(1, _CHUNK_ELEMENTS // (count * count))
+    if groups > per_part:
+        return np.concatenate(
+            [
+                _dp_over_positions(bins.rows(slice(i, i + per_part)), positions[i : i + per_part], k)
+                for i in range(0, groups, per_part)
+            ]
+        )
+    cost = bins.cost(positions[:, :, None], positions[:, None, :])
+    order = np.arange(count)
+    cost[:, order[:, None] > order[None, :]] = np.inf
+    best = cost[:, 0, :].copy()
+    choices = np.empty((k - 1, groups, count), dtype=np.int32)
+    for step in range(k - 1):
+        total = best[:, :, None] + cost
+        choice = total.argmin(axis=1)
+        choices[step] = choice
+        best = np.take_along_axis(total, choice[:, None, :], axis=1)[:, 0, :]
+    rows = np.arange(groups)
+    index = np.full(groups, count - 1)
+    picked = [index]
+    for step in range(k - 2, -1, -1):
+        index = choices[step][rows, index]
+        picked.append(index)
+    picked.append(np.zeros(groups, dtype=np.int64))
+    return np.take_along_axis(positions, np.stack(picked[::-1], axis=1), axis=1)
+
+
+def _coarse_positions(bins: _Bins, atoms: int) -> np.ndarray:
+    """Cut positions at equal steps of cumulative weight and of value: [G, 2 * atoms + 1], sorted."""
+    groups, n = bins.groups, bins.n
+    rows = np.arange(groups)[:, None]
+    weight = bins.w
+    total = weight[:, -1:]
+    fraction = np.arange(1, atoms) / atoms
+    # Searches on all rows at once: row r is shifted by 2r so rows stay sorted end to end.
+    shifted_w = (weight / np.where(total > 0, total, 1.0) + 2 * rows).reshape(-1)
+    by_weight = np.searchsorted(shifted_w, (fraction[None, :] + 2 * rows).reshape(-1), side="left")
+    by_weight = by_weight.reshape(groups, -1) - rows * (n + 1)
+    value = bins.value
+    lowest, highest = value[:, :1], value[np.arange(groups), bins.count - 1][:, None]
+    span = np.where(highest > lowest, highest - lowest, 1.0)
+    shifted_v = ((value - lowest) / span + 2 * rows).reshape(-1)
+    by_value = np.searchsorted(shifted_v, (fraction[None, :] + 2 * rows).reshape(-1), side="right")
+    by_value = by_value.reshape(groups, -1) - rows * n
+    ends = np.concatenate([np.zeros((groups, 1), np.int64), np.full((groups, 1), n)], axis=1)
+    positions = np.concatenate([ends, np.clip(by_weight, 0, n), np.clip(by_value, 0, n)], axis=1)
+    return np.sort(positions, axis=1)
+
+
+def _best_split(bins: _Bins, start: np.ndarray, stop: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Best single cut inside [start, stop) per group: (gain in squared error, cut position)."""
+    groups = bins.groups
+    lengths = np.maximum(stop - start - 1, 0)
+    gain = np.full(groups, -np.inf)
+    where = start.copy()
+    total = int(lengths.sum())
+    if total == 0:
+        return gain, where
+    owner = np.repeat(np.arange(groups), lengths)
+    first = np.cumsum(lengths) - lengths
+    cut = start[owner] + 1 + (np.arange(total) - first[owner])
+
+    def cost(a, b):
+        return _squared_error(
+            bins.w[owner, b] - bins.w[owner, a],
+            bins.sc[owner, b] - bins.sc[owner, a],
+            bins.qc[owner, b] - bins.qc[owner, a],
+        )
+
+    split_cost = cost(start[owner], cut) + cost(cut, stop[owner])
+    nonempty = np.flatnonzero(lengths)
+    minimum = np.minimum.reduceat(split_cost, first[nonempty])
+    is_min = split_cost == np.repeat(minimum, lengths[nonempty])
+    score = np.where(is_min, total - np.arange(total), 0)  # first minimum wins
+    at = total - np.maximum.reduceat(score, first[nonempty])
+    whole = bins.cost(start[:, None], stop[:, None])[:, 0]
+    gain[nonempty] = whole[nonempty] - minimum
+    where[nonempty] = cut[at]
+    return gain, where
+
+
+def _greedy_cuts(bins: _Bins, k: int) -> np.ndarray:
+    """Divisive start: k - 1 times, split the cluster whose best 2-split lowers the error most."""
+    groups = bins.groups
+    rows = np.arange(groups)
+    start = np.zeros((groups, k), dtype=np.int64)
+    stop = np.zeros((groups, k), dtype=np.int64)
+    gain = np.full((groups, k), -np.inf)
+    split = np.zeros((groups, k), dtype=np.int64)
+    stop[:, 0] = bins.n
+    gain[:, 0], split[:, 0] = _best_split(bins, start[:, 0], stop[:, 0])
+    for new in range(1, k):
+        j = gain.argmax(axis=1)
+        a, b = start[rows, j], stop[rows, j]
+        s = np.where(gain[rows, j] > -np.inf, split[rows, j], b)  # nothing to split: empty cluster
+        stop[rows, j] = s
+        start[:, new], stop[:, new] = s, b
+        gain[rows, j], split[rows, j] = _best_split(bins, a, s)
+        gain[:, new], split[:, new] = _best_split(bins, s, b)
+    return np.concatenate([np.sort(start, axis=1), np.full((groups, 1), bins.n)], axis=1)
+
+
+def _sweep(bins: _Bins, cuts: np.ndarray, offsets: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """One exact DP over all cuts jointly, each cut choosing from its neighbourhood.
+
+    Cut t may move to `grid` fractions of the way between its neighbours or by `offsets` bins.
+    The costs of every (cut t - 1, cut t) candidate pair are computed in one pass; only the
+    min-plus recursion along the cuts is sequential.
+    """
+    groups, k = cuts.shape[0], cuts.shape[1] - 1
+    low, high, current = cuts[:, :-2], cuts[:, 2:], cuts[:, 1:-1]
+    spread = low[..., None] + np.rint((high - low)[..., None] * grid).astype(np.int64)
+    near = np.clip(current[..., None] + offsets, low[..., None], high[..., None])
+    inner = np.concatenate([spread, near], axis=-1)  # [G, k - 1, W]
+    width = inner.shape[-1]
+    ends = np.zeros((groups, 1, width), dtype=np.int64)
+    candidates = np.concatenate([ends, inner, ends + bins.n], axis=1)  # [G, k + 1, W]
+    w, sc, qc = bins.at(candidates)
+    step = np.s_[:, 1:, None, :], np.s_[:, :-1, :, None]
+    cost = _squared_error(w[step[0]] - w[step[1]], sc[step[0]] - sc[step[1]], qc[step[0]] - qc[step[1]])
+    cost[candidates[step[1]] > candidates[step[0]]] = np.inf  # [G, k, W(from), W(to)]
+    best = cost[:, 0, 0, :]
+    choices = np.empty((k, groups, width), dtype=np.int64)
+    for t in range(1, k):
+        total = best[:, :, None] + cost[:, t]
+        choices[t] = total.argmin(axis=1)
+        best = np.take_along_axis(total, choices[t][:, None, :], axis=1)[:, 0, :]
+    rows = np.arange(groups)
+    index = np.zeros(groups, dtype=np.int64)  # every candidate of the last cut is n
+    result = np.empty_like(cuts)
+    result[:, 0], result[:, k] = 0, bins.n
+    for t in range(k - 1, 0, -1):
+        index = choices[t][rows, index]
+        result[:, t] = candidates[rows, t, index]
+    return result
+
+
+def _improve(bins: _Bins, cuts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Sweep until no group improves; returns the cuts and their cost."""
+    # Fine moves by +-1, 2, 4, ... bins up to the grid's spacing; the grid covers larger ones.
+    widest = int((cuts[:, 2:] - cuts[:, :-2]).max())
+    reach = 1 << np.arange(max((widest // _SWEEP_GRID).bit_length(), 0) + 1)
+    offsets = np.concatenate([-reach[::-1], [0], reach])
+    grid = np.linspace(0.0, 1.0, _SWEEP_GRID + 1)
+    cost = bins.total_cost(cuts)
+    for _ in range(_MAX_SWEEPS):
+        proposal = _sweep(bins, cuts, offsets, grid)
+        proposed_cost = bins.total_cost(proposal)
+        better = proposed_cost < cost * (1 - _SWEEP_TOLERANCE)
+        if not better.any():
+            break
+        cuts = np.where(better[:, None], proposal, cuts)
+        cost = np.where(better, proposed_cost, cost)
+    return cuts, cost
+
+
+def _cluster_bins(bins: _Bins, k: int) -> np.ndarray:
+    """Cluster one chunk of groups into k clusters: centroids [G, k]."""
+    n = bins.n
+    if n <= k:
+        cuts = np.minimum(np.arange(k + 1), n)[None, :].repeat(bins.groups, axis=0)
+        return bins.centroids(cuts)
+    if k * (n + 1) ** 2 <= _EXACT_DP_BUDGET:
+        positions = np.arange(n + 1)[None, :].repeat(bins.groups, axis=0)
+        return bins.centroids(_dp_over_positions(bins, positions, k))
+    starts = [_greedy_cuts(bins, k)]
+    if k <= _COARSE_DP_MAX_K:
+        starts.append(_dp_over_positions(bins, _coarse_positions(bins, _COARSE_ATOMS_PER_CLUSTER * k), k))
+    best_cuts, best_cost = None, None
+    for start in starts:
+        cuts, cost = _improve(bins, start)
+        if best_cuts is None:
+            best_cuts, best_cost = cuts, cost
+        else:
+            better = cost < best_cost
+            best_cuts = np.where(better[:, None], cuts, best_cuts)
+            best_cost = np.where(better, cost, best_cost)
+    return bins.centroids(best_cuts)
+
+
+def kmeans_1d(values: np.ndarray, k: int, weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """Cluster each row of `values` [G, n] into `k` clusters: sorted centroids [G, k] (float64).
+
+    `weights` [G, n] (>= 0) weight each value's squared error; zero-weight values do not pull any
+    centroid. Rows with fewer than k distinct (binned) values get each value as a centroid and
+    repeats. Deterministic.
+    """
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"values must be [groups, n], got shape {values.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    groups, n = values.shape
+    result = np.empty((groups, k))
+    if n == 0:
+        result[:] = 0.0
+        return result
+    # The histogram of a chunk spans up to 65,536 float16 slots per group.
+    per_chunk = max(1, _CHUNK_ELEMENTS // max(n, 65536))
+    for first in range(0, groups, per_chunk):
+        chunk = slice(first, min(groups, first + per_chunk))
+        bins = _histogram(values[chunk], None if weights is None else weights[chunk])
+        result[chunk] = _cluster_bins(bins, k)
+    return np.sort(result, axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Vector k-means.
+
+
+def kmeans_vectors(
+    vectors: np.ndarray, k: int, weights: Optional[np.ndarray] = None, iterations: int = 100, seed: int = 0
+) -> np.ndarray:
+    """Cluster each group's vectors [G, n, d] into k centroids [G, k, d] (float64).
+
+    Batched Lloyd iteration from a k-means++ start drawn with a fixed seed. A group with at most k
+    distinct vectors gets exactly those as centroids (lossless).
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)
+    groups, n, dim = vectors.shape
+    w = np.ones((groups, n)) if weights is None else np.asarray(weights, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    result = np.empty((groups, k, dim))
+    per_chunk = max(1, _CHUNK_ELEMENTS // max(1, n * k))
+    for first in range(0, groups, per_chunk):
+        chunk = slice(first, min(groups, first + per_chunk))
+        result[chunk] = _lloyd_vectors(vectors[chunk], w[chunk], k, iterations, rng)
+    return result
+
+
+def _lloyd_vectors(x: np.ndarray, w: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
+    groups, n, dim = x.shape
+    rows = np.arange(groups)
+    centroids = np.empty((groups, k, dim))
+    # k-means++ start: a group with at most k distinct vectors gets each of them (the draw
+    # weights of chosen vectors drop to zero), which Lloyd iteration then keeps: lossless.
+    centroids[:, 0] = x[rows, _weighted_draw(w, rng)]
+    nearest = ((x - centroids[:, :1]) ** 2).sum(-1)
+    for j in range(1, k):
+        centroids[:, j] = x[rows, _weighted_draw(w * nearest, rng)]
+        nearest = np.minimum(nearest, ((x - centroids[:, j : j + 1]) ** 2).sum(-1))
+    labels = None
+    for _ in range(iterations):
+        new_labels = nearest_vectors(x, centroids)
+        if labels is not None and np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+        slot = (rows[:, None] * k + labels).reshape(-1)
+        mass = np.bincount(slot, w.reshape(-1), groups * k).reshape(groups, k)
+        sums = np.stack(
+            [np.bincount(slot, (w * x[..., d]).reshape(-1), groups * k) for d in range(dim)], axis=-1
+        ).reshape(groups, k, dim)
+        updated = sums / np.where(mass > 0, mass, 1.0)[..., None]
+        centroids = np.where((mass > 0)[..., None], updated, centroids)
+    return centroids
+
+
+def _weighted_draw(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One index per row drawn with probability proportional to `weights` (uniform if all zero)."""
+    groups, n = weights.shape
+    total = weights.sum(1, keepdims=True)
+    p = np.where(total > 0, weights / np.where(total > 0, total, 1.0), 1.0 / n)
+    cdf = np.cumsum(p, axis=1)
+    u = rng.random(groups)[:, None] * cdf[:, -1:]
+    return np.minimum((cdf <= u).sum(1), n - 1)
+
+
+def nearest_vectors(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid [G, k, d] for each vector of x [G, n, d] (ties go low): [G, n]."""
+    x, centroids = x.astype(np.float64), centroids.astype(np.float64)
+    groups, n, _ = x.shape
+    k = centroids.shape[1]
+    result = np.empty((groups, n), dtype=np.int64)
+    step = max(1, _CHUNK_ELEMENTS // max(1, groups * k))
+    c_norm = (centroids * centroids).sum(-1)[:, None, :]
+    for first in range(0, n, step):
+        part = x[:, first : first + step]
+        dist = (part * part).sum(-1)[:, :, None] - 2 * np.einsum("gnd,gkd->gnk", part, centroids) + c_norm
+        result[:, first : first + step] = dist.argmin(-1)
+    return result

@@ -1,0 +1,170 @@
+"""Linear (affine) quantization: integers with a scale, and a zero point in `linear` mode.
+
+`quantize(weight, config, output_axis=..., input_axis=...)` returns `AffineParams`: `data`
+(integers in an int8 or uint8 container, whatever `nbits`), `scale` and optional `zero_point` with
+the weight's rank and one entry per block, so dense = scale * (data - zero_point) block by block.
+
+Guarantees, for every element: it decodes within half a step (scale / 2) of its original before
+the final rounding to the output dtype, even after the scale is rounded to that dtype; an all-zero
+block decodes to exact zeros (scale 1, data = zero point). Integer ranges, scales and zero points
+follow coremltools: `linear_symmetric` int8 uses [-127, 127] (uint8 [0, 254] around 127) and
+scale = max|w| / 127; `linear` uses the full range and scale = (max - min) / 255.
+
+Pure numpy: this module never sees a MIL program.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from milcompress.config import LinearQuantizeConfig
+from milcompress.errors import NotCompressible
+from milcompress.ops._arrays import check_weight, largest_divisor_at_most, normalize_axis
+from milcompress.ops.packing import packed_size
+
+
+@dataclass(frozen=True, eq=False)
+class AffineParams:
+    """An affinely quantized tensor; see the module docstring."""
+
+    data: np.ndarray
+    scale: np.ndarray
+    zero_point: Optional[np.ndarray]
+    nbits: int
+    signed: bool
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.scale.dtype
+
+    @property
+    def block_sizes(self) -> Tuple[int, ...]:
+        return tuple(d // s for d, s in zip(self.data.shape, self.scale.shape))
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes: packed integers, scales, and packed zero points."""
+        zero = 0 if self.zero_point is None else packed_size(self.zero_point.size, self.nbits)
+        return packed_size(self.data.size, self.nbits) + self.scale.nbytes + zero
+
+    def decompress(self) -> np.ndarray:
+        q = self.data.astype(np.float32)
+        if self.zero_point is not None:
+            q = q - _expand(self.zero_point.astype(np.float32), self.block_sizes)
+        return (q * _expand(self.scale.astype(np.float32), self.block_sizes)).astype(self.scale.dtype)
+
+
+def _expand(per_block: np.ndarray, block_sizes: Sequence[int]) -> np.ndarray:
+    for axis, size in enumerate(block_sizes):
+        if size > 1:
+            per_block = np.repeat(per_block, size, axis=axis)
+    return per_block
+
+
+def integer_range(nbits: int, signed: bool, mode: str) -> Tuple[int, int]:
+    """(qmin, qmax) of the stored integers."""
+    if signed:
+        low, high = -(1 << (nbits - 1)), (1 << (nbits - 1)) - 1
+        return (low + 1, high) if mode == "linear_symmetric" else (low, high)
+    high = (1 << nbits) - 1
+    return (0, high - 1) if mode == "linear_symmetric" else (0, high)
+
+
+def block_sizes_for(
+    shape: Tuple[int, ...], config: LinearQuantizeConfig, output_axis: int, input_axis: int
+) -> Tuple[int, ...]:
+    """Block size per axis for `config` on a weight laid out with these axes (0 = the whole axis)."""
+    rank = len(shape)
+    if config.granularity == "per_tensor":
+        sizes = [0] * rank
+    elif config.granularity == "per_channel":
+        sizes = [0] * rank
+        sizes[normalize_axis(output_axis, rank, "output_axis")] = 1
+    elif isinstance(config.block_size, tuple):
+        if len(config.block_size) != rank:
+            raise NotCompressible(f"block_size has {len(config.block_size)} entries for a rank-{rank} tensor")
+        sizes = list(config.block_size)
+    else:
+        if rank < 2:
+            raise NotCompressible("per_block quantization needs an input axis; the tensor has rank 1")
+        sizes = [0] * rank
+        sizes[normalize_axis(output_axis, rank, "output_axis")] = 1
+        sizes[normalize_axis(input_axis, rank, "input_axis")] = config.block_size
+    resolved = []
+    for axis, (dim, size) in enumerate(zip(shape, sizes)):
+        size = dim if size == 0 else size
+        if dim % size:
+            raise NotCompressible(
+                f"dim {axis} (size {dim}) is not divisible by block size {size}"
+                f" (the largest block size that divides it is {largest_divisor_at_most(dim, size)})"
+            )
+        resolved.append(size)
+    return tuple(resolved)
+
+
+def quantize(
+    weight: np.ndarray, config: LinearQuantizeConfig, *, output_axis: int = 0, input_axis: int = 1
+) -> AffineParams:
+    """Quantize `weight` as `config` says, for a weight whose output/input channels are these axes."""
+    weight = check_weight(weight)
+    blocks = block_sizes_for(weight.shape, config, output_axis, input_axis)
+    return quantize_blocks(weight, config.nbits, config.signed, config.mode, blocks)
+
+
+def quantize_blocks(
+    weight: np.ndarray, nbits: int, signed: bool, mode: str, block_sizes: Sequence[int]
+) -> AffineParams:
+    """Quantize with explicit block sizes (each dividing its dimension).
+
+    Scale and zero point follow coremltools (scale = range / number of steps, so weights already
+    on such a grid, as after quantization-aware training, come back exactly), with two repairs: an
+    all-zero block gets scale 1 instead of 0 / 0, and a scale that rounding to the weight's dtype
+    left too small to reach the block's extremes within half a step is nudged up by one ulp.
+    """
+    weight = check_weight(weight)
+    qmin, qmax = integer_range(nbits, signed, mode)
+    split = []
+    for dim, size in zip(weight.shape, block_sizes):
+        split += [dim // size, size]
+    x = weight.astype(np.float64).reshape(split)
+    inner = tuple(range(1, len(split), 2))
+    low = np.minimum(x.min(axis=inner, keepdims=True), 0.0)
+    high = np.maximum(x.max(axis=inner, keepdims=True), 0.0)
+    if mode == "linear_symmetric":
+        half = (qmax - qmin) // 2
+        zero = np.full(low.shape, qmin + half, dtype=np.float64)
+        high = np.maximum(-low, high)
+        low = -high
+        need = high / half
+    else:
+        span = high - low
+        need = span / (qmax - qmin)
+        ideal = qmin - low / np.where(span > 0, need, 1.0)
+        zero = np.clip(np.round(ideal), qmin, qmax)
+    # Values may sit up to half a step beyond the outermost levels and still round within half a step.
+    reach_up, reach_down = qmax - zero + 0.5, zero - qmin + 0.5
+    scale = np.where(need > 0, need, 1.0).astype(weight.dtype)
+    for _ in range(4):
+        s64 = scale.astype(np.float64)
+        short = (s64 * reach_up < high) | (s64 * reach_down < -low)
+        if not short.any():
+            break
+        scale = np.where(short, np.nextafter(scale, np.array(np.inf, dtype=weight.dtype)), scale)
+    data = np.clip(np.rint(x / scale.astype(np.float64)) + zero, qmin, qmax)
+    container = np.int8 if signed else np.uint8
+    keep = tuple(np.array(low.shape)[list(range(0, len(split), 2))])
+    zero_point = None if signed and mode == "linear_symmetric" else zero.reshape(keep).astype(container)
+    return AffineParams(
+        data=data.reshape(weight.shape).astype(container),
+        scale=scale.reshape(keep),
+        zero_point=zero_point,
+        nbits=nbits,
+        signed=signed,
+    )

@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from milcompress.ops.kmeans import assign_nearest, kmeans_1d, kmeans_vectors
+from tests.ops.reference import optimal_sse, sse_to_nearest
+from tests.strategies import weights
+
+K = st.sampled_from([2, 4, 8, 16, 64, 256])
+
+
+@given(x=weights(max_rank=2, max_side=40), k=K)
+def test_small_inputs_are_clustered_optimally(x, k):
+    flat = x.reshape(1, -1)
+    centroids = kmeans_1d(flat, k)
+    assert centroids.shape == (1, k)
+    assert (np.diff(centroids[0]) >= 0).all()
+    optimum = optimal_sse(flat, k)
+    got = sse_to_nearest(flat, centroids)
+    assert got <= optimum * (1 + 1e-9) + 1e-12 * float(np.sum(flat.astype(np.float64) ** 2))
+
+
+@given(x=weights(max_rank=2, max_side=30), k=st.sampled_from([2, 4, 16]), seed=st.integers(0, 1000))
+def test_weights_steer_the_optimum(x, k, seed):
+    w = np.random.default_rng(seed).integers(0, 4, x.size).astype(np.float64).reshape(1, -1)
+    centroids = kmeans_1d(x.reshape(1, -1), k, weights=w)
+    assert sse_to_nearest(x, centroids, w) <= optimal_sse(x, k, w) * (1 + 1e-9) + 1e-12
+
+
+DISTRIBUTIONS = {
+    "normal": lambda rng, n: rng.normal(0, 0.05, n),
+    "student_t3": lambda rng, n: rng.standard_t(3, n) * 0.02,
+    "student_t1.5": lambda rng, n: rng.standard_t(1.5, n) * 0.02,
+    "bimodal": lambda rng, n: np.concatenate([rng.normal(-0.3, 0.01, n // 2), rng.normal(0.2, 0.05, n - n // 2)]),
+    "mostly_zero": lambda rng, n: np.where(rng.random(n) < 0.6, 0, rng.normal(0, 0.1, n)),
+    "uniform": lambda rng, n: rng.uniform(-1, 1, n),
+    "lattice_noise": lambda rng, n: rng.integers(-20, 20, n) * 0.01 + rng.normal(0, 1e-4, n),
+    "outliers": lambda rng, n: np.concatenate([rng.normal(0, 0.01, n - 5), [1, -2, 3, 0.5, -0.7]]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DISTRIBUTIONS))
+@pytest.mark.parametrize("k", [4, 16, 64])
+def test_large_inputs_are_within_0_1_percent_of_optimal(name, k):
+    """Above the exact-DP size the search is a heuristic: hold it to its promise on hard data."""
+    rng = np.random.default_rng(7)
+    x = DISTRIBUTIONS[name](rng, 6000).astype(np.float16)
+    got = sse_to_nearest(x, kmeans_1d(x[None], k))
+    assert got <= optimal_sse(x, k) * 1.001
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(DISTRIBUTIONS))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_large_inputs_256_clusters_are_within_0_1_percent_of_optimal(name, seed):
+    x = DISTRIBUTIONS[name](np.random.default_rng(seed), 4000).astype(np.float16)
+    got = sse_to_nearest(x, kmeans_1d(x[None], 256))
+    assert got <= optimal_sse(x, 256) * 1.001
+
+
+def test_float32_groups_beyond_exact_binning_stay_near_optimal():
+    # 70,000 float32 values (past exact binning) spread inside 400 float16 bins: the clustering
+    # works on bins, the error is measured on the float32 values.
+    rng = np.random.default_rng(3)
+    centres = rng.standard_t(3, 400).astype(np.float16).astype(np.float64)
+    x = centres[rng.integers(0, 400, 70000)]
+    x = (x * (1 + rng.uniform(-2e-4, 2e-4, x.size))).astype(np.float32)
+    centroids = kmeans_1d(x[None], 16)
+    assert sse_to_nearest(x, centroids) <= optimal_sse(x.astype(np.float16), 16) * 1.001
+
+
+def test_groups_are_clustered_independently_in_one_batch():
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(0, s, 3000) for s in (0.01, 1.0, 100.0)]).astype(np.float32)
+    batched = kmeans_1d(x, 8)
+    for g in range(3):
+        assert sse_to_nearest(x[g], batched[g]) <= optimal_sse(x[g], 8) * 1.001
+
+
+def test_deterministic():
+    x = np.random.default_rng(1).standard_t(2, (4, 5000)).astype(np.float16)
+    np.testing.assert_array_equal(kmeans_1d(x, 16), kmeans_1d(x, 16))
+
+
+def test_few_distinct_values_are_kept_exactly():
+    x = np.array([[1.0, 1.0000001, 1.0000002, 5.0, 5.0, -3.0]], dtype=np.float32)
+    centroids = kmeans_1d(x, 8)
+    assert set(np.unique(x).tolist()) <= set(centroids[0].astype(np.float32).tolist())
+
+
+def test_zero_weight_values_do_not_pull_centroids():
+    x = np.array([[0.0, 0.0, 0.0, 1.0, 2.0]])
+    w = np.array([[0.0, 0.0, 0.0, 1.0, 1.0]])
+    assert kmeans_1d(x, 2, weights=w)[0].tolist() == [1.0, 2.0]
+
+
+@given(x=weights(max_rank=2, max_side=30), k=st.sampled_from([1, 2, 3, 8]), seed=st.integers(0, 999))
+def test_assign_nearest_is_exact(x, k, seed):
+    flat = x.reshape(1, -1)
+    table = np.sort(np.random.default_rng(seed).choice(flat.ravel(), k)).astype(x.dtype)[None, :]
+    index = assign_nearest(flat, table)
+    distance = np.abs(flat.astype(np.float64)[..., None] - table.astype(np.float64)[:, None, :])
+    chosen = np.take_along_axis(distance, index[..., None], axis=-1)[..., 0]
+    assert (chosen <= distance.min(-1)).all()
+
+
+def test_vector_kmeans_is_lossless_with_few_distinct_vectors_and_deterministic():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(4, 2))
+    x = base[rng.integers(0, 4, 200)][None]
+    centroids = kmeans_vectors(x, 4)
+    assert sorted(map(tuple, centroids[0].round(12))) == sorted(map(tuple, base.round(12)))
+    np.testing.assert_array_equal(kmeans_vectors(x, 4), kmeans_vectors(x, 4))

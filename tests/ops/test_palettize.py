@@ -1,0 +1,190 @@
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from milcompress.config import PalettizeConfig
+from milcompress.errors import ConfigError, NotCompressible
+from milcompress.ops.palettize import LutParams, palettize
+from tests.strategies import weights
+
+NBITS = st.sampled_from([1, 2, 3, 4, 6, 8])
+
+
+def _table_of_each_weight(params: LutParams) -> np.ndarray:
+    """[*shape, K] the table values each (scalar) weight could have chosen."""
+    moved = np.moveaxis(np.empty(params.shape, dtype=np.bool_), params.axis, 0)
+    channel = np.arange(moved.shape[0]) // params.group_size
+    tables = params.lut[channel, :, 0]  # [C, K]
+    expanded = tables.reshape((moved.shape[0],) + (1,) * (moved.ndim - 1) + (tables.shape[-1],))
+    expanded = np.broadcast_to(expanded, moved.shape + (tables.shape[-1],))
+    return np.moveaxis(expanded, 0, params.axis)
+
+
+def _assert_nearest(w, params):
+    """No weight is farther from its table entry than from any other entry of its table."""
+    options = _table_of_each_weight(params).astype(np.float64)
+    distance = np.abs(w.astype(np.float64)[..., None] - options)
+    chosen = np.take_along_axis(distance, params.indices[..., None].astype(np.int64), axis=-1)[..., 0]
+    assert (chosen <= distance.min(-1)).all()
+
+
+@given(w=weights(), nbits=NBITS, mode=st.sampled_from(["kmeans", "uniform"]), data=st.data())
+def test_scalar_tables_map_every_weight_to_its_nearest_entry(w, nbits, mode, data):
+    axis = data.draw(st.integers(0, w.ndim - 1))
+    channels = w.shape[axis]
+    group = data.draw(st.sampled_from([d for d in range(1, channels + 1) if channels % d == 0]))
+    config = PalettizeConfig(nbits=nbits, mode=mode, granularity="per_grouped_channel", group_size=group)
+    params = palettize(w, config, channel_axis=axis)
+    assert params.lut.shape == (channels // group, 1 << nbits, 1)
+    assert params.lut.dtype == w.dtype and params.indices.dtype == np.uint8
+    assert params.indices.shape == w.shape and params.indices.max() < 1 << nbits
+    dense = params.decompress()
+    assert dense.shape == w.shape and dense.dtype == w.dtype
+    _assert_nearest(w, params)
+
+
+@given(w=weights(), nbits=NBITS)
+def test_kmeans_is_lossless_when_the_table_can_hold_every_value(w, nbits):
+    assume(len(np.unique(w)) <= 1 << nbits)
+    params = palettize(w, PalettizeConfig(nbits=nbits))
+    np.testing.assert_array_equal(params.decompress(), w)
+
+
+@given(w=weights(), nbits=NBITS)
+def test_uniform_tables_hold_zero_and_are_evenly_spaced(w, nbits):
+    params = palettize(w, PalettizeConfig(nbits=nbits, mode="uniform"))
+    table = params.lut[0, :, 0].astype(np.float64)
+    assert 0.0 in table
+    steps = np.diff(table)
+    assert (steps >= 0).all()
+    if steps.max() > 0 and w.dtype == np.float32:
+        np.testing.assert_allclose(steps, steps.max(), rtol=1e-5, atol=np.abs(table).max() * 1e-6)
+    _assert_nearest(w, params)
+
+
+def test_uniform_beats_a_table_without_zero_on_heavy_tails():
+    rng = np.random.default_rng(0)
+    w = (rng.standard_t(1.2, 20000) * 0.01).astype(np.float16).reshape(100, 200)
+    params = palettize(w, PalettizeConfig(nbits=4, mode="uniform"))
+    dense = params.decompress()
+    # Small weights (most of them) decode to exactly 0 rather than to a far table entry.
+    small = np.abs(w) < 0.5 * np.abs(np.diff(params.lut[0, :, 0].astype(np.float64))).max()
+    assert (dense[small] == 0).mean() > 0.99
+
+
+@given(w=weights(), grouped=st.booleans())
+def test_unique_is_lossless_or_refuses(w, grouped):
+    config = PalettizeConfig(mode="unique", granularity="per_grouped_channel" if grouped else "per_tensor", group_size=1)
+    distinct = max(len(np.unique(g)) for g in (w.reshape(w.shape[0], -1) if grouped else w.reshape(1, -1)))
+    if distinct > 256:
+        with pytest.raises(NotCompressible, match="distinct values"):
+            palettize(w, config)
+        return
+    params = palettize(w, config)
+    np.testing.assert_array_equal(params.decompress(), w)
+    assert params.nbits == min(b for b in (1, 2, 3, 4, 6, 8) if 1 << b >= distinct)
+
+
+def test_unique_with_too_small_a_table_refuses():
+    with pytest.raises(NotCompressible, match="5 distinct values in a group do not fit a 2-bit table"):
+        palettize(np.arange(5, dtype=np.float32).reshape(5, 1), PalettizeConfig(mode="unique", nbits=2))
+
+
+@given(w=weights(min_rank=2), nbits=st.sampled_from([1, 2, 4]), dim=st.sampled_from([2, 3]), data=st.data())
+def test_vector_tables_fill_consecutive_channels(w, nbits, dim, data):
+    assume(w.shape[0] % dim == 0)
+    params = palettize(w, PalettizeConfig(nbits=nbits, cluster_dim=dim))
+    assert params.lut.shape == (1, 1 << nbits, dim)
+    assert params.indices.shape == (w.shape[0] // dim,) + w.shape[1:]
+    dense = params.decompress()
+    expected = params.lut[0][params.indices.astype(np.int64)]  # [C/d, ..., d]
+    expected = np.moveaxis(expected, -1, 1).reshape(w.shape)
+    np.testing.assert_array_equal(dense, expected)
+
+
+def test_vector_tables_are_lossless_with_few_distinct_vectors():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(4, 2)).astype(np.float32)
+    w = vectors[rng.integers(0, 4, (8, 6))]  # [8, 6, 2]: vector along the last axis
+    w = np.moveaxis(w, -1, 1).reshape(16, 6)  # consecutive channel pairs form the vectors
+    params = palettize(w, PalettizeConfig(nbits=2, cluster_dim=2))
+    np.testing.assert_array_equal(params.decompress(), w)
+
+
+@given(w=weights(min_rank=2), nbits=st.sampled_from([2, 4, 8]))
+def test_per_channel_scale(w, nbits):
+    params = palettize(w, PalettizeConfig(nbits=nbits, enable_per_channel_scale=True))
+    assert params.scale.shape == (w.shape[0],) + (1,) * (w.ndim - 1) and params.scale.dtype == w.dtype
+    peak = np.abs(w.astype(np.float64)).reshape(w.shape[0], -1).max(1)
+    assert (np.abs(params.lut.astype(np.float64)) <= 1.0).all()
+    assert (params.scale.reshape(-1).astype(np.float64) >= np.where(peak > 0, peak, 1.0)).all()
+    assert params.decompress().dtype == w.dtype
+
+
+def test_per_channel_scale_helps_channels_of_very_different_size():
+    rng = np.random.default_rng(0)
+    w = (rng.normal(size=(16, 256)) * np.logspace(-3, 0, 16)[:, None]).astype(np.float32)
+    plain = palettize(w, PalettizeConfig(nbits=4)).decompress()
+    scaled = palettize(w, PalettizeConfig(nbits=4, enable_per_channel_scale=True)).decompress()
+    relative = lambda d: np.mean(np.abs(d - w).mean(1) / np.abs(w).mean(1))  # noqa: E731
+    assert relative(scaled) < relative(plain) / 3
+
+
+def test_custom_function_receives_each_group_and_its_table_is_used():
+    seen = []
+
+    def lut_function(group):
+        seen.append(group.shape)
+        table = np.array([group.min(), group.max()])
+        return table, (group.reshape(-1) > group.mean()).astype(np.int64)
+
+    w = np.random.default_rng(0).normal(size=(4, 3, 2)).astype(np.float32)
+    config = PalettizeConfig(mode="custom", lut_function=lut_function, granularity="per_grouped_channel", group_size=2)
+    params = palettize(w, config)
+    assert seen == [(2, 3, 2), (2, 3, 2)] and params.nbits == 1
+    for g in range(2):
+        part = w[2 * g : 2 * g + 2]
+        expected = np.where(part > part.mean(), part.max(), part.min())
+        np.testing.assert_array_equal(params.decompress()[2 * g : 2 * g + 2], expected)
+
+
+@pytest.mark.parametrize(
+    "result, message",
+    [
+        ((np.zeros(2), np.zeros(3, np.int64)), "returned 3 indices for 4 weights"),
+        ((np.zeros(2), np.full(4, 2)), r"integers in \[0, 1\]"),
+        ((np.zeros(300), np.zeros(4, np.int64)), "at most 256"),
+        ((np.array([np.nan, 0]), np.zeros(4, np.int64)), "non-finite"),
+    ],
+)
+def test_custom_function_results_are_checked(result, message):
+    config = PalettizeConfig(mode="custom", lut_function=lambda g: result)
+    with pytest.raises(ConfigError, match=message):
+        palettize(np.ones((2, 2), np.float32), config)
+
+
+def test_group_size_that_does_not_divide_names_the_largest_that_does():
+    config = PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=16)
+    with pytest.raises(NotCompressible, match=r"1000 channels on axis 0 are not divisible by group_size 16 .* is 10\)"):
+        palettize(np.ones((1000, 4), np.float16), config)
+
+
+def test_config_channel_axis_overrides_the_op_axis():
+    w = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    config = PalettizeConfig(nbits=2, granularity="per_grouped_channel", group_size=2, channel_axis=1)
+    params = palettize(w, config, channel_axis=0)
+    assert params.axis == 1 and params.lut.shape[0] == 4
+
+
+def test_importance_zero_weights_do_not_shape_the_table():
+    w = np.array([[0.0, 0.0, 0.0, 0.0, 1.0, 2.0]], dtype=np.float32).T
+    importance = (w != 0).astype(np.float64)
+    params = palettize(w, PalettizeConfig(nbits=1), importance=importance)
+    assert sorted(params.lut[0, :, 0].tolist()) == [1.0, 2.0]
+
+
+def test_nbytes():
+    w = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float16)
+    params = palettize(w, PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=16))
+    assert params.nbytes == 64 * 64 // 2 + 4 * 16 * 2

@@ -1,0 +1,147 @@
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights as ct_quantize
+from milcompress.config import LinearQuantizeConfig
+from milcompress.errors import NotCompressible
+from milcompress.ops.quantize import AffineParams, _expand, block_sizes_for, integer_range, quantize, quantize_blocks
+from tests.strategies import weights
+
+MODES = st.sampled_from(["linear_symmetric", "linear"])
+DTYPES = st.sampled_from(["int8", "uint8", "int4", "uint4"])
+
+
+def _assert_within_half_a_step(w: np.ndarray, params: AffineParams):
+    """|w - decoded| <= scale / 2, plus half a unit in the last place of the output dtype."""
+    dense = params.decompress()
+    assert dense.dtype == w.dtype and dense.shape == w.shape
+    scale = _expand(params.scale.astype(np.float64), params.block_sizes)
+    error = np.abs(w.astype(np.float64) - dense.astype(np.float64))
+    ulp = np.spacing(np.abs(dense)).astype(np.float64)
+    assert (error <= scale / 2 * (1 + 1e-9) + ulp / 2).all()
+
+
+def _assert_integer_ranges(params: AffineParams, mode: str):
+    qmin, qmax = integer_range(params.nbits, params.signed, mode)
+    assert params.data.min() >= qmin and params.data.max() <= qmax
+    if params.zero_point is not None:
+        assert params.zero_point.min() >= qmin and params.zero_point.max() <= qmax
+
+
+@given(w=weights(min_rank=2), mode=MODES, dtype=DTYPES, granularity=st.sampled_from(["per_tensor", "per_channel"]))
+def test_per_tensor_and_per_channel_error_is_at_most_half_a_step(w, mode, dtype, granularity):
+    config = LinearQuantizeConfig(mode=mode, dtype=dtype, granularity=granularity)
+    params = quantize(w, config)
+    assert params.scale.shape == ((w.shape[0],) if granularity == "per_channel" else (1,)) + (1,) * (w.ndim - 1)
+    assert params.scale.dtype == w.dtype
+    _assert_within_half_a_step(w, params)
+    _assert_integer_ranges(params, mode)
+
+
+@given(w=weights(min_rank=2, max_side=12), mode=MODES, dtype=DTYPES, data=st.data())
+def test_per_block_error_is_at_most_half_a_step(w, mode, dtype, data):
+    block = data.draw(st.sampled_from([d for d in range(1, w.shape[1] + 1) if w.shape[1] % d == 0]))
+    params = quantize(w, LinearQuantizeConfig(mode=mode, dtype=dtype, granularity="per_block", block_size=block))
+    assert params.block_sizes == (1, block) + w.shape[2:]
+    _assert_within_half_a_step(w, params)
+    _assert_integer_ranges(params, mode)
+
+
+@given(w=weights(min_rank=2), mode=MODES, dtype=DTYPES, data=st.data())
+def test_blocks_given_per_axis(w, mode, dtype, data):
+    blocks = tuple(data.draw(st.sampled_from([0] + [d for d in range(1, n + 1) if n % d == 0])) for n in w.shape)
+    params = quantize(w, LinearQuantizeConfig(mode=mode, dtype=dtype, granularity="per_block", block_size=blocks))
+    assert params.block_sizes == tuple(n if b == 0 else b for n, b in zip(w.shape, blocks))
+    _assert_within_half_a_step(w, params)
+
+
+@given(shape=st.tuples(st.integers(1, 6), st.integers(1, 6)), mode=MODES, dtype=DTYPES)
+def test_all_zero_tensors_and_channels_decode_to_exact_zeros(shape, mode, dtype):
+    w = np.zeros(shape, np.float16)
+    np.testing.assert_array_equal(quantize(w, LinearQuantizeConfig(mode=mode, dtype=dtype)).decompress(), w)
+    w = np.random.default_rng(0).normal(size=(3,) + shape).astype(np.float32)
+    w[1] = 0.0
+    dense = quantize(w, LinearQuantizeConfig(mode=mode, dtype=dtype)).decompress()
+    assert (dense[1] == 0).all()
+
+
+def test_coremltools_divides_zero_by_zero_where_we_do_not():
+    w = np.zeros((4, 8), np.float32)
+    w[0] = 1.0
+    with pytest.warns(RuntimeWarning, match="invalid value"):
+        theirs = ct_quantize.blockwise_compress(w, 8, "LINEAR_SYMMETRIC", True, [1, 0])
+    assert (theirs.scale[1:] == 0).all()  # their zero rows went through 0 / 0 and a NaN-to-int cast
+    params = quantize(w, LinearQuantizeConfig())  # RuntimeWarnings are errors in this suite
+    assert (params.scale[1:] == 1).all()
+    np.testing.assert_array_equal(params.decompress()[1:], 0.0)
+    _assert_within_half_a_step(w, params)
+
+
+@given(w=weights(min_rank=2, max_side=12), mode=MODES, dtype=DTYPES)
+def test_never_worse_than_coremltools_on_the_largest_error(w, mode, dtype):
+    assume(np.abs(w).max() > 0)
+    config = LinearQuantizeConfig(mode=mode, dtype=dtype)
+    ours = np.abs(quantize(w, config).decompress().astype(np.float64) - w).max()
+    with np.errstate(all="ignore"):
+        theirs = ct_quantize.blockwise_compress(w, config.nbits, mode.upper(), config.signed, [1] + [0] * (w.ndim - 1))
+    theirs_dense = ct_quantize.decompress(theirs).astype(np.float64)
+    assume(np.isfinite(theirs_dense).all())
+    assert ours <= np.abs(theirs_dense - w).max() * (1 + 1e-3) + np.spacing(np.abs(w).max().astype(w.dtype))
+
+
+def test_integer_ranges_follow_coremltools():
+    assert integer_range(8, True, "linear_symmetric") == (-127, 127)
+    assert integer_range(8, True, "linear") == (-128, 127)
+    assert integer_range(8, False, "linear_symmetric") == (0, 254)
+    assert integer_range(4, True, "linear_symmetric") == (-7, 7)
+    assert integer_range(4, False, "linear") == (0, 15)
+
+
+def test_unsigned_symmetric_zero_point_is_mid_range():
+    w = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    params = quantize(w, LinearQuantizeConfig(dtype="uint8"))
+    assert (params.zero_point == 127).all() and params.zero_point.dtype == np.uint8
+
+
+def test_block_sizes_follow_the_op_layout():
+    config = LinearQuantizeConfig(granularity="per_block", block_size=16)
+    assert block_sizes_for((64, 32, 3, 3), config, 0, 1) == (1, 16, 3, 3)
+    assert block_sizes_for((32, 64), config, 1, 0) == (16, 1)  # matmul y: [in, out]
+    with pytest.raises(NotCompressible, match=r"dim 1 \(size 1000\) is not divisible by block size 16 .* is 10\)"):
+        block_sizes_for((8, 1000), config, 0, 1)
+    with pytest.raises(NotCompressible, match="rank 1"):
+        block_sizes_for((64,), config, 0, 1)
+
+
+def test_tiny_scales_survive_float16_rounding():
+    w = np.full((2, 4), 1e-6, np.float16)
+    params = quantize(w, LinearQuantizeConfig())
+    assert (params.scale > 0).all()
+    _assert_within_half_a_step(w, params)
+
+
+def test_nbytes_counts_packed_integers_scales_and_zero_points():
+    w = np.random.default_rng(0).normal(size=(8, 32)).astype(np.float16)
+    params = quantize_blocks(w, 4, False, "linear", (1, 16))
+    assert params.nbytes == 8 * 32 // 2 + 16 * 2 + 16 // 2
+
+
+@given(seed=st.integers(0, 10_000), mode=MODES, dtype=DTYPES)
+def test_weights_already_on_a_grid_come_back_exactly(seed, mode, dtype):
+    """As after quantization-aware training: weights = scale * integers, spanning the range."""
+    config = LinearQuantizeConfig(mode=mode, dtype=dtype)
+    qmin, qmax = integer_range(config.nbits, config.signed, mode)
+    rng = np.random.default_rng(seed)
+    if mode == "linear_symmetric":
+        half = (qmax - qmin) // 2
+        q = rng.integers(-half, half + 1, (6, 16))
+        q[:, 0] = half
+    else:
+        q = rng.integers(qmin, qmax + 1, (6, 16)) - qmin + min(qmin, 0)
+        q[:, 0], q[:, 1] = min(qmin, 0) + 0, min(qmin, 0) + (qmax - qmin)
+        q = q - q.min(1, keepdims=True) * (q.min(1, keepdims=True) > 0)
+    step = 2.0 ** rng.integers(-12, -4, (6, 1))
+    w = (q * step).astype(np.float32)
+    np.testing.assert_array_equal(quantize(w, config).decompress(), w)
