@@ -8,12 +8,14 @@ Scalar (1-D) clustering of many groups at once, `kmeans_1d(values[G, n], k)`:
    centred sum and sum of squares of its values. All later work is on sorted bins with prefix
    sums: the squared error of any run of bins costs O(1).
 2. A clustering of sorted 1-D data is a set of k-1 cuts between bins. Small problems are solved
-   exactly by dynamic programming over all cuts. Larger ones start from two initial cut sets -- a
-   greedy divisive split (always split the cluster whose best 2-split gains most) and, for k <= 16,
-   the exact DP over a few hundred coarse "atoms" (runs of bins with equal weight or equal width)
-   -- and improve each by sweeps of an exact DP over all cuts jointly, where each cut may move to
-   a grid of positions between its neighbours or by +-1, 2, 4, ... bins. Each sweep finds the best
-   joint move in that neighbourhood; sweeps stop when none improves. The better result is kept.
+   exactly by dynamic programming over all cuts. Larger ones start from the exact DP over coarse
+   "atoms" (runs of bins of equal weight or equal width; k <= 16) or from a greedy divisive split
+   (always split the cluster whose best 2-split gains most; larger k), run Lloyd iterations (each
+   O(k log n) on sorted bins), then improve by sweeps of an exact DP over all cuts jointly, where
+   each cut may move to a grid of positions between its neighbours, or by +-1, 2, 4, ... bins.
+   Each sweep makes the best joint move in that neighbourhood: the joint moves are what shift
+   clusters between distant regions, which Lloyd iteration cannot. Greedy starts sweep on a
+   coarse grid until no group improves, then everyone polishes on a fine grid.
 3. Centroids are the weighted means of the clusters.
 
 Everything is batched over groups (padded arrays, no Python loop over groups), deterministic, and
@@ -37,9 +39,11 @@ _F16_MAX = 65504.0
 _CHUNK_ELEMENTS = 1 << 21  # bound on the elements of any padded per-chunk work array
 _EXACT_DP_BUDGET = 1 << 21  # k * (bins + 1) ** 2 per group, below which the exact DP runs
 _COARSE_DP_MAX_K = 16
-_COARSE_ATOMS_PER_CLUSTER = 16
+_COARSE_ATOMS_PER_CLUSTER = 4
 _SWEEP_GRID = 64
+_SWEEP_GRID_COARSE = 16
 _MAX_SWEEPS = 64
+_MAX_FINE_SWEEPS = 2
 _SWEEP_TOLERANCE = 1e-7  # a sweep must lower a group's error by this fraction to continue
 
 
@@ -79,12 +83,24 @@ def _round_down_f32(values: np.ndarray) -> np.ndarray:
 def assign_nearest(values: np.ndarray, tables: np.ndarray) -> np.ndarray:
     """Index of the nearest entry of each group's sorted table, for every value (ties go low).
 
-    `values` [G, n] (float16 or float32 precision), `tables` [G, K] sorted ascending. Exact: the
-    comparison with each midpoint is made on float32 keys, in one search for all groups.
+    `values` [G, n] (float16 or float32 precision), `tables` [G, K] sorted ascending. Exact: each
+    value is compared with the midpoints between entries on float32 keys, in one search for all
+    groups. Float16 values are looked up per distinct code instead, which is cheaper.
     """
     groups, size = tables.shape
     if size == 1:
         return np.zeros(values.shape, dtype=np.int64)
+    if values.dtype == np.float16 and values.shape[1] > 4096:
+        keys = _ordered_key16(values).astype(np.int64)
+        low = int(keys.min())
+        codes = _key16_to_value(np.arange(low, int(keys.max()) + 1))
+        per_code = _assign_sorted(np.broadcast_to(codes, (groups, codes.size)), tables)
+        return np.take_along_axis(per_code, keys - low, axis=1)
+    return _assign_sorted(values, tables)
+
+
+def _assign_sorted(values: np.ndarray, tables: np.ndarray) -> np.ndarray:
+    groups, size = tables.shape
     table = tables.astype(np.float64)
     mids = _round_down_f32((table[:, :-1] + table[:, 1:]) / 2)  # x > mid  <=>  key(x) > key(mid)
     offsets = np.arange(groups, dtype=np.int64)[:, None] << 33
@@ -125,26 +141,28 @@ class _Bins:
     def rows(self, part: slice) -> "_Bins":
         return _Bins(*(getattr(self, f.name)[part] for f in dataclasses.fields(self)))
 
-    def gather(self, prefix: np.ndarray, index: np.ndarray) -> np.ndarray:
-        """prefix[g, index[g, ...]] for an index array of shape [G, ...]."""
-        flat = index.reshape(self.groups, -1)
-        return np.take_along_axis(prefix, flat, axis=1).reshape(index.shape)
+    def gather(self, prefix: np.ndarray, index: np.ndarray, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        """prefix[g, index[g, ...]] for an index array of shape [G, ...], or for the groups `rows`."""
+        flat = index.reshape(index.shape[0], -1)
+        if rows is None:
+            return np.take_along_axis(prefix, flat, axis=1).reshape(index.shape)
+        return prefix[rows[:, None], flat].reshape(index.shape)
 
-    def at(self, index: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The prefix sums (w, sc, qc) at positions `index` [G, ...]."""
-        return tuple(self.gather(p, index) for p in (self.w, self.sc, self.qc))
+    def at(self, index: np.ndarray, rows: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The prefix sums (w, sc, qc) at positions `index` [G, ...] (of the groups `rows`)."""
+        return tuple(self.gather(p, index, rows) for p in (self.w, self.sc, self.qc))
 
-    def cost(self, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    def cost(self, start: np.ndarray, stop: np.ndarray, rows: Optional[np.ndarray] = None) -> np.ndarray:
         """Weighted squared error of the cluster of bins [start, stop), per group.
 
         `start` and `stop` are [G, ...] index arrays that broadcast against each other; each is
         gathered once, so an outer product of candidate starts and stops costs two small gathers.
         """
-        (w0, s0, q0), (w1, s1, q1) = self.at(start), self.at(stop)
+        (w0, s0, q0), (w1, s1, q1) = self.at(start, rows), self.at(stop, rows)
         return _squared_error(w1 - w0, s1 - s0, q1 - q0)
 
-    def total_cost(self, cuts: np.ndarray) -> np.ndarray:
-        return self.cost(cuts[:, :-1], cuts[:, 1:]).sum(1)
+    def total_cost(self, cuts: np.ndarray, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        return self.cost(cuts[:, :-1], cuts[:, 1:], rows).sum(1)
 
     def centroids(self, cuts: np.ndarray) -> np.ndarray:
         """Weighted mean of each cluster; an empty cluster copies its nearest non-empty neighbour."""
@@ -171,7 +189,8 @@ def _histogram(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bins:
     groups, n = values.shape
     rows = np.arange(groups, dtype=np.int64)[:, None]
     if values.dtype == np.float16 or n > _EXACT_BINS_MAX:
-        keys = _ordered_key16(np.clip(values, -_F16_MAX, _F16_MAX)).astype(np.int64)
+        in_range = values if values.dtype == np.float16 else np.clip(values, -_F16_MAX, _F16_MAX)
+        keys = _ordered_key16(in_range).astype(np.int64)
         low = int(keys.min())
         width = int(keys.max()) - low + 1
         slot = (rows * width + (keys - low)).reshape(-1)
@@ -355,12 +374,13 @@ def _greedy_cuts(bins: _Bins, k: int) -> np.ndarray:
     return np.concatenate([np.sort(start, axis=1), np.full((groups, 1), bins.n)], axis=1)
 
 
-def _sweep(bins: _Bins, cuts: np.ndarray, offsets: np.ndarray, grid: np.ndarray) -> np.ndarray:
+def _sweep(bins: _Bins, cuts: np.ndarray, offsets: np.ndarray, grid: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """One exact DP over all cuts jointly, each cut choosing from its neighbourhood.
 
     Cut t may move to `grid` fractions of the way between its neighbours or by `offsets` bins.
-    The costs of every (cut t - 1, cut t) candidate pair are computed in one pass; only the
-    min-plus recursion along the cuts is sequential.
+    The costs of (cut t - 1, cut t) candidate pairs are computed for blocks of cuts at a time
+    (bounded memory); only the min-plus recursion along the cuts is sequential. `cuts` are those
+    of the groups `rows`.
     """
     groups, k = cuts.shape[0], cuts.shape[1] - 1
     low, high, current = cuts[:, :-2], cuts[:, 2:], cuts[:, 1:-1]
@@ -370,16 +390,21 @@ def _sweep(bins: _Bins, cuts: np.ndarray, offsets: np.ndarray, grid: np.ndarray)
     width = inner.shape[-1]
     ends = np.zeros((groups, 1, width), dtype=np.int64)
     candidates = np.concatenate([ends, inner, ends + bins.n], axis=1)  # [G, k + 1, W]
-    w, sc, qc = bins.at(candidates)
-    step = np.s_[:, 1:, None, :], np.s_[:, :-1, :, None]
-    cost = _squared_error(w[step[0]] - w[step[1]], sc[step[0]] - sc[step[1]], qc[step[0]] - qc[step[1]])
-    cost[candidates[step[1]] > candidates[step[0]]] = np.inf  # [G, k, W(from), W(to)]
-    best = cost[:, 0, 0, :]
+    w, sc, qc = bins.at(candidates, rows)
+    # choices[t][g, j]: the best candidate of cut t given candidate j of cut t + 1.
     choices = np.empty((k, groups, width), dtype=np.int64)
-    for t in range(1, k):
-        total = best[:, :, None] + cost[:, t]
-        choices[t] = total.argmin(axis=1)
-        best = np.take_along_axis(total, choices[t][:, None, :], axis=1)[:, 0, :]
+    best = np.zeros((groups, width))  # cost so far, for each candidate of cut t (all of cut 0 are 0)
+    block = max(1, _CHUNK_ELEMENTS // (groups * width * width))
+    for first in range(0, k, block):
+        last = min(first + block, k)
+        # Pair costs from cut t (axis 2) to cut t + 1 (axis 3), for t in this block.
+        fro, to = np.s_[:, first:last, :, None], np.s_[:, first + 1 : last + 1, None, :]
+        cost = _squared_error(w[to] - w[fro], sc[to] - sc[fro], qc[to] - qc[fro])
+        cost[candidates[fro] > candidates[to]] = np.inf
+        for t in range(first, last):
+            total = best[:, :, None] + cost[:, t - first]
+            choices[t] = total.argmin(axis=1)
+            best = np.take_along_axis(total, choices[t][:, None, :], axis=1)[:, 0, :]
     rows = np.arange(groups)
     index = np.zeros(groups, dtype=np.int64)  # every candidate of the last cut is n
     result = np.empty_like(cuts)
@@ -390,23 +415,52 @@ def _sweep(bins: _Bins, cuts: np.ndarray, offsets: np.ndarray, grid: np.ndarray)
     return result
 
 
-def _improve(bins: _Bins, cuts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Sweep until no group improves; returns the cuts and their cost."""
-    # Fine moves by +-1, 2, 4, ... bins up to the grid's spacing; the grid covers larger ones.
-    widest = int((cuts[:, 2:] - cuts[:, :-2]).max())
-    reach = 1 << np.arange(max((widest // _SWEEP_GRID).bit_length(), 0) + 1)
-    offsets = np.concatenate([-reach[::-1], [0], reach])
-    grid = np.linspace(0.0, 1.0, _SWEEP_GRID + 1)
-    cost = bins.total_cost(cuts)
-    for _ in range(_MAX_SWEEPS):
-        proposal = _sweep(bins, cuts, offsets, grid)
-        proposed_cost = bins.total_cost(proposal)
-        better = proposed_cost < cost * (1 - _SWEEP_TOLERANCE)
-        if not better.any():
+def _lloyd(bins: _Bins, cuts: np.ndarray, iterations: int = 200) -> np.ndarray:
+    """Lloyd iteration on sorted bins: move each cut to the midpoint of its neighbouring centroids.
+
+    Each iteration costs O(k log n) per group (a search of the midpoints among the bin values),
+    not O(n); it never raises the error.
+    """
+    groups, n = bins.groups, bins.n
+    offsets = np.arange(groups, dtype=np.int64)[:, None] << 33
+    value_keys = (_ordered_key32(bins.value) + offsets).reshape(-1)
+    row_start = np.arange(groups)[:, None] * n
+    for _ in range(iterations):
+        c = bins.centroids(cuts)
+        mids = _round_down_f32((c[:, :-1] + c[:, 1:]) / 2)
+        inner = np.searchsorted(value_keys, (_ordered_key32(mids) + offsets).reshape(-1), side="right")
+        inner = inner.reshape(groups, -1) - row_start
+        new = np.concatenate([cuts[:, :1], inner, cuts[:, -1:]], axis=1)
+        if np.array_equal(new, cuts):
             break
-        cuts = np.where(better[:, None], proposal, cuts)
-        cost = np.where(better, proposed_cost, cost)
-    return cuts, cost
+        cuts = new
+    return cuts
+
+
+def _improve(bins: _Bins, cuts: np.ndarray, coarse: bool) -> np.ndarray:
+    """Sweep until no group improves: with a coarse grid (cheap, finds large moves) if `coarse`,
+    then with a fine grid plus moves of +-1, 2, 4, ... bins up to its spacing. Each sweep works
+    only on the groups the previous sweep improved."""
+    cuts = cuts.copy()
+    cost = bins.total_cost(cuts)
+    phases = ((_SWEEP_GRID_COARSE, False, _MAX_SWEEPS),) if coarse else ()
+    for grid_size, fine, sweeps in phases + ((_SWEEP_GRID, True, _MAX_FINE_SWEEPS),):
+        grid = np.linspace(0.0, 1.0, grid_size + 1)
+        offsets = np.zeros(1, dtype=np.int64)
+        if fine:
+            widest = int((cuts[:, 2:] - cuts[:, :-2]).max())
+            reach = 1 << np.arange((widest // grid_size).bit_length() + 1)
+            offsets = np.concatenate([-reach[::-1], [0], reach])
+        active = np.arange(bins.groups)
+        for _ in range(sweeps):
+            proposal = _sweep(bins, cuts[active], offsets, grid, active)
+            proposed_cost = bins.total_cost(proposal, active)
+            better = proposed_cost < cost[active] * (1 - _SWEEP_TOLERANCE)
+            active, proposal, proposed_cost = active[better], proposal[better], proposed_cost[better]
+            if not active.size:
+                break
+            cuts[active], cost[active] = proposal, proposed_cost
+    return cuts
 
 
 def _cluster_bins(bins: _Bins, k: int) -> np.ndarray:
@@ -418,19 +472,11 @@ def _cluster_bins(bins: _Bins, k: int) -> np.ndarray:
     if k * (n + 1) ** 2 <= _EXACT_DP_BUDGET:
         positions = np.arange(n + 1)[None, :].repeat(bins.groups, axis=0)
         return bins.centroids(_dp_over_positions(bins, positions, k))
-    starts = [_greedy_cuts(bins, k)]
     if k <= _COARSE_DP_MAX_K:
-        starts.append(_dp_over_positions(bins, _coarse_positions(bins, _COARSE_ATOMS_PER_CLUSTER * k), k))
-    best_cuts, best_cost = None, None
-    for start in starts:
-        cuts, cost = _improve(bins, start)
-        if best_cuts is None:
-            best_cuts, best_cost = cuts, cost
-        else:
-            better = cost < best_cost
-            best_cuts = np.where(better[:, None], cuts, best_cuts)
-            best_cost = np.where(better, cost, best_cost)
-    return bins.centroids(best_cuts)
+        # The coarse DP already places the clusters well: Lloyd and a fine polish finish the job.
+        start = _dp_over_positions(bins, _coarse_positions(bins, _COARSE_ATOMS_PER_CLUSTER * k), k)
+        return bins.centroids(_improve(bins, _lloyd(bins, start), coarse=False))
+    return bins.centroids(_improve(bins, _lloyd(bins, _greedy_cuts(bins, k)), coarse=True))
 
 
 def kmeans_1d(values: np.ndarray, k: int, weights: Optional[np.ndarray] = None) -> np.ndarray:

@@ -107,9 +107,8 @@ def palettize(
             f" (the largest group size that divides them is {hint})"
         )
     scale = _channel_scale(weight, axis) if config.enable_per_channel_scale else None
-    target = weight.astype(np.float64)
-    if scale is not None:
-        target = target / scale.astype(np.float64)
+    # Cluster the weights as stored (float16 weights take k-means' exact fast path), or scaled.
+    target = weight if scale is None else weight.astype(np.float64) / scale.astype(np.float64)
     groups = channels // group_size
     grouped = _to_groups(target, axis, groups, vector)  # [G, n, cluster_dim]
     weights = None if importance is None else _to_groups(np.broadcast_to(importance, weight.shape), axis, groups, vector).mean(-1)
