@@ -1,4 +1,4 @@
-"""Compression configs: what to do to one weight.
+"""Compression configs: what to do to each weight.
 
 Each algorithm has a frozen dataclass validated on construction: `MagnitudePruneConfig`,
 `ThresholdPruneConfig`, `PalettizeConfig`, `LinearQuantizeConfig`, and `JointConfig` (prune, then
@@ -10,6 +10,10 @@ Strings are normalised (modes and granularities to lower case, dtypes to names s
 configs compare equal however they were spelled. Every invalid value raises `ConfigError` naming
 the field.
 
+`CompressionConfig` says which algorithm config each weight gets (by const or op name, op type,
+or globally), reads and writes the coremltools-style dict/YAML layout strictly, and accepts
+coremltools' own `OptimizationConfig` (translated by `from_coremltools`).
+
 This module is pure Python: `ops/` imports it, so it must never import coremltools' MIL.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Tuple, Union
 
@@ -27,7 +32,7 @@ from milcompress.errors import ConfigError
 
 PALETTE_NBITS = (1, 2, 3, 4, 6, 8)
 PALETTE_MODES = ("kmeans", "uniform", "unique", "custom")
-PALETTE_GRANULARITIES = ("per_tensor", "per_grouped_channel")
+PALETTE_GRANULARITIES = ("per_tensor", "per_grouped_channel", "auto")
 QUANTIZE_MODES = ("linear_symmetric", "linear")
 QUANTIZE_DTYPES = ("int8", "uint8", "int4", "uint4")
 QUANTIZE_GRANULARITIES = ("per_tensor", "per_channel", "per_block")
@@ -176,9 +181,11 @@ class PalettizeConfig:
     holds 0 exactly), `unique` (the tensor's own distinct values, lossless; `nbits` optional and
     then the smallest that fits), `custom` (`lut_function(weight) -> (lut, indices)`).
     `granularity`: one table per tensor, or one per group of `group_size` channels along
-    `channel_axis` (None: the output-channel axis of the consuming op). `cluster_dim` > 1 makes
-    table entries vectors of that many consecutive channels. `enable_per_channel_scale` divides
-    each output channel by its largest magnitude before clustering and stores the scales.
+    `channel_axis` (None: the output-channel axis of the consuming op), or, in unique mode,
+    `auto`: whichever lossless layout (one table, or one per group of any size) is smallest. `cluster_dim` > 1 makes
+    table entries vectors of that many consecutive channels. `enable_per_channel_scale`, as in
+    coremltools, divides the weight by its largest magnitude across the channel axis (one scale per
+    input position) before clustering and stores the scales.
     """
 
     nbits: Optional[int] = None
@@ -209,6 +216,8 @@ class PalettizeConfig:
         elif self.lut_function is not None:
             raise _fail("lut_function", f"is only used in custom mode, not {mode}")
         granularity = _choice("granularity", self.granularity, PALETTE_GRANULARITIES)
+        if granularity == "auto" and mode != "unique":
+            raise _fail("granularity", "auto (the smallest lossless layout) is only for unique mode")
         group_size = _int("group_size", self.group_size, minimum=1)
         channel_axis = None if self.channel_axis is None else _int("channel_axis", self.channel_axis)
         cluster_dim = _int("cluster_dim", self.cluster_dim, minimum=1)
@@ -323,3 +332,305 @@ AlgorithmConfig = Union[MagnitudePruneConfig, ThresholdPruneConfig, PalettizeCon
 def replace(config: AlgorithmConfig, **changes: Any) -> AlgorithmConfig:
     """A copy of `config` with `changes`, validated again."""
     return dataclasses.replace(config, **changes)
+
+
+# ------------------------------------------------------------------------------------------------
+# Which config applies to which weight.
+
+_CLASS_BY_NAME = {
+    "MagnitudePruneConfig": MagnitudePruneConfig,
+    "ThresholdPruneConfig": ThresholdPruneConfig,
+    "PalettizeConfig": PalettizeConfig,
+    "LinearQuantizeConfig": LinearQuantizeConfig,
+    "JointConfig": JointConfig,
+}
+# coremltools' config classes, parsed by coremltools itself (so what it rejects, we reject) and
+# then translated.
+_COREMLTOOLS_CLASS_NAMES = ("OpMagnitudePrunerConfig", "OpThresholdPrunerConfig", "OpPalettizerConfig", "OpLinearQuantizerConfig")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """Which algorithm config each weight gets.
+
+    A const gets `op_name_configs[its own name]` if present; otherwise each op consuming it
+    resolves to `op_name_configs[op name]`, else `op_type_configs[op type]`, else `global_config`,
+    and all consumers must agree (a shared const with conflicting configs is an error naming it
+    and its consumers). An explicit None, at any level, means "leave this weight alone".
+    """
+
+    global_config: Optional[AlgorithmConfig] = None
+    op_type_configs: Any = dataclasses.field(default_factory=dict)
+    op_name_configs: Any = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_entry("global_config", self.global_config)
+        for field in ("op_type_configs", "op_name_configs"):
+            table = getattr(self, field)
+            if table is None:
+                table = {}
+            if not isinstance(table, dict):
+                raise _fail(field, f"must be a mapping of names to configs, got {type(table).__name__}")
+            for key, value in table.items():
+                if not isinstance(key, str):
+                    raise _fail(field, f"keys must be strings, got {key!r}")
+                _check_entry(f"{field}.{key}", value)
+            _set(self, **{field: dict(table)})
+
+    def __hash__(self) -> int:
+        return hash((self.global_config, tuple(self.op_type_configs.items()), tuple(self.op_name_configs.items())))
+
+    @staticmethod
+    def of(config: Any) -> "CompressionConfig":
+        """Accept a CompressionConfig, one algorithm config (applied globally), or coremltools'
+        OptimizationConfig."""
+        if isinstance(config, CompressionConfig):
+            return config
+        if isinstance(config, tuple(_CLASS_BY_NAME.values())):
+            return CompressionConfig(global_config=config)
+        if type(config).__name__ == "OptimizationConfig":
+            return from_coremltools(config)
+        raise ConfigError(
+            f"config: expected a CompressionConfig, an algorithm config or a coremltools OptimizationConfig, "
+            f"got {type(config).__name__}",
+            field="config",
+        )
+
+    def resolve(self, const_name: str, consumers) -> Tuple[Optional[AlgorithmConfig], str]:
+        """The config for a const read by `consumers` [(op name, op type)], and where it came from.
+
+        Raises ConfigError if consumers resolve to different configs.
+        """
+        if const_name in self.op_name_configs:
+            return self.op_name_configs[const_name], f"op_name_configs['{const_name}']"
+        found = []
+        for op_name, op_type in consumers:
+            if op_name in self.op_name_configs:
+                found.append((self.op_name_configs[op_name], f"op_name_configs['{op_name}']", op_name))
+            elif op_type in self.op_type_configs:
+                found.append((self.op_type_configs[op_type], f"op_type_configs['{op_type}']", op_name))
+            else:
+                found.append((self.global_config, "global_config", op_name))
+        if not found:
+            return self.global_config, "global_config"
+        if any(config != found[0][0] for config, _, _ in found):
+            sources = "; ".join(f"{op} gets {source}" for _, source, op in found)
+            raise ConfigError(
+                f"const '{const_name}' is shared by ops with conflicting configs ({sources}); "
+                f"give it one with op_name_configs['{const_name}']",
+                field=f"op_name_configs.{const_name}",
+            )
+        return found[0][0], found[0][1]
+
+    def algorithms(self):
+        """Every algorithm config named anywhere in this config."""
+        found = [self.global_config] + list(self.op_type_configs.values()) + list(self.op_name_configs.values())
+        return [c for c in found if c is not None]
+
+    # Serialisation -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "CompressionConfig":
+        """Parse the coremltools-style layout: `config_type`, `global_config`, `op_type_configs`,
+        `op_name_configs`; an entry may override `config_type`. Unknown keys are errors."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: expected a mapping, got {type(data).__name__}", field="config")
+        _check_keys("config", data, ("config_type", "global_config", "op_type_configs", "op_name_configs"))
+        default_type = data.get("config_type")
+        if default_type is not None and not isinstance(default_type, str):
+            raise _fail("config_type", f"must be a class name, got {default_type!r}")
+        tables = {}
+        for field in ("op_type_configs", "op_name_configs"):
+            table = data.get(field) or {}
+            if not isinstance(table, dict):
+                raise _fail(field, f"must be a mapping, got {type(table).__name__}")
+            tables[field] = {str(k): _parse_entry(f"{field}.{k}", v, default_type) for k, v in table.items()}
+        return cls(global_config=_parse_entry("global_config", data.get("global_config"), default_type), **tables)
+
+    @classmethod
+    def from_yaml(cls, source: Any) -> "CompressionConfig":
+        """Parse YAML text, a path to a YAML file, or an open file."""
+        import yaml
+
+        if hasattr(source, "read"):
+            text = source.read()
+        else:
+            text = str(source)
+            if "\n" not in text and (text.endswith((".yaml", ".yml")) or os.path.exists(text)):
+                try:
+                    with open(text) as handle:
+                        text = handle.read()
+                except OSError as error:
+                    raise ConfigError(f"config: cannot read {text}: {error.strerror}", field="config") from error
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config: not valid YAML: {error}", field="config") from error
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict:
+        """The layout `from_dict` reads; each entry names its own config_type."""
+        return {
+            "global_config": _entry_to_dict("global_config", self.global_config),
+            "op_type_configs": {k: _entry_to_dict(f"op_type_configs.{k}", v) for k, v in self.op_type_configs.items()},
+            "op_name_configs": {k: _entry_to_dict(f"op_name_configs.{k}", v) for k, v in self.op_name_configs.items()},
+        }
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _check_entry(field: str, value: Any) -> None:
+    if value is not None and not isinstance(value, tuple(_CLASS_BY_NAME.values())):
+        raise _fail(field, f"must be an algorithm config or None, got {type(value).__name__}")
+
+
+def _check_keys(where: str, data: dict, known) -> None:
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown key; known keys are {', '.join(known)}", field=f"{where}.{key}")
+
+
+def _parse_entry(field: str, value: Any, default_type: Optional[str]) -> Optional[AlgorithmConfig]:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _fail(field, f"must be a mapping of config fields (or null), got {value!r}")
+    value = dict(value)
+    type_name = value.pop("config_type", default_type)
+    if type_name is None:
+        raise _fail(f"{field}.config_type", "is required (here or at the top level)")
+    if type_name in _COREMLTOOLS_CLASS_NAMES:
+        return _parse_coremltools_entry(field, type_name, value)
+    cls = _CLASS_BY_NAME.get(type_name)
+    if cls is None:
+        known = sorted(_CLASS_BY_NAME) + list(_COREMLTOOLS_CLASS_NAMES)
+        raise _fail(f"{field}.config_type", f"unknown config type {type_name!r}; known types are {', '.join(known)}")
+    if cls is JointConfig:
+        _check_keys(field, value, ("prune", "then"))
+        if "prune" not in value or "then" not in value:
+            raise _fail(field, "a JointConfig needs both 'prune' and 'then'")
+        return JointConfig(
+            prune=_parse_entry(f"{field}.prune", value["prune"], None),
+            then=_parse_entry(f"{field}.then", value["then"], None),
+        )
+    names = [f.name for f in dataclasses.fields(cls)]
+    _check_keys(field, value, names)
+    if "lut_function" in value:
+        raise _fail(f"{field}.lut_function", "cannot come from a file; build a PalettizeConfig in Python")
+    try:
+        return cls(**value)
+    except ConfigError as error:
+        raise ConfigError(f"{field}.{error}", field=f"{field}.{error.field}") from error
+
+
+def _entry_to_dict(field: str, config: Optional[AlgorithmConfig]) -> Optional[dict]:
+    if config is None:
+        return None
+    if isinstance(config, JointConfig):
+        return {
+            "config_type": "JointConfig",
+            "prune": _entry_to_dict(f"{field}.prune", config.prune),
+            "then": _entry_to_dict(f"{field}.then", config.then),
+        }
+    out = {"config_type": type(config).__name__}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "lut_function":
+            if value is not None:
+                raise _fail(f"{field}.lut_function", "a Python function cannot be written to a dict or YAML")
+            continue
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# coremltools' OptimizationConfig, accepted unchanged with the same meaning.
+
+
+def from_coremltools(config: Any) -> CompressionConfig:
+    """Translate a coremltools OptimizationConfig (its op configs: OpPalettizerConfig,
+    OpLinearQuantizerConfig, OpMagnitudePrunerConfig, OpThresholdPrunerConfig)."""
+    if getattr(config, "_is_deprecated", False) or getattr(config, "_op_selector", None) is not None:
+        raise ConfigError(
+            "config: the deprecated ct.compression_utils op_selector form is not supported; "
+            "use op_name_configs / op_type_configs",
+            field="config",
+        )
+    return CompressionConfig(
+        global_config=translate_coremltools_op_config("global_config", config.global_config),
+        op_type_configs={k: translate_coremltools_op_config(f"op_type_configs.{k}", v) for k, v in (config.op_type_configs or {}).items()},
+        op_name_configs={k: translate_coremltools_op_config(f"op_name_configs.{k}", v) for k, v in (config.op_name_configs or {}).items()},
+    )
+
+
+def translate_coremltools_op_config(field: str, op_config: Any) -> Optional[AlgorithmConfig]:
+    """One coremltools op config as ours. Fields keep their meaning; `num_kmeans_workers` is
+    accepted and unused (our k-means is batched); a None weight_threshold, which coremltools
+    rejects when the pass runs, is rejected here."""
+    if op_config is None:
+        return None
+    kind = type(op_config).__name__
+    threshold = getattr(op_config, "weight_threshold", DEFAULT_WEIGHT_THRESHOLD)
+    if threshold is None:
+        raise _fail(f"{field}.weight_threshold", "cannot be None (coremltools rejects it too)")
+    try:
+        if kind == "OpPalettizerConfig":
+            return PalettizeConfig(
+                nbits=op_config.nbits,
+                mode=op_config.mode,
+                lut_function=op_config.lut_function,
+                granularity=op_config.granularity,
+                group_size=op_config.group_size,
+                channel_axis=op_config.channel_axis,
+                cluster_dim=op_config.cluster_dim,
+                enable_per_channel_scale=op_config.enable_per_channel_scale,
+                weight_threshold=threshold,
+            )
+        if kind == "OpLinearQuantizerConfig":
+            from coremltools.converters.mil.mil import types
+
+            return LinearQuantizeConfig(
+                mode=op_config.mode,
+                dtype=types.builtin_to_string(op_config.dtype),
+                granularity=op_config.granularity,
+                block_size=op_config.block_size,
+                weight_threshold=threshold,
+            )
+        if kind == "OpMagnitudePrunerConfig":
+            return MagnitudePruneConfig(
+                target_sparsity=op_config.target_sparsity,
+                block_size=op_config.block_size,
+                n_m_ratio=op_config.n_m_ratio,
+                dim=op_config.dim,
+                weight_threshold=threshold,
+            )
+        if kind == "OpThresholdPrunerConfig":
+            return ThresholdPruneConfig(
+                threshold=op_config.threshold,
+                minimum_sparsity_percentile=op_config.minimum_sparsity_percentile,
+                weight_threshold=threshold,
+            )
+    except ConfigError as error:
+        raise ConfigError(f"{field}.{error}", field=f"{field}.{error.field}") from error
+    raise _fail(field, f"unsupported coremltools config type {kind}")
+
+
+def _parse_coremltools_entry(field: str, type_name: str, value: dict) -> Optional[AlgorithmConfig]:
+    """Let coremltools parse (and validate) its own config type, then translate it."""
+    from coremltools.optimize import coreml as cto
+
+    try:
+        op_config = getattr(cto, type_name)._from_dict(value)
+    except Exception as error:  # coremltools raises ValueError or cattrs' errors
+        raise ConfigError(f"{field}: coremltools rejects this {type_name}: {_cattrs_message(error)}", field=field) from error
+    return translate_coremltools_op_config(field, op_config)
+
+
+def _cattrs_message(error: Exception) -> str:
+    parts = [str(error)]
+    for sub in getattr(error, "exceptions", ()) or ():
+        parts.append(_cattrs_message(sub))
+    return "; ".join(p for p in parts if p)

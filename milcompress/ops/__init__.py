@@ -28,6 +28,38 @@ from milcompress.ops.quantize import AffineParams, quantize
 CompressedForm = Union[SparseParams, LutParams, AffineParams, SparseLutParams, SparseAffineParams]
 
 
+def _granularity(blocks, shape) -> str:
+    if all(b == d for b, d in zip(blocks, shape)):
+        return "per tensor"
+    varying = [(axis, b) for axis, (b, d) in enumerate(zip(blocks, shape)) if b != d]
+    if len(varying) == 1 and varying[0][1] == 1:
+        return f"per channel (axis {varying[0][0]})"
+    return "blocks " + "x".join(str(b) for b in blocks)
+
+
+def describe(params: CompressedForm) -> str:
+    """A short human description of a compressed form, e.g. "LUT 4-bit, 8 tables"."""
+    if isinstance(params, SparseParams):
+        return f"sparse {params.sparsity:.0%}"
+    if isinstance(params, LutParams):
+        text = f"LUT {params.nbits}-bit"
+        if params.tables > 1:
+            text += f", {params.tables} tables"
+        if params.cluster_dim > 1:
+            text += f", vectors of {params.cluster_dim}"
+        if params.scale is not None:
+            text += ", channel scales"
+        return text
+    if isinstance(params, AffineParams):
+        kind = f"{'int' if params.signed else 'uint'}{params.nbits}"
+        return f"{kind} {_granularity(params.block_sizes, params.shape)}"
+    if isinstance(params, SparseLutParams):
+        return f"sparse {params.sparsity:.0%} + {describe(params.lut)}"
+    if isinstance(params, SparseAffineParams):
+        return f"sparse {params.sparsity:.0%} + {describe(params.affine)}"
+    raise TypeError(f"not a compressed form: {type(params).__name__}")
+
+
 def compress(
     weight: np.ndarray,
     config: AlgorithmConfig,
@@ -60,6 +92,7 @@ __all__ = [
     "SparseParams",
     "bits_per_weight",
     "compress",
+    "describe",
     "palettize",
     "prune",
     "prune_then_compress",

@@ -54,3 +54,23 @@ def select_smallest(scores: np.ndarray, count: int) -> np.ndarray:
     ties = np.flatnonzero(flat == kth)[: count - int(chosen.sum())]
     chosen[ties] = True
     return chosen.reshape(scores.shape)
+
+
+def expand_blocks(per_block: np.ndarray, shape) -> np.ndarray:
+    """Repeat a per-block array (same rank as `shape`, each dim dividing it) up to `shape`."""
+    for axis, (size, count) in enumerate(zip(shape, per_block.shape)):
+        if count != size:
+            per_block = np.repeat(per_block, size // count, axis=axis)
+    return per_block
+
+
+def sortable(x: np.ndarray) -> np.ndarray:
+    """`x`, as float32 if it is float16 (exactly). NumPy 2.3's default sort of float16 arrays with
+    many repeated values returns them out of order on AVX-512 machines (np.unique then reports
+    duplicates), so we never sort float16 directly."""
+    return x.astype(np.float32) if x.dtype == np.float16 else x
+
+
+def unique_values(x: np.ndarray, axis=None) -> np.ndarray:
+    """np.unique that is correct for float16 too (see `sortable`), in `x`'s dtype."""
+    return np.unique(sortable(x), axis=axis).astype(x.dtype)

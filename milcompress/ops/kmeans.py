@@ -510,36 +510,59 @@ def kmeans_1d(values: np.ndarray, k: int, weights: Optional[np.ndarray] = None) 
 
 
 def kmeans_vectors(
-    vectors: np.ndarray, k: int, weights: Optional[np.ndarray] = None, iterations: int = 100, seed: int = 0
+    vectors: np.ndarray, k: int, weights: Optional[np.ndarray] = None, iterations: int = 100, starts: int = 3
 ) -> np.ndarray:
     """Cluster each group's vectors [G, n, d] into k centroids [G, k, d] (float64).
 
-    Batched Lloyd iteration from a k-means++ start drawn with a fixed seed. A group with at most k
-    distinct vectors gets exactly those as centroids (lossless).
+    Batched Lloyd iteration from greedy k-means++ starts (each step keeps the best of several
+    candidate centres, as scikit-learn does), `starts` times with fixed seeds; each group keeps
+    its best run. A group with at most k distinct vectors gets exactly those (lossless).
     """
     vectors = np.asarray(vectors, dtype=np.float64)
     groups, n, dim = vectors.shape
     w = np.ones((groups, n)) if weights is None else np.asarray(weights, dtype=np.float64)
-    rng = np.random.default_rng(seed)
     result = np.empty((groups, k, dim))
     per_chunk = max(1, _CHUNK_ELEMENTS // max(1, n * k))
     for first in range(0, groups, per_chunk):
         chunk = slice(first, min(groups, first + per_chunk))
-        result[chunk] = _lloyd_vectors(vectors[chunk], w[chunk], k, iterations, rng)
+        best, best_error = None, None
+        for seed in range(starts):
+            rng = np.random.default_rng(seed)
+            centroids = _lloyd_vectors(vectors[chunk], w[chunk], k, iterations, rng)
+            error = _vector_error(vectors[chunk], w[chunk], centroids)
+            if best is None:
+                best, best_error = centroids, error
+            else:
+                better = error < best_error
+                best = np.where(better[:, None, None], centroids, best)
+                best_error = np.where(better, error, best_error)
+        result[chunk] = best
     return result
+
+
+def _vector_error(x: np.ndarray, w: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    nearest = np.take_along_axis(centroids, nearest_vectors(x, centroids)[..., None], axis=1)
+    return (w * ((x - nearest) ** 2).sum(-1)).sum(1)
 
 
 def _lloyd_vectors(x: np.ndarray, w: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
     groups, n, dim = x.shape
     rows = np.arange(groups)
     centroids = np.empty((groups, k, dim))
-    # k-means++ start: a group with at most k distinct vectors gets each of them (the draw
-    # weights of chosen vectors drop to zero), which Lloyd iteration then keeps: lossless.
+    # Greedy k-means++: draw a few candidates in proportion to distance^2 and keep the one that
+    # lowers the total most. Chosen vectors' draw weights drop to zero, so a group with at most k
+    # distinct vectors gets each of them, which Lloyd iteration then keeps: lossless.
+    trials = 2 + int(np.log(k))
     centroids[:, 0] = x[rows, _weighted_draw(w, rng)]
     nearest = ((x - centroids[:, :1]) ** 2).sum(-1)
     for j in range(1, k):
-        centroids[:, j] = x[rows, _weighted_draw(w * nearest, rng)]
-        nearest = np.minimum(nearest, ((x - centroids[:, j : j + 1]) ** 2).sum(-1))
+        candidates = np.stack([_weighted_draw(w * nearest, rng) for _ in range(trials)], axis=1)  # [G, T]
+        points = x[rows[:, None], candidates]  # [G, T, d]
+        distance = ((x[:, None, :, :] - points[:, :, None, :]) ** 2).sum(-1)  # [G, T, n]
+        updated = np.minimum(nearest[:, None, :], distance)
+        pick = (w[:, None, :] * updated).sum(-1).argmin(1)
+        centroids[:, j] = points[rows, pick]
+        nearest = updated[rows, pick]
     labels = None
     for _ in range(iterations):
         new_labels = nearest_vectors(x, centroids)

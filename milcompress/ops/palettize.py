@@ -1,17 +1,21 @@
 """Palettization: each weight (or vector of weights) becomes an index into a small table.
 
-`palettize(weight, config, channel_axis=...)` returns `LutParams`:
-- `indices` (uint8) with the weight's shape, except that the channel axis is divided by the
-  vector length (`cluster_dim`);
-- `lut` [groups, 2**nbits, cluster_dim] in the weight's dtype: group g serves channels
-  [g * group_size, (g + 1) * group_size) of the channel axis, and a vector entry fills
-  `cluster_dim` consecutive channels;
-- `scale`, optional: one value per channel along the channel axis (shape 1 elsewhere); the dense
-  value is then table value * scale, computed in the weight's dtype.
+`palettize(weight, config, channel_axis=...)` returns `LutParams`, in the layout of Core ML's
+iOS18 `constexpr_lut_to_dense`:
+- `indices` (uint8) with the weight's shape, except that the vector axis is divided by the vector
+  length (`cluster_dim`);
+- `lut` of rank + 2 dimensions [b_0, ..., b_{r-1}, 2**nbits, cluster_dim] in the weight's dtype:
+  b_i tables along axis i, each serving indices.shape[i] / b_i consecutive positions (palettize
+  puts groups of `group_size` channels along one channel axis); a vector entry fills
+  `cluster_dim` consecutive positions along `vector_axis`;
+- `scale`, optional: per-block scales of the weight's rank, by which the looked-up values are
+  multiplied, in the weight's dtype (palettize's `enable_per_channel_scale` makes coremltools'
+  layout: one scale per position across the channel axis).
 
 Every weight is mapped to its nearest table entry (ties to the lower index), so no weight is
 farther from its entry than from any other. `kmeans` tables minimise squared error (see
-`ops/kmeans.py`); `uniform` tables are evenly spaced, cover the range and hold 0 exactly; `unique`
+`ops/kmeans.py`); `uniform` tables are evenly spaced, reach every weight within half a step and
+hold 0 exactly; `unique`
 tables hold the tensor's own values (lossless); `custom` tables come from the user's function.
 
 Pure numpy: this module never sees a MIL program.
@@ -26,7 +30,7 @@ import numpy as np
 
 from milcompress.config import PALETTE_NBITS, PalettizeConfig
 from milcompress.errors import ConfigError, NotCompressible
-from milcompress.ops._arrays import check_weight, largest_divisor_at_most, normalize_axis
+from milcompress.ops._arrays import check_weight, expand_blocks, normalize_axis, sortable, unique_values
 from milcompress.ops.kmeans import assign_nearest, kmeans_1d, kmeans_vectors, nearest_vectors
 from milcompress.ops.packing import packed_size
 
@@ -37,9 +41,21 @@ class LutParams:
 
     indices: np.ndarray
     lut: np.ndarray
-    axis: int
-    shape: Tuple[int, ...]
+    vector_axis: Optional[int] = None
     scale: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        if self.lut.ndim != self.indices.ndim + 2:
+            raise ValueError(f"lut must have rank {self.indices.ndim + 2}, got shape {self.lut.shape}")
+        if self.cluster_dim > 1 and self.vector_axis is None:
+            raise ValueError("vector palettization (cluster_dim > 1) needs a vector_axis")
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        shape = list(self.indices.shape)
+        if self.cluster_dim > 1:
+            shape[self.vector_axis] *= self.cluster_dim
+        return tuple(shape)
 
     @property
     def dtype(self) -> np.dtype:
@@ -47,20 +63,15 @@ class LutParams:
 
     @property
     def nbits(self) -> int:
-        return int(self.lut.shape[1]).bit_length() - 1
+        return int(self.lut.shape[-2]).bit_length() - 1
 
     @property
     def cluster_dim(self) -> int:
-        return int(self.lut.shape[2])
+        return int(self.lut.shape[-1])
 
     @property
-    def groups(self) -> int:
-        return int(self.lut.shape[0])
-
-    @property
-    def group_size(self) -> int:
-        """Channels per table along the channel axis."""
-        return self.shape[self.axis] // self.groups
+    def tables(self) -> int:
+        return int(np.prod(self.lut.shape[:-2]))
 
     @property
     def nbytes(self) -> int:
@@ -68,16 +79,30 @@ class LutParams:
         scale = 0 if self.scale is None else self.scale.nbytes
         return packed_size(self.indices.size, self.nbits) + self.lut.nbytes + scale
 
+    def table_of_each_index(self) -> np.ndarray:
+        """[*indices.shape, 2**nbits, cluster_dim]: the table each index reads from."""
+        return self.lut[table_index(self.indices.shape, self.lut.shape[:-2])]
+
     def decompress(self) -> np.ndarray:
-        rows = self.indices.shape[self.axis]  # channels / cluster_dim
-        index = np.moveaxis(self.indices, self.axis, 0).reshape(rows, -1)
-        table_of_row = np.arange(rows) // (rows // self.groups)
-        values = self.lut[table_of_row[:, None], index]  # [rows, rest, cluster_dim]
-        moved_shape = (self.shape[self.axis],) + tuple(np.delete(self.shape, self.axis))
-        dense = np.moveaxis(np.swapaxes(values, 1, 2).reshape(moved_shape), 0, self.axis)
+        blocks = table_index(self.indices.shape, self.lut.shape[:-2])
+        values = self.lut[blocks + (self.indices.astype(np.intp),)]  # [*indices.shape, cluster_dim]
+        if self.cluster_dim > 1:
+            values = np.moveaxis(values, -1, self.vector_axis + 1).reshape(self.shape)
+        else:
+            values = values[..., 0]
         if self.scale is not None:
-            dense = dense * self.scale
-        return dense
+            values = values * expand_blocks(self.scale, self.shape)
+        return values
+
+
+def table_index(shape: Tuple[int, ...], blocks: Tuple[int, ...]) -> Tuple[np.ndarray, ...]:
+    """Per axis, the table (block) number of each position, shaped to broadcast over `shape`."""
+    rank = len(shape)
+    index = []
+    for axis, (size, count) in enumerate(zip(shape, blocks)):
+        along = np.arange(size) // (size // count)
+        index.append(along.reshape((1,) * axis + (size,) + (1,) * (rank - axis - 1)))
+    return tuple(index)
 
 
 def palettize(
@@ -95,16 +120,18 @@ def palettize(
     """
     weight = check_weight(weight)
     axis = normalize_axis(channel_axis if config.channel_axis is None else config.channel_axis, weight.ndim, "channel_axis")
+    if config.granularity == "auto":
+        config = _smallest_lossless_layout(weight, config, axis, importance)
     channels = weight.shape[axis]
     vector = config.cluster_dim
     if channels % vector:
         raise NotCompressible(f"{channels} channels on axis {axis} are not divisible by cluster_dim {vector}")
     group_size = channels if config.granularity == "per_tensor" else config.group_size
     if channels % group_size:
-        hint = _largest_group(channels, group_size, vector)
+        hint = largest_group_size(channels, group_size, vector)
         raise NotCompressible(
             f"{channels} channels on axis {axis} are not divisible by group_size {group_size}"
-            f" (the largest group size that divides them is {hint})"
+            + (f" (the largest group size that divides them is {hint})" if hint else "")
         )
     scale = _channel_scale(weight, axis) if config.enable_per_channel_scale else None
     # Cluster the weights as stored (float16 weights take k-means' exact fast path), or scaled.
@@ -118,30 +145,60 @@ def palettize(
         lut, index = _custom(grouped, config, weight.dtype, group_shape)
     else:
         lut, index = _MODES[config.mode](grouped, config, weight.dtype, weights)
+    full_lut_shape = [1] * weight.ndim + list(lut.shape[1:])
+    full_lut_shape[axis] = groups
     return LutParams(
         indices=_from_groups(index, weight.shape, axis, vector),
-        lut=lut,
-        axis=axis,
-        shape=weight.shape,
+        lut=lut.reshape(full_lut_shape),
+        vector_axis=axis if vector > 1 else None,
         scale=scale,
     )
 
 
-def _largest_group(channels: int, limit: int, vector: int) -> int:
-    best = largest_divisor_at_most(channels, limit)
-    while best % vector:
-        best = largest_divisor_at_most(channels, best - 1)
-    return best
+def _smallest_lossless_layout(weight: np.ndarray, config: PalettizeConfig, axis: int, importance) -> PalettizeConfig:
+    """Unique palettization with the group size (one table, or one per group of channels) that
+    stores the weight in the fewest bytes; NotCompressible if no layout holds it losslessly."""
+    import dataclasses
+
+    channels, vector = weight.shape[axis], config.cluster_dim
+    limit = 1 << (config.nbits or PALETTE_NBITS[-1])
+    values = np.moveaxis(weight, axis, 0).reshape(channels, -1)
+    best = None
+    for group in [g for g in range(channels, 0, -1) if channels % g == 0 and g % vector == 0]:
+        rows = np.sort(sortable(values).reshape(channels // group, -1), axis=1)
+        distinct = int((np.diff(rows, axis=1) != 0).sum(1).max()) + 1 if rows.shape[1] > 1 else 1
+        if vector > 1:
+            distinct = max(len(unique_values(_to_groups(weight, axis, channels // group, vector)[g], axis=0)) for g in range(channels // group))
+        if distinct > limit:
+            continue
+        nbits = config.nbits or next(b for b in PALETTE_NBITS if 1 << b >= distinct)
+        size = packed_size(weight.size // vector, nbits) + (channels // group) * (1 << nbits) * vector * weight.itemsize
+        if best is None or size < best[0]:
+            best = (size, group)
+        if nbits == PALETTE_NBITS[0]:
+            break
+    if best is None:
+        raise NotCompressible(f"no group of channels along axis {axis} has at most {limit} distinct values")
+    group = best[1]
+    if group == channels:
+        return dataclasses.replace(config, granularity="per_tensor")
+    return dataclasses.replace(config, granularity="per_grouped_channel", group_size=group, channel_axis=axis)
+
+
+def largest_group_size(channels: int, limit: int, vector: int = 1) -> Optional[int]:
+    """The largest group size <= `limit` that divides `channels` and is a multiple of `vector`."""
+    for size in range(min(limit, channels), 0, -1):
+        if channels % size == 0 and size % vector == 0:
+            return size
+    return None
 
 
 def _channel_scale(weight: np.ndarray, axis: int) -> np.ndarray:
-    """Largest magnitude of each channel along `axis` (1 for an all-zero channel), in the weight's dtype.
-
-    The scale is rounded up where the dtype's rounding would leave a channel's largest value
-    above 1 after division.
-    """
-    others = tuple(i for i in range(weight.ndim) if i != axis)
-    peak = np.abs(weight.astype(np.float64)).max(axis=others, keepdims=True)
+    """coremltools' per-channel scale: the largest magnitude across the channel axis at every other
+    position (shape 1 on `axis`), 1 where that is zero, in the weight's dtype; rounded up where the
+    dtype's rounding would leave a value above 1 after division. For a linear weight [out, in] this
+    is one scale per input column, shared by the output channels that the tables serve."""
+    peak = np.abs(weight.astype(np.float64)).max(axis=axis, keepdims=True)
     peak = np.where(peak > 0, peak, 1.0)
     scale = peak.astype(weight.dtype)
     low = scale.astype(np.float64) < peak
@@ -166,7 +223,7 @@ def _from_groups(index: np.ndarray, shape: Tuple[int, ...], axis: int, vector: i
 
 def _finish_scalar(values: np.ndarray, tables: np.ndarray, dtype: np.dtype) -> Tuple[np.ndarray, np.ndarray]:
     """Round sorted float64 tables to `dtype` and map every value to its nearest entry."""
-    lut = np.sort(tables.astype(dtype), axis=1)
+    lut = np.sort(tables, axis=1).astype(dtype)  # rounding keeps the order
     return lut[..., None], assign_nearest(values, lut)
 
 
@@ -180,23 +237,21 @@ def _kmeans(values: np.ndarray, config: PalettizeConfig, dtype: np.dtype, weight
 
 
 def _uniform(values: np.ndarray, config: PalettizeConfig, dtype: np.dtype, weights: Optional[np.ndarray]):
-    """Evenly spaced table (step * (i - z)) covering each group's range, with 0 = entry z."""
+    """Evenly spaced table step * (i - z), i = 0..K-1, holding 0 exactly (entry z).
+
+    Among the K positions z for 0, the one allowing the finest step is chosen; the step lets the
+    outermost entries sit up to half a step inside the range, so every weight is within half a step
+    of an entry (as with coremltools' [min, max] table, whose step this matches on symmetric ranges).
+    """
     k = 1 << config.nbits
     scalars = values[..., 0]
     counted = scalars if weights is None else np.where(weights > 0, scalars, 0.0)
     low = np.minimum(counted.min(1), 0.0)[:, None]
     high = np.maximum(counted.max(1), 0.0)[:, None]
     zero = np.arange(k)[None, :]  # candidate position of 0 in the table
-    with np.errstate(divide="ignore", invalid="ignore"):
-        up = np.where(zero < k - 1, high / (k - 1 - zero), np.where(high > 0, np.inf, 0.0))
-        down = np.where(zero > 0, -low / zero, np.where(low < 0, np.inf, 0.0))
-    step = np.maximum(up, down)
+    step = np.maximum(high / (k - 1 - zero + 0.5), -low / (zero + 0.5))
     z = step.argmin(1)
     step = step[np.arange(len(z)), z]
-    # Two entries cannot cover a range on both sides of 0: keep 0 and the larger side.
-    two_sided = ~np.isfinite(step)
-    z = np.where(two_sided, np.where(high[:, 0] >= -low[:, 0], 0, 1), z)
-    step = np.where(two_sided, np.maximum(high[:, 0], -low[:, 0]), step)
     tables = (np.arange(k)[None, :] - z[:, None]) * step[:, None]
     return _finish_scalar(scalars, tables, dtype)
 
@@ -208,7 +263,7 @@ def _unique(values: np.ndarray, config: PalettizeConfig, dtype: np.dtype, weight
     distinct = []
     for g in range(groups):  # one np.unique per group; unique mode does no clustering
         rows = exact[g] if weights is None or not (weights[g] > 0).any() else exact[g][weights[g] > 0]
-        distinct.append(np.unique(rows, axis=0))
+        distinct.append(unique_values(rows, axis=0))
     most = max(len(d) for d in distinct)
     nbits = config.nbits
     if nbits is None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from milcompress.config import LinearQuantizeConfig
 from milcompress.errors import NotCompressible
-from milcompress.ops._arrays import check_weight, largest_divisor_at_most, normalize_axis
+from milcompress.ops._arrays import check_weight, expand_blocks, largest_divisor_at_most, normalize_axis
 from milcompress.ops.packing import packed_size
 
 
@@ -32,7 +32,7 @@ class AffineParams:
 
     data: np.ndarray
     scale: np.ndarray
-    zero_point: Optional[np.ndarray]
+    zero_point: Optional[np.ndarray]  # integers like data; Core ML also allows float offsets
     nbits: int
     signed: bool
 
@@ -55,17 +55,12 @@ class AffineParams:
         return packed_size(self.data.size, self.nbits) + self.scale.nbytes + zero
 
     def decompress(self) -> np.ndarray:
-        q = self.data.astype(np.float32)
+        """scale * (data - zero_point), in the scale's dtype, as Core ML's iOS18 op computes it."""
+        dtype = self.scale.dtype
+        q = self.data.astype(dtype)
         if self.zero_point is not None:
-            q = q - _expand(self.zero_point.astype(np.float32), self.block_sizes)
-        return (q * _expand(self.scale.astype(np.float32), self.block_sizes)).astype(self.scale.dtype)
-
-
-def _expand(per_block: np.ndarray, block_sizes: Sequence[int]) -> np.ndarray:
-    for axis, size in enumerate(block_sizes):
-        if size > 1:
-            per_block = np.repeat(per_block, size, axis=axis)
-    return per_block
+            q = q - expand_blocks(self.zero_point.astype(dtype), self.shape)
+        return expand_blocks(self.scale, self.shape) * q
 
 
 def integer_range(nbits: int, signed: bool, mode: str) -> Tuple[int, int]:

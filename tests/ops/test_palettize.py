@@ -6,24 +6,15 @@ from hypothesis import strategies as st
 from milcompress.config import PalettizeConfig
 from milcompress.errors import ConfigError, NotCompressible
 from milcompress.ops.palettize import LutParams, palettize
+from milcompress.ops._arrays import unique_values
 from tests.strategies import weights
 
 NBITS = st.sampled_from([1, 2, 3, 4, 6, 8])
 
 
-def _table_of_each_weight(params: LutParams) -> np.ndarray:
-    """[*shape, K] the table values each (scalar) weight could have chosen."""
-    moved = np.moveaxis(np.empty(params.shape, dtype=np.bool_), params.axis, 0)
-    channel = np.arange(moved.shape[0]) // params.group_size
-    tables = params.lut[channel, :, 0]  # [C, K]
-    expanded = tables.reshape((moved.shape[0],) + (1,) * (moved.ndim - 1) + (tables.shape[-1],))
-    expanded = np.broadcast_to(expanded, moved.shape + (tables.shape[-1],))
-    return np.moveaxis(expanded, 0, params.axis)
-
-
 def _assert_nearest(w, params):
     """No weight is farther from its table entry than from any other entry of its table."""
-    options = _table_of_each_weight(params).astype(np.float64)
+    options = params.table_of_each_index()[..., 0].astype(np.float64)
     distance = np.abs(w.astype(np.float64)[..., None] - options)
     chosen = np.take_along_axis(distance, params.indices[..., None].astype(np.int64), axis=-1)[..., 0]
     assert (chosen <= distance.min(-1)).all()
@@ -36,7 +27,9 @@ def test_scalar_tables_map_every_weight_to_its_nearest_entry(w, nbits, mode, dat
     group = data.draw(st.sampled_from([d for d in range(1, channels + 1) if channels % d == 0]))
     config = PalettizeConfig(nbits=nbits, mode=mode, granularity="per_grouped_channel", group_size=group)
     params = palettize(w, config, channel_axis=axis)
-    assert params.lut.shape == (channels // group, 1 << nbits, 1)
+    expected_lut = [1] * w.ndim + [1 << nbits, 1]
+    expected_lut[axis] = channels // group
+    assert params.lut.shape == tuple(expected_lut) and params.vector_axis is None
     assert params.lut.dtype == w.dtype and params.indices.dtype == np.uint8
     assert params.indices.shape == w.shape and params.indices.max() < 1 << nbits
     dense = params.decompress()
@@ -46,7 +39,7 @@ def test_scalar_tables_map_every_weight_to_its_nearest_entry(w, nbits, mode, dat
 
 @given(w=weights(), nbits=NBITS)
 def test_kmeans_is_lossless_when_the_table_can_hold_every_value(w, nbits):
-    assume(len(np.unique(w)) <= 1 << nbits)
+    assume(len(unique_values(w)) <= 1 << nbits)
     params = palettize(w, PalettizeConfig(nbits=nbits))
     np.testing.assert_array_equal(params.decompress(), w)
 
@@ -54,7 +47,7 @@ def test_kmeans_is_lossless_when_the_table_can_hold_every_value(w, nbits):
 @given(w=weights(), nbits=NBITS)
 def test_uniform_tables_hold_zero_and_are_evenly_spaced(w, nbits):
     params = palettize(w, PalettizeConfig(nbits=nbits, mode="uniform"))
-    table = params.lut[0, :, 0].astype(np.float64)
+    table = params.lut.reshape(-1).astype(np.float64)
     assert 0.0 in table
     steps = np.diff(table)
     assert (steps >= 0).all()
@@ -69,14 +62,14 @@ def test_uniform_beats_a_table_without_zero_on_heavy_tails():
     params = palettize(w, PalettizeConfig(nbits=4, mode="uniform"))
     dense = params.decompress()
     # Small weights (most of them) decode to exactly 0 rather than to a far table entry.
-    small = np.abs(w) < 0.5 * np.abs(np.diff(params.lut[0, :, 0].astype(np.float64))).max()
+    small = np.abs(w) < 0.5 * np.abs(np.diff(params.lut.reshape(-1).astype(np.float64))).max()
     assert (dense[small] == 0).mean() > 0.99
 
 
 @given(w=weights(), grouped=st.booleans())
 def test_unique_is_lossless_or_refuses(w, grouped):
     config = PalettizeConfig(mode="unique", granularity="per_grouped_channel" if grouped else "per_tensor", group_size=1)
-    distinct = max(len(np.unique(g)) for g in (w.reshape(w.shape[0], -1) if grouped else w.reshape(1, -1)))
+    distinct = max(len(unique_values(g)) for g in (w.reshape(w.shape[0], -1) if grouped else w.reshape(1, -1)))
     if distinct > 256:
         with pytest.raises(NotCompressible, match="distinct values"):
             palettize(w, config)
@@ -95,10 +88,10 @@ def test_unique_with_too_small_a_table_refuses():
 def test_vector_tables_fill_consecutive_channels(w, nbits, dim, data):
     assume(w.shape[0] % dim == 0)
     params = palettize(w, PalettizeConfig(nbits=nbits, cluster_dim=dim))
-    assert params.lut.shape == (1, 1 << nbits, dim)
-    assert params.indices.shape == (w.shape[0] // dim,) + w.shape[1:]
+    assert params.lut.shape == (1,) * w.ndim + (1 << nbits, dim) and params.vector_axis == 0
+    assert params.indices.shape == (w.shape[0] // dim,) + w.shape[1:] and params.shape == w.shape
     dense = params.decompress()
-    expected = params.lut[0][params.indices.astype(np.int64)]  # [C/d, ..., d]
+    expected = params.lut.reshape(1 << nbits, dim)[params.indices.astype(np.int64)]  # [C/d, ..., d]
     expected = np.moveaxis(expected, -1, 1).reshape(w.shape)
     np.testing.assert_array_equal(dense, expected)
 
@@ -115,19 +108,20 @@ def test_vector_tables_are_lossless_with_few_distinct_vectors():
 @given(w=weights(min_rank=2), nbits=st.sampled_from([2, 4, 8]))
 def test_per_channel_scale(w, nbits):
     params = palettize(w, PalettizeConfig(nbits=nbits, enable_per_channel_scale=True))
-    assert params.scale.shape == (w.shape[0],) + (1,) * (w.ndim - 1) and params.scale.dtype == w.dtype
-    peak = np.abs(w.astype(np.float64)).reshape(w.shape[0], -1).max(1)
+    assert params.scale.shape == (1,) + w.shape[1:] and params.scale.dtype == w.dtype
+    peak = np.abs(w.astype(np.float64)).max(axis=0, keepdims=True)
     assert (np.abs(params.lut.astype(np.float64)) <= 1.0).all()
-    assert (params.scale.reshape(-1).astype(np.float64) >= np.where(peak > 0, peak, 1.0)).all()
-    assert params.decompress().dtype == w.dtype
+    assert (params.scale.astype(np.float64) >= np.where(peak > 0, peak, 1.0)).all()
+    unscaled = LutParams(params.indices, params.lut).decompress()
+    np.testing.assert_array_equal(params.decompress(), unscaled * params.scale)
 
 
-def test_per_channel_scale_helps_channels_of_very_different_size():
+def test_per_channel_scale_helps_input_columns_of_very_different_size():
     rng = np.random.default_rng(0)
-    w = (rng.normal(size=(16, 256)) * np.logspace(-3, 0, 16)[:, None]).astype(np.float32)
+    w = (rng.normal(size=(256, 16)) * np.logspace(-3, 0, 16)[None, :]).astype(np.float32)
     plain = palettize(w, PalettizeConfig(nbits=4)).decompress()
     scaled = palettize(w, PalettizeConfig(nbits=4, enable_per_channel_scale=True)).decompress()
-    relative = lambda d: np.mean(np.abs(d - w).mean(1) / np.abs(w).mean(1))  # noqa: E731
+    relative = lambda d: np.mean(np.abs(d - w).mean(0) / np.abs(w).mean(0))  # noqa: E731
     assert relative(scaled) < relative(plain) / 3
 
 
@@ -174,14 +168,14 @@ def test_config_channel_axis_overrides_the_op_axis():
     w = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
     config = PalettizeConfig(nbits=2, granularity="per_grouped_channel", group_size=2, channel_axis=1)
     params = palettize(w, config, channel_axis=0)
-    assert params.axis == 1 and params.lut.shape[0] == 4
+    assert params.lut.shape == (1, 4, 4, 1)
 
 
 def test_importance_zero_weights_do_not_shape_the_table():
     w = np.array([[0.0, 0.0, 0.0, 0.0, 1.0, 2.0]], dtype=np.float32).T
     importance = (w != 0).astype(np.float64)
     params = palettize(w, PalettizeConfig(nbits=1), importance=importance)
-    assert sorted(params.lut[0, :, 0].tolist()) == [1.0, 2.0]
+    assert sorted(params.lut.reshape(-1).tolist()) == [1.0, 2.0]
 
 
 def test_nbytes():

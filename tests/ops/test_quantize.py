@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights as ct_quantize
 from milcompress.config import LinearQuantizeConfig
 from milcompress.errors import NotCompressible
-from milcompress.ops.quantize import AffineParams, _expand, block_sizes_for, integer_range, quantize, quantize_blocks
+from milcompress.ops._arrays import expand_blocks
+from milcompress.ops.quantize import AffineParams, block_sizes_for, integer_range, quantize, quantize_blocks
 from tests.strategies import weights
 
 MODES = st.sampled_from(["linear_symmetric", "linear"])
@@ -17,7 +18,7 @@ def _assert_within_half_a_step(w: np.ndarray, params: AffineParams):
     """|w - decoded| <= scale / 2, plus half a unit in the last place of the output dtype."""
     dense = params.decompress()
     assert dense.dtype == w.dtype and dense.shape == w.shape
-    scale = _expand(params.scale.astype(np.float64), params.block_sizes)
+    scale = expand_blocks(params.scale.astype(np.float64), w.shape)
     error = np.abs(w.astype(np.float64) - dense.astype(np.float64))
     ulp = np.spacing(np.abs(dense)).astype(np.float64)
     assert (error <= scale / 2 * (1 + 1e-9) + ulp / 2).all()
