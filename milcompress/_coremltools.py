@@ -1,0 +1,129 @@
+"""The one place milcompress reaches into coremltools' private (underscore or undocumented) APIs.
+
+Everything else imports MIL types and helpers from here, so a coremltools upgrade that moves them
+touches only this file. Checked against coremltools 8.x and 9.x.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Union
+
+import numpy as np
+from coremltools.converters.mil import Builder as mb  # noqa: F401  (re-exported)
+from coremltools.converters.mil._deployment_compatibility import AvailableTarget
+from coremltools.converters.mil.mil import Block, Function, Operation, Program, Var, types  # noqa: F401
+from coremltools.converters.mil.mil import block as _block_module
+from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass  # noqa: F401
+from coremltools.converters.mil.mil.passes.helper import block_context_manager  # noqa: F401
+from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY, register_pass  # noqa: F401
+
+IOS15 = AvailableTarget.iOS15
+IOS16 = AvailableTarget.iOS16
+IOS17 = AvailableTarget.iOS17
+IOS18 = AvailableTarget.iOS18
+
+
+def function_of(node: Union[Block, Operation, Var]) -> Function:
+    """The function enclosing a block, an op or a var (through nested blocks)."""
+    block = node.op.enclosing_block if isinstance(node, Var) else node.enclosing_block if isinstance(node, Operation) else node
+    while not isinstance(block, Function):
+        block = block.outer_op.enclosing_block
+    return block
+
+
+def opset_of(node: Union[Block, Operation, Var]) -> AvailableTarget:
+    """The opset (deployment target) of the function holding `node`; iOS13 when unset."""
+    version = function_of(node).opset_version
+    return AvailableTarget.iOS13 if version is None else version
+
+
+def target_name(target: AvailableTarget) -> str:
+    return target.name
+
+
+@contextlib.contextmanager
+def building_in(block: Block) -> Iterator[None]:
+    """Make `block` the block that `mb` ops go into, unless it already is (entering a block is
+    costly on exit, so passes enter each block once and lowering reuses it)."""
+    if _block_module.BLOCK_STACK and _block_module.BLOCK_STACK[-1] is block:
+        yield
+    else:
+        with block:
+            yield
+
+
+def unsigned_dtype(nbits: int) -> np.dtype:
+    """The numpy dtype coremltools uses for MIL uint`nbits` (sub-byte types carry metadata)."""
+    return types.nptype_from_builtin(types.string_to_builtin(f"uint{nbits}"))
+
+
+def integer_dtype(nbits: int, signed: bool) -> np.dtype:
+    return types.nptype_from_builtin(types.string_to_builtin(f"{'' if signed else 'u'}int{nbits}"))
+
+
+def builtin_bitwidth(var: Var) -> int:
+    """Bits per element of an integer var's MIL dtype (uint4 -> 4)."""
+    return var.dtype.get_bitwidth()
+
+
+def is_unsigned(var: Var) -> bool:
+    return var.dtype.is_unsigned()
+
+
+def is_float_var(var: Var) -> bool:
+    return types.is_float(var.dtype)
+
+
+def default_pipeline_pass_ids():
+    """The pass ids of coremltools' default conversion pipeline."""
+    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline
+
+    return list(PassPipeline.DEFAULT.passes)
+
+
+def new_pass_pipeline(pass_ids, name: str):
+    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline
+
+    return PassPipeline(list(pass_ids), pipeline_name=name)
+
+
+def register_named_pipeline(name: str, pass_ids) -> None:
+    """Add a named pipeline to coremltools' table (it has no public registration API)."""
+    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline
+
+    PassPipeline._PIPELINE_NAME_TO_PASSES[name] = list(pass_ids)
+
+
+def program_from_mlmodel(mlmodel) -> Program:
+    """The MIL program inside an ML program model (a fresh copy: the model is not touched)."""
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+
+    spec = mlmodel.get_spec()
+    return milproto.load(model_spec=spec, specification_version=spec.specificationVersion, file_weights_dir=mlmodel.weights_dir)
+
+
+def model_type(mlmodel) -> str:
+    return mlmodel.get_spec().WhichOneof("Type")
+
+
+def mlmodel_from_program(prog: Program, like):
+    """An ML program model holding `prog`, with `like`'s description (inputs, outputs, metadata).
+
+    No further graph passes run (beyond the backend's own), so the program is saved as it is.
+    """
+    from coremltools import _SPECIFICATION_VERSION_IOS_16
+    from coremltools.converters.mil.converter import mil_convert
+    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline
+
+    spec = like.get_spec()
+    return mil_convert(
+        prog,
+        convert_to="mlprogram",
+        convert_from="milinternal",
+        specification_version=max(spec.specificationVersion, _SPECIFICATION_VERSION_IOS_16),
+        compute_units=like.compute_unit,
+        model_description=spec.description,
+        skip_model_load=True,
+        pass_pipeline=PassPipeline.EMPTY,
+    )
