@@ -1,0 +1,145 @@
+"""Python calls on whole models, with coremltools' signatures.
+
+Each function takes an ML program `MLModel` (converted, or loaded from a saved .mlpackage) and
+returns a new one; the input model is never modified. The report of what happened to every weight
+stays reachable: `milcompress.report_of(new_model)`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+
+from milcompress import _coremltools as ct_private
+from milcompress.config import CompressionConfig
+from milcompress.errors import InputError
+from milcompress.lowering import read_back
+from milcompress.ops import describe
+from milcompress.ops._arrays import unique_values
+from milcompress.passes import (
+    CompressWeights,
+    DecompressWeights,
+    JointCompressWeights,
+    LinearQuantizeWeights,
+    PalettizeWeights,
+    PruneWeights,
+    reports_of,
+)
+from milcompress.passes.graph import walk_ops
+
+
+def _program(mlmodel):
+    kind = ct_private.model_type(mlmodel)
+    if kind != "mlProgram":
+        raise InputError(
+            f"milcompress works on ML program models; this model is a {kind} "
+            "(convert with convert_to='mlprogram', or use coremltools.models.neural_network.quantization_utils)"
+        )
+    return ct_private.program_from_mlmodel(mlmodel)
+
+
+def _run(pass_class, mlmodel, config=None, **options):
+    prog = _program(mlmodel)
+    graph_pass = pass_class()
+    if config is not None:
+        graph_pass.config = config
+    for name, value in options.items():
+        setattr(graph_pass, name, value)
+    graph_pass.apply(prog)
+    return ct_private.mlmodel_from_program(prog, like=mlmodel)
+
+
+def compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False):
+    """Compress with any mix of algorithms (a CompressionConfig, an algorithm config, or coremltools'
+    OptimizationConfig)."""
+    return _run(CompressWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback)
+
+
+def palettize_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False):
+    return _run(PalettizeWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback)
+
+
+def prune_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False):
+    return _run(PruneWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback)
+
+
+def linear_quantize_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False):
+    return _run(LinearQuantizeWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback)
+
+
+def joint_compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False):
+    return _run(JointCompressWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback)
+
+
+def decompress_weights(mlmodel):
+    """Every compressed weight back to a dense const."""
+    return _run(DecompressWeights, mlmodel)
+
+
+def report_of(model):
+    """The report of the last milcompress pass run on a model (or program); None if none ran."""
+    prog = getattr(model, "_mil_program", model)
+    reports = reports_of(prog) if prog is not None else []
+    return reports[-1] if reports else None
+
+
+@dataclass
+class OpMetadata:
+    op_type: str
+    name: str
+    params_name_mapping: "OrderedDict[str, str]"
+
+
+@dataclass
+class WeightMetadata:
+    """coremltools' CoreMLWeightMetaData fields (val, sparsity, unique_values, child_ops), plus how
+    the weight is stored: `form` (None when dense), `nbytes` of its stored data, `bits_per_weight`."""
+
+    val: np.ndarray
+    sparsity: float
+    unique_values: int
+    child_ops: List[OpMetadata]
+    form: Optional[str]
+    nbytes: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.nbytes / self.val.size
+
+
+def get_weights_metadata(mlmodel, weight_threshold: int = 2048) -> "OrderedDict[str, WeightMetadata]":
+    """Every weight of more than `weight_threshold` elements, dense or compressed, by name.
+
+    Unlike coremltools' function (which lists const ops only, so a compressed weight appears as its
+    LUT and indices), a compressed weight is one entry with its decompressed value and its form.
+    """
+    prog = _program(mlmodel)
+    found: "OrderedDict[str, WeightMetadata]" = OrderedDict()
+    for op, _ in walk_ops(prog):
+        if op.op_type != "const" and not op.op_type.startswith("constexpr_"):
+            continue
+        for var in op.outputs:
+            readers = [c for c in var.child_ops if not c.op_type.startswith("constexpr_")]
+            if not readers:
+                continue
+            back = read_back(var)
+            value = back.dense
+            if value.size <= weight_threshold or not np.issubdtype(value.dtype, np.number):
+                continue
+            found[var.name] = WeightMetadata(
+                val=value,
+                sparsity=float(np.mean(np.abs(value) <= 1e-12)),
+                unique_values=int(len(unique_values(value))),
+                child_ops=[OpMetadata(c.op_type, c.name, OrderedDict((k, v.name) for k, v in c.inputs.items() if v is var)) for c in readers],
+                form=None if back.form is None else describe(back.form),
+                nbytes=int(back.form.nbytes) if back.form is not None else int(value.nbytes),
+            )
+    return found
+
+
+def compression_config(config) -> CompressionConfig:
+    """Parse any accepted config form (for callers that want to validate early)."""
+    return CompressionConfig.of(config)

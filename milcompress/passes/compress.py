@@ -1,0 +1,326 @@
+"""The compression passes: select weights, compute their compressed forms, rewrite, report.
+
+`compress_program(prog, config)` does the work in three stages, never mutating a block while it
+walks it:
+1. select: every const of every function and nested block is a candidate; it gets a config
+   (`CompressionConfig.resolve`) and is kept or skipped with the reason of the first skip rule
+   that applies;
+2. compute: each kept weight is compressed by the pure kernels of `ops/`, after fitting group and
+   block sizes to its shape (recorded as a note), and checked against the program's opset and the
+   config's `min_snr_db`; nothing in the program has changed yet, so a precondition error (a form
+   the opset cannot hold) leaves the program as it was;
+3. rewrite: `lowering.lower` emits the constexpr ops, the const's uses move to them, and each
+   block's replaced consts are removed at once.
+It returns a `Report` and keeps it on the program.
+
+The registered passes (`milcompress::compress_weights` and its narrower siblings) are thin
+wrappers with typed options settable from `PassPipeline.set_options`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import defaultdict
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from milcompress._coremltools import AbstractGraphPass, Program, building_in, opset_of, target_name
+from milcompress.config import (
+    PALETTE_NBITS,
+    AlgorithmConfig,
+    CompressionConfig,
+    JointConfig,
+    LinearQuantizeConfig,
+    MagnitudePruneConfig,
+    PalettizeConfig,
+    ThresholdPruneConfig,
+)
+from milcompress.errors import ConfigError, NotCompressible, PassError, PreconditionError
+from milcompress.lowering import lower, required_target
+from milcompress.ops import CompressedForm, compress, describe, snr_db
+from milcompress.ops._arrays import largest_divisor_at_most
+from milcompress.ops.palettize import largest_group_size
+from milcompress.passes.graph import ProgramGraph
+from milcompress.passes.options import parse_bool, parse_choice, parse_compression_config
+from milcompress.passes.report import COMPRESSED, SKIPPED, ConstRecord, Report, attach
+from milcompress.passes.skip_rules import CONFIG_RULES, SELECTION_RULES, Candidate, first_reason
+from milcompress.passes.weights import WeightLayout, common_layout
+
+logger = logging.getLogger(__name__)
+
+ALL_CONFIGS = (MagnitudePruneConfig, ThresholdPruneConfig, PalettizeConfig, LinearQuantizeConfig, JointConfig)
+
+
+@dataclasses.dataclass
+class _Plan:
+    """A weight that will be compressed: its candidate, form, record and the config used."""
+
+    candidate: Candidate
+    params: CompressedForm
+    record: ConstRecord
+
+
+def compress_program(
+    prog: Program,
+    config,
+    *,
+    on_unsupported: str = "error",
+    snr_fallback: bool = False,
+    pass_name: str = "milcompress::compress_weights",
+) -> Report:
+    """Compress the weights of `prog` in place as `config` says; return (and keep) the report.
+
+    `on_unsupported="skip"` records, instead of raising, weights whose requested form the
+    program's opset cannot hold. `snr_fallback=True` retries a weight that misses its config's
+    `min_snr_db` with gentler forms (more bits, less sparsity) before skipping it.
+    """
+    config = CompressionConfig.of(config)
+    graph = ProgramGraph(prog)
+    records: Dict[object, ConstRecord] = {}
+    plans: List[_Plan] = []
+    for const in graph.consts():
+        candidate, record = _select(const, graph, config)
+        records[const] = record
+        if record.action == SKIPPED:
+            continue
+        plan = _compute(candidate, record, on_unsupported, snr_fallback)
+        if plan is not None:
+            plans.append(plan)
+    _rewrite(plans)
+    report = Report(pass_name, [records[c] for c in graph.consts()])
+    attach(prog, report)
+    totals = report.totals()
+    logger.info(
+        "%s: %d of %d consts compressed, %s -> %s bytes", pass_name, totals["compressed"], totals["candidates"], totals["bytes_before"], totals["bytes_after"]
+    )
+    return report
+
+
+def _record(candidate: Candidate, action: str, reason: Optional[str] = None) -> ConstRecord:
+    value = candidate.value
+    return ConstRecord(
+        name=candidate.const.name,
+        function=candidate.function,
+        consumers=[u.describe() for u in candidate.uses],
+        shape=[int(d) for d in value.shape],
+        dtype=str(value.dtype),
+        action=action,
+        reason=reason,
+        bytes_before=int(value.nbytes),
+        bytes_after=int(value.nbytes),
+    )
+
+
+def _select(const, graph: ProgramGraph, config: CompressionConfig) -> Tuple[Candidate, ConstRecord]:
+    value = np.asarray(const.outputs[0].val)
+    candidate = Candidate(const, graph.function_of[const], value, tuple(graph.uses(const)))
+    reason = first_reason(candidate, SELECTION_RULES)
+    if reason is None:
+        consumers = [(u.op.name, u.op.op_type) for u in candidate.weight_uses]
+        algorithm, source = config.resolve(const.name, consumers)
+        candidate = dataclasses.replace(candidate, config=algorithm, config_source=source)
+        reason = first_reason(candidate, CONFIG_RULES)
+    return candidate, _record(candidate, SKIPPED if reason else COMPRESSED, reason)
+
+
+def _skip(record: ConstRecord, reason: str) -> None:
+    record.action, record.reason = SKIPPED, reason
+
+
+def _compute(candidate: Candidate, record: ConstRecord, on_unsupported: str, snr_fallback: bool) -> Optional[_Plan]:
+    const, value, config = candidate.const, candidate.value, candidate.config
+    layout, disagreement = common_layout(candidate.weight_uses, value.ndim)
+    if layout is None or layout.output_axis is None:
+        if needs_axes(config):
+            _skip(record, disagreement or "channel axes unknown: a reshape stands between the const and its op")
+            return None
+        layout = WeightLayout(0, min(1, value.ndim - 1))
+    attempts = [config] + (gentler(config) if snr_fallback else [])
+    minimum = config.min_snr_db
+    for attempt in attempts:
+        fitted, notes = fit_to_shape(attempt, value.shape, layout)
+        try:
+            params = compress(value, fitted, output_axis=layout.output_axis, input_axis=layout.input_axis)
+        except NotCompressible as error:
+            _skip(record, error.reason)
+            return None
+        need, why = required_target(params)
+        have = opset_of(const)
+        if have < need:
+            message = (
+                f"const '{const.name}': {why} needs minimum_deployment_target=ct.target.{target_name(need)}; "
+                f"the program targets {target_name(have)}"
+            )
+            if on_unsupported == "skip":
+                _skip(record, f"opset too old: {why} needs {target_name(need)}, the program targets {target_name(have)}")
+                return None
+            raise PreconditionError(message, minimum_deployment_target=target_name(need))
+        snr = snr_db(value, params.decompress())
+        if minimum is not None and snr < minimum:
+            continue
+        if attempt is not config:
+            notes.append(f"fell back to {describe(params)} to reach min_snr_db {minimum:g}")
+        record.form, record.notes, record.snr_db, record.bytes_after = describe(params), notes, snr, int(params.nbytes)
+        return _Plan(candidate, params, record)
+    tried = "" if len(attempts) == 1 else f" (and with {len(attempts) - 1} gentler forms)"
+    _skip(record, f"SNR {snr:.1f} dB < min_snr_db {minimum:g}{tried}")
+    return None
+
+
+def _rewrite(plans: List[_Plan]) -> None:
+    by_block = defaultdict(list)
+    for plan in plans:
+        by_block[plan.candidate.const.enclosing_block].append(plan)
+    for block, block_plans in by_block.items():
+        with building_in(block):
+            for plan in block_plans:
+                const = plan.candidate.const
+                try:
+                    var = lower(plan.params, const)
+                    block.replace_uses_of_var_after_op(
+                        anchor_op=const, old_var=const.outputs[0], new_var=var, no_check_var_types=True, force_replace=True
+                    )
+                except PreconditionError:
+                    raise
+                except Exception as error:  # a bug, not a user error: name the const
+                    raise PassError(f"const '{const.name}': rewriting as {plan.record.form} failed: {error}") from error
+            block.remove_ops([plan.candidate.const for plan in block_plans])
+
+
+def needs_axes(config: AlgorithmConfig) -> bool:
+    """Whether `config` needs to know which axes hold output and input channels."""
+    if isinstance(config, JointConfig):
+        return needs_axes(config.then)
+    if isinstance(config, PalettizeConfig):
+        return config.granularity != "per_tensor" or config.cluster_dim > 1 or config.enable_per_channel_scale
+    if isinstance(config, LinearQuantizeConfig):
+        return config.granularity != "per_tensor"
+    return False
+
+
+def fit_to_shape(config: AlgorithmConfig, shape, layout: WeightLayout) -> Tuple[AlgorithmConfig, List[str]]:
+    """`config` with group and block sizes shrunk to the largest that divide `shape`, and notes."""
+    if isinstance(config, JointConfig):
+        then, notes = fit_to_shape(config.then, shape, layout)
+        return dataclasses.replace(config, then=then), notes
+    if isinstance(config, PalettizeConfig) and config.granularity == "per_grouped_channel":
+        axis = layout.output_axis if config.channel_axis is None else config.channel_axis % len(shape)
+        channels = shape[axis]
+        if channels % config.group_size or config.group_size > channels:
+            group = largest_group_size(channels, config.group_size, config.cluster_dim)
+            if group is not None and group != config.group_size:
+                note = f"group_size {config.group_size} -> {group}: {channels} channels on axis {axis} are not divisible by {config.group_size}"
+                return dataclasses.replace(config, group_size=group), [note]
+    if isinstance(config, LinearQuantizeConfig) and config.granularity == "per_block":
+        if isinstance(config.block_size, int):
+            axis, dim = layout.input_axis, shape[layout.input_axis]
+            if dim % config.block_size:
+                block = largest_divisor_at_most(dim, config.block_size)
+                note = f"block_size {config.block_size} -> {block}: input axis {axis} has {dim} channels"
+                return dataclasses.replace(config, block_size=block), [note]
+        elif len(config.block_size) == len(shape):
+            sizes, notes = [], []
+            for axis, (size, dim) in enumerate(zip(config.block_size, shape)):
+                if size and dim % size:
+                    fitted = largest_divisor_at_most(dim, size)
+                    notes.append(f"block_size[{axis}] {size} -> {fitted}: axis {axis} has {dim}")
+                    size = fitted
+                sizes.append(size)
+            if notes:
+                return dataclasses.replace(config, block_size=tuple(sizes)), notes
+    return config, []
+
+
+def gentler(config: AlgorithmConfig) -> List[AlgorithmConfig]:
+    """Forms that keep more of the weight than `config`, mildest last."""
+    if isinstance(config, PalettizeConfig) and config.nbits is not None:
+        return [dataclasses.replace(config, nbits=b) for b in PALETTE_NBITS if b > config.nbits]
+    if isinstance(config, LinearQuantizeConfig):
+        steps = []
+        if config.granularity == "per_tensor":
+            steps.append(dataclasses.replace(config, granularity="per_channel"))
+        if config.nbits == 4:
+            steps.append(dataclasses.replace(config, dtype=config.dtype.replace("4", "8")))
+        return steps
+    if isinstance(config, MagnitudePruneConfig) and config.target_sparsity is not None:
+        return [dataclasses.replace(config, target_sparsity=config.target_sparsity * f) for f in (0.75, 0.5, 0.25)]
+    if isinstance(config, JointConfig):
+        return [dataclasses.replace(config, then=t) for t in gentler(config.then)] + [
+            dataclasses.replace(config, prune=p) for p in gentler(config.prune)
+        ]
+    return []
+
+
+class CompressWeights(AbstractGraphPass):
+    """milcompress::compress_weights: compress weights as the `config` option says.
+
+    Options (objects or strings, as `PassPipeline.set_options` passes them):
+    - config: a CompressionConfig, an algorithm config, a coremltools OptimizationConfig, or a
+      YAML path or text;
+    - on_unsupported: "error" (default) or "skip", for forms the program's opset cannot hold;
+    - snr_fallback: retry weights below min_snr_db with gentler forms (default false);
+    - report_path: also write the JSON report there.
+    """
+
+    PASS_ID = "milcompress::compress_weights"
+    ACCEPTS: Tuple[type, ...] = ALL_CONFIGS
+    DEFAULT: Optional[AlgorithmConfig] = None
+
+    def __init__(self):
+        super().__init__()
+        self._config = None if self.DEFAULT is None else CompressionConfig.of(self.DEFAULT)
+        self._on_unsupported = "error"
+        self._snr_fallback = False
+        self._report_path = None
+
+    @property
+    def config(self) -> Optional[CompressionConfig]:
+        return self._config
+
+    @config.setter
+    def config(self, value) -> None:
+        config = parse_compression_config(value)
+        for algorithm in config.algorithms():
+            if not isinstance(algorithm, self.ACCEPTS):
+                accepted = ", ".join(c.__name__ for c in self.ACCEPTS)
+                raise ConfigError(f"{self.PASS_ID} accepts {accepted}; got {type(algorithm).__name__}", field="config")
+        self._config = config
+
+    @property
+    def on_unsupported(self) -> str:
+        return self._on_unsupported
+
+    @on_unsupported.setter
+    def on_unsupported(self, value) -> None:
+        self._on_unsupported = parse_choice("on_unsupported", value, ("error", "skip"))
+
+    @property
+    def snr_fallback(self) -> bool:
+        return self._snr_fallback
+
+    @snr_fallback.setter
+    def snr_fallback(self, value) -> None:
+        self._snr_fallback = parse_bool("snr_fallback", value)
+
+    @property
+    def report_path(self) -> Optional[str]:
+        return self._report_path
+
+    @report_path.setter
+    def report_path(self, value) -> None:
+        self._report_path = None if value in (None, "") else str(value)
+
+    def apply(self, prog: Program) -> None:
+        if self._config is None:
+            raise ConfigError(f"{self.PASS_ID}: no config set (use PassPipeline.set_options(..., {{'config': ...}}))", field="config")
+        report = compress_program(
+            prog, self._config, on_unsupported=self._on_unsupported, snr_fallback=self._snr_fallback, pass_name=self.PASS_ID
+        )
+        if self._report_path:
+            with open(self._report_path, "w") as handle:
+                handle.write(report.to_json())
+
+    def __str__(self) -> str:
+        return self.PASS_ID

@@ -1,0 +1,218 @@
+import json
+
+import numpy as np
+import pytest
+
+import milcompress  # noqa: F401  (registers the passes)
+from milcompress._coremltools import IOS17, IOS18, PASS_REGISTRY, mb, types
+from milcompress.config import (
+    CompressionConfig,
+    JointConfig,
+    LinearQuantizeConfig,
+    MagnitudePruneConfig,
+    PalettizeConfig,
+)
+from milcompress.errors import ConfigError, PreconditionError
+from milcompress.passes import compress_program, reports_of
+from milcompress.passes.graph import walk_ops
+
+RNG = np.random.default_rng(0)
+
+
+def _w(*shape, dtype=np.float16, scale=0.1):
+    return (RNG.normal(0, scale, shape)).astype(dtype)
+
+
+def net(opset=IOS18):
+    """conv -> reshape -> linear (+bias) -> matmul; a small embedding gather; a masked add."""
+    conv_w, fc_w, fc_b, proj_w = _w(16, 8, 3, 3), _w(64, 64), _w(64), _w(64, 48)
+    table, mask = _w(100, 64), np.where(np.triu(np.ones((64, 64)), 1) > 0, -np.inf, 0).astype(np.float16)
+    small = _w(8, 64)
+
+    @mb.program(
+        input_specs=[mb.TensorSpec((1, 8, 4, 4), dtype=types.fp16), mb.TensorSpec((1, 1), dtype=types.int32)],
+        opset_version=opset,
+    )
+    def prog(x, token):
+        y = mb.conv(x=x, weight=mb.const(val=conv_w, name="conv_w"), pad_type="same", name="conv")
+        y = mb.reshape(x=y, shape=mb.const(val=np.array([1, 256], np.int32), name="flat_shape"), name="flat")
+        y = mb.slice_by_size(x=y, begin=[0, 0], size=[1, 64], name="first64")
+        y = mb.linear(x=y, weight=mb.const(val=fc_w, name="fc_w"), bias=mb.const(val=fc_b, name="fc_b"), name="fc")
+        y = mb.matmul(x=y, y=mb.const(val=proj_w, name="proj_w"), name="proj")
+        e = mb.gather(x=mb.const(val=table, name="table"), indices=token, axis=0, name="embed")
+        e = mb.reshape(x=e, shape=[1, 64], name="embed_flat")
+        s = mb.linear(x=e, weight=mb.const(val=small, name="small_w"), name="small")
+        m = mb.add(x=mb.matmul(x=e, y=e, transpose_x=True, name="outer"), y=mb.const(val=mask, name="mask"), name="masked")
+        return y, s, m
+
+    return prog
+
+
+def records(report):
+    return {r.name: r for r in report.records}
+
+
+def signature(prog):
+    f = prog.functions["main"]
+    return [(n, v.dtype, v.shape) for n, v in f.inputs.items()], [(v.name, v.dtype, v.shape) for v in f.outputs]
+
+
+def test_golden_palettization_with_a_reason_for_every_const():
+    prog = net()
+    before = signature(prog)
+    report = compress_program(prog, PalettizeConfig(nbits=4))
+    got = records(report)
+    assert {n for n, r in got.items() if r.action == "compressed"} == {"fc_w", "proj_w", "table"}
+    assert got["conv_w"].reason == "1,152 elements <= weight_threshold 2,048"
+    assert got["fc_b"].reason.startswith("rank 1 < 2")
+    assert got["flat_shape"].reason == "not a weight input: flat(reshape).shape"
+    assert got["small_w"].reason == "512 elements <= weight_threshold 2,048"
+    assert got["mask"].reason == "2,016 non-finite values (inf or nan)"
+    assert all(r.reason for r in report.skipped)
+    totals = report.totals()
+    assert totals["candidates"] == totals["compressed"] + totals["skipped"] == len(report.records)
+    assert got["fc_w"].form == "LUT 4-bit" and got["fc_w"].bytes_after < got["fc_w"].bytes_before
+    assert got["fc_w"].consumers == ["fc(linear).weight"] and got["table"].consumers == ["embed(gather).x"]
+    assert got["fc_w"].snr_db > 15
+    types_after = [op.op_type for op, _ in walk_ops(prog)]
+    assert types_after.count("constexpr_lut_to_dense") == 3
+    assert signature(prog) == before
+    assert reports_of(prog) == [report]
+    json.loads(report.to_json())  # serialisable
+
+
+def test_idempotent():
+    prog = net()
+    compress_program(prog, PalettizeConfig(nbits=4))
+    second = compress_program(prog, PalettizeConfig(nbits=4))
+    assert second.compressed == []
+    assert all(r.reason for r in second.skipped)
+    assert any(r.reason.startswith("already compressed: part of constexpr_lut_to_dense") for r in second.skipped)
+
+
+def test_precedence_name_over_type_over_global_and_none_skips():
+    config = CompressionConfig(
+        global_config=LinearQuantizeConfig(),
+        op_type_configs={"linear": PalettizeConfig(nbits=2), "gather": None},
+        op_name_configs={"proj": PalettizeConfig(nbits=6), "fc_w": MagnitudePruneConfig(target_sparsity=0.5)},
+    )
+    got = records(compress_program(net(), config))
+    assert got["fc_w"].form.startswith("sparse")  # the const's own name wins
+    assert got["proj_w"].form == "LUT 6-bit"  # the consuming op's name
+    assert got["table"].reason == "config is None (op_type_configs['gather'])"
+
+
+def test_shared_const_with_conflicting_configs_names_it_and_its_consumers():
+    w = _w(64, 64)
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 64), dtype=types.fp16)], opset_version=IOS18)
+    def prog(x):
+        tied = mb.const(val=w, name="tied")
+        return mb.linear(x=mb.linear(x=x, weight=tied, name="a"), weight=tied, name="b")
+
+    config = CompressionConfig(global_config=PalettizeConfig(nbits=4), op_name_configs={"b": PalettizeConfig(nbits=2)})
+    before = [op.op_type for op in prog.functions["main"].operations]
+    with pytest.raises(ConfigError, match=r"const 'tied' is shared by ops with conflicting configs \(a gets global_config; b gets op_name_configs\['b'\]\)"):
+        compress_program(prog, config)
+    assert [op.op_type for op in prog.functions["main"].operations] == before  # untouched
+    report = compress_program(prog, CompressionConfig(global_config=PalettizeConfig(nbits=4)))
+    assert records(report)["tied"].consumers == ["a(linear).weight", "b(linear).weight"]
+
+
+def test_a_form_the_opset_cannot_hold_is_an_error_that_leaves_the_program_alone_or_a_recorded_skip():
+    prog = net(IOS17)
+    before = [op.op_type for op, _ in walk_ops(prog)]
+    grouped = PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=16)
+    with pytest.raises(PreconditionError, match=r"const '\w+': a LUT with 4 tables .* needs minimum_deployment_target=ct\.target\.iOS18; the program targets iOS17"):
+        compress_program(prog, grouped)
+    assert [op.op_type for op, _ in walk_ops(prog)] == before
+    report = compress_program(prog, grouped, on_unsupported="skip")
+    assert records(report)["fc_w"].reason == "opset too old: a LUT with 4 tables (per-group palettization) needs iOS18, the program targets iOS17"
+
+
+def test_group_and_block_sizes_shrink_to_fit_and_say_so():
+    w = _w(1000, 96)
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 96), dtype=types.fp16)], opset_version=IOS18)
+    def prog(x):
+        return mb.linear(x=x, weight=mb.const(val=w, name="classifier"), name="fc")
+
+    report = compress_program(prog, PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=16))
+    record = records(report)["classifier"]
+    assert record.action == "compressed" and record.form == "LUT 4-bit, 100 tables"
+    assert record.notes == ["group_size 16 -> 10: 1000 channels on axis 0 are not divisible by 16"]
+
+
+def test_min_snr_db_skips_or_falls_back():
+    config = PalettizeConfig(nbits=2, min_snr_db=25.0)
+    got = records(compress_program(net(), config))
+    assert got["fc_w"].reason.startswith("SNR ") and got["fc_w"].reason.endswith("< min_snr_db 25")
+    got = records(compress_program(net(), config, snr_fallback=True))
+    assert got["fc_w"].action == "compressed" and got["fc_w"].snr_db >= 25
+    assert got["fc_w"].notes[-1].startswith("fell back to LUT ") and got["fc_w"].form in ("LUT 6-bit", "LUT 8-bit")
+
+
+def test_consumers_that_disagree_on_the_channel_axis():
+    w = _w(64, 64)
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 64), dtype=types.fp16)], opset_version=IOS18)
+    def prog(x):
+        shared = mb.const(val=w, name="shared")
+        return mb.matmul(x=mb.linear(x=x, weight=shared, name="lin"), y=shared, name="mm")
+
+    got = records(compress_program(prog, LinearQuantizeConfig()))
+    assert got["shared"].reason.startswith("consumers disagree on the output-channel axis")
+    assert records(compress_program(prog, LinearQuantizeConfig(granularity="per_tensor")))["shared"].action == "compressed"
+
+
+def test_weights_in_nested_blocks_are_compressed():
+    w_then, w_else = _w(64, 64), _w(64, 64)
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 64), dtype=types.fp16), mb.TensorSpec((1,), dtype=types.bool)], opset_version=IOS18)
+    def prog(x, flag):
+        def then_branch():
+            return mb.linear(x=x, weight=mb.const(val=w_then, name="w_then"), name="then_fc")
+
+        def else_branch():
+            return mb.linear(x=x, weight=mb.const(val=w_else, name="w_else"), name="else_fc")
+
+        return mb.cond(pred=mb.squeeze(x=flag), _true_fn=then_branch, _false_fn=else_branch, name="branch")
+
+    report = compress_program(prog, PalettizeConfig(nbits=4))
+    assert {r.name for r in report.compressed} == {"w_then", "w_else"}
+    assert sum(op.op_type == "constexpr_lut_to_dense" for op, _ in walk_ops(prog)) == 2
+
+
+def test_joint_compression_through_the_pass():
+    got = records(compress_program(net(), JointConfig(MagnitudePruneConfig(target_sparsity=0.75), PalettizeConfig(nbits=4))))
+    assert got["fc_w"].form == "sparse 75% + LUT 4-bit"
+    types_after = [op.op_type for op, _ in walk_ops(net())]
+    assert "constexpr_lut_to_sparse" not in types_after
+
+
+def test_options_can_be_set_as_strings_through_a_pass_pipeline(tmp_path):
+    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline, PassPipelineManager
+
+    config_file = tmp_path / "cfg.yaml"
+    config_file.write_text("config_type: PalettizeConfig\nglobal_config:\n  nbits: 4\n  granularity: per_grouped_channel\n  group_size: 16\n")
+    report_file = tmp_path / "report.json"
+    pipeline = PassPipeline(["milcompress::palettize_weights"], pipeline_name="test")
+    pipeline.set_options(
+        "milcompress::palettize_weights",
+        {"config": str(config_file), "on_unsupported": "skip", "report_path": str(report_file)},
+    )
+    prog = net(IOS17)
+    PassPipelineManager.apply_pipeline(prog, pipeline)
+    saved = json.loads(report_file.read_text())
+    assert saved["totals"]["compressed"] == 0
+    assert all(c["reason"] for c in saved["consts"])
+
+
+def test_pass_options_are_validated_when_set():
+    graph_pass = PASS_REGISTRY["milcompress::palettize_weights"]
+    with pytest.raises(ConfigError, match="on_unsupported: expected one of error, skip"):
+        graph_pass.on_unsupported = "ignore"
+    with pytest.raises(ConfigError, match="accepts PalettizeConfig; got LinearQuantizeConfig"):
+        graph_pass.config = LinearQuantizeConfig()
+    with pytest.raises(ConfigError, match="no config set"):
+        graph_pass.apply(net())
