@@ -216,3 +216,42 @@ def test_pass_options_are_validated_when_set():
         graph_pass.config = LinearQuantizeConfig()
     with pytest.raises(ConfigError, match="no config set"):
         graph_pass.apply(net())
+
+
+def test_unused_block_output_and_integer_consts_get_their_reasons():
+    w, table = _w(64, 64), RNG.integers(0, 9, (64, 64)).astype(np.int32)
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 64), dtype=types.fp16), mb.TensorSpec((1,), dtype=types.int32)], opset_version=IOS18)
+    def prog(x, index):
+        mb.const(val=_w(64, 64), name="dead")
+        picked = mb.gather(x=mb.const(val=table, name="int_table"), indices=index, axis=0, name="pick")
+        return mb.linear(x=x, weight=mb.const(val=w, name="w"), name="fc"), mb.const(val=_w(4, 4), name="constant_out"), picked
+
+    got = records(compress_program(prog, PalettizeConfig(nbits=4)))
+    assert got["w"].action == "compressed"
+    assert got["int_table"].reason == "dtype int32 is not float16 or float32"
+    assert got["dead"].reason == "not used by any op"
+    assert got["constant_out"].reason == "a block output (Core ML cannot output a constexpr op directly)"
+    assert got["pick_axis_0"].reason == "not a weight input: pick(gather).axis"
+
+
+def test_every_function_of_a_multifunction_program():
+    from milcompress._coremltools import mb as builder
+
+    first, second = _w(64, 64), _w(128, 64)
+
+    @builder.program(input_specs=[mb.TensorSpec((1, 64), dtype=types.fp16)], opset_version=IOS18)
+    def prog(x):
+        return mb.linear(x=x, weight=mb.const(val=first, name="w_main"), name="fc")
+
+    @builder.function(input_specs=[mb.TensorSpec((1, 64), dtype=types.fp16)], opset_version=IOS18)
+    def other(x):
+        return mb.linear(x=x, weight=mb.const(val=second, name="w_other"), name="fc2")
+
+    prog.add_function("other", other)
+    report = compress_program(prog, LinearQuantizeConfig(dtype="int4"))
+    got = records(report)
+    assert (got["w_main"].function, got["w_other"].function) == ("main", "other")
+    assert got["w_main"].action == got["w_other"].action == "compressed"
+    for name in ("main", "other"):
+        assert [op.op_type for op in prog.functions[name].operations].count("constexpr_blockwise_shift_scale") == 1
