@@ -7,16 +7,38 @@ touches only this file. Checked against coremltools 8.x and 9.x.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator, Union
 
 import numpy as np
-from coremltools.converters.mil import Builder as mb  # noqa: F401  (re-exported)
-from coremltools.converters.mil._deployment_compatibility import AvailableTarget
-from coremltools.converters.mil.mil import Block, Function, Operation, Program, Var, types  # noqa: F401
-from coremltools.converters.mil.mil import block as _block_module
-from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass  # noqa: F401
-from coremltools.converters.mil.mil.passes.helper import block_context_manager  # noqa: F401
-from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY, register_pass  # noqa: F401
+
+
+def _import_coremltools_quietly() -> None:
+    """Import coremltools without its import-time notices about the native Core ML runtime (absent
+    on Linux, and unused by milcompress) and untested torch/scikit-learn versions, unless the
+    application has configured logging itself."""
+    logger = logging.getLogger("coremltools")
+    if logger.handlers or logging.getLogger().handlers:
+        import coremltools  # noqa: F401
+        return
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import coremltools  # noqa: F401
+        import coremltools.optimize.coreml  # noqa: F401
+    finally:
+        logger.setLevel(previous)
+
+
+_import_coremltools_quietly()
+
+from coremltools.converters.mil import Builder as mb  # noqa: E402, F401  (re-exported)
+from coremltools.converters.mil._deployment_compatibility import AvailableTarget  # noqa: E402
+from coremltools.converters.mil.mil import Block, Function, Operation, Program, Var, types  # noqa: E402, F401
+from coremltools.converters.mil.mil import block as _block_module  # noqa: E402
+from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass  # noqa: E402, F401
+from coremltools.converters.mil.mil.passes.helper import block_context_manager  # noqa: E402, F401
+from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY, register_pass  # noqa: E402, F401
 
 IOS15 = AvailableTarget.iOS15
 IOS16 = AvailableTarget.iOS16
@@ -127,3 +149,14 @@ def mlmodel_from_program(prog: Program, like):
         skip_model_load=True,
         pass_pipeline=PassPipeline.EMPTY,
     )
+
+
+def stored_bytes(var: Var) -> int:
+    """Bytes a const var's value takes in the model file (sub-byte types packed)."""
+    value = var.val
+    if value is None:
+        return 0
+    size = int(np.size(value))
+    get_bitwidth = getattr(var.dtype, "get_bitwidth", None)
+    bits = get_bitwidth() if get_bitwidth is not None else 8 * np.asarray(value).dtype.itemsize
+    return -(-size * bits // 8)

@@ -79,6 +79,33 @@ def decompress_weights(mlmodel):
     return _run(DecompressWeights, mlmodel)
 
 
+def run_passes(mlmodel, passes, *, progress=None, save: bool = True):
+    """Apply `passes` (a spec string, PassSpec list, or pass ids) to a copy of `mlmodel`'s program.
+
+    Returns (new model, reports); with save=False, (None, reports): a dry run. `progress`, if
+    given, is called as progress(done, total, const name) by compression passes.
+    """
+    from milcompress.passes.spec import PassSpec, parse_passes
+
+    specs = parse_passes(passes) if isinstance(passes, str) else [p if isinstance(p, PassSpec) else PassSpec(p) for p in passes]
+    graph_passes = [spec.instantiate() for spec in specs]  # validate every option before any work
+    prog = _program(mlmodel)
+    for graph_pass in graph_passes:
+        if hasattr(graph_pass, "progress"):
+            graph_pass.progress = progress
+        graph_pass.apply(prog)
+    reports = reports_of(prog)
+    return (ct_private.mlmodel_from_program(prog, like=mlmodel) if save else None), reports
+
+
+def inspect_model(mlmodel):
+    """(each function's opset, every weight with how it is stored): see passes/inspect.py."""
+    from milcompress.passes.inspect import inspect_program, opsets
+
+    prog = _program(mlmodel)
+    return opsets(prog), inspect_program(prog)
+
+
 def report_of(model):
     """The report of the last milcompress pass run on a model (or program); None if none ran."""
     prog = getattr(model, "_mil_program", model)

@@ -6,9 +6,10 @@ walks it:
    (`CompressionConfig.resolve`) and is kept or skipped with the reason of the first skip rule
    that applies;
 2. compute: each kept weight is compressed by the pure kernels of `ops/`, after fitting group and
-   block sizes to its shape (recorded as a note), and checked against the program's opset and the
-   config's `min_snr_db`; nothing in the program has changed yet, so a precondition error (a form
-   the opset cannot hold) leaves the program as it was;
+   block sizes to its shape (recorded as a note), and checked against the program's opset, its
+   dense size (a form that is not smaller is skipped) and the config's `min_snr_db`; nothing in
+   the program has changed yet, so a precondition error (a form the opset cannot hold) leaves the
+   program as it was;
 3. rewrite: `lowering.lower` emits the constexpr ops, the const's uses move to them, and each
    block's replaced consts are removed at once.
 It returns a `Report` and keeps it on the program.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import defaultdict
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -69,25 +70,33 @@ def compress_program(
     on_unsupported: str = "error",
     snr_fallback: bool = False,
     pass_name: str = "milcompress::compress_weights",
+    progress: Optional[Callable[[int, int, str], None]] = None,
 ) -> Report:
     """Compress the weights of `prog` in place as `config` says; return (and keep) the report.
 
     `on_unsupported="skip"` records, instead of raising, weights whose requested form the
     program's opset cannot hold. `snr_fallback=True` retries a weight that misses its config's
-    `min_snr_db` with gentler forms (more bits, less sparsity) before skipping it.
+    `min_snr_db` with gentler forms (more bits, less sparsity) before skipping it. `progress`,
+    if given, is called as progress(done, total, const name) while weights are computed.
     """
     config = CompressionConfig.of(config)
     graph = ProgramGraph(prog)
     records: Dict[object, ConstRecord] = {}
-    plans: List[_Plan] = []
+    kept = []
     for const in graph.consts():
         candidate, record = _select(const, graph, config)
         records[const] = record
-        if record.action == SKIPPED:
-            continue
+        if record.action != SKIPPED:
+            kept.append((candidate, record))
+    plans: List[_Plan] = []
+    for done, (candidate, record) in enumerate(kept):
+        if progress is not None:
+            progress(done, len(kept), candidate.const.name)
         plan = _compute(candidate, record, on_unsupported, snr_fallback)
         if plan is not None:
             plans.append(plan)
+    if progress is not None:
+        progress(len(kept), len(kept), "")
     _rewrite(plans)
     report = Report(pass_name, [records[c] for c in graph.consts()])
     attach(prog, report)
@@ -157,6 +166,9 @@ def _compute(candidate: Candidate, record: ConstRecord, on_unsupported: str, snr
                 _skip(record, f"opset too old: {why} needs {target_name(need)}, the program targets {target_name(have)}")
                 return None
             raise PreconditionError(message, minimum_deployment_target=target_name(need))
+        if params.nbytes >= value.nbytes:
+            _skip(record, f"{describe(params)} ({params.nbytes:,} bytes) would not be smaller than dense ({value.nbytes:,} bytes)")
+            return None
         snr = snr_db(value, params.decompress())
         if minimum is not None and snr < minimum:
             continue
@@ -274,6 +286,7 @@ class CompressWeights(AbstractGraphPass):
         self._on_unsupported = "error"
         self._snr_fallback = False
         self._report_path = None
+        self.progress: Optional[Callable[[int, int, str], None]] = None  # set by callers that draw progress
 
     @property
     def config(self) -> Optional[CompressionConfig]:
@@ -316,7 +329,12 @@ class CompressWeights(AbstractGraphPass):
         if self._config is None:
             raise ConfigError(f"{self.PASS_ID}: no config set (use PassPipeline.set_options(..., {{'config': ...}}))", field="config")
         report = compress_program(
-            prog, self._config, on_unsupported=self._on_unsupported, snr_fallback=self._snr_fallback, pass_name=self.PASS_ID
+            prog,
+            self._config,
+            on_unsupported=self._on_unsupported,
+            snr_fallback=self._snr_fallback,
+            pass_name=self.PASS_ID,
+            progress=self.progress,
         )
         if self._report_path:
             with open(self._report_path, "w") as handle:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Dict, List, Set
 
-from milcompress._coremltools import AbstractGraphPass, Operation, Program, building_in, mb
+from milcompress._coremltools import AbstractGraphPass, Operation, Program, building_in, mb, stored_bytes
 from milcompress.lowering import is_constexpr, read_back
 from milcompress.lowering.emit import SUFFIX
 from milcompress.ops import describe
@@ -94,8 +94,9 @@ def decompress_program(prog: Program, pass_name: str = "milcompress::decompress_
 
 
 def _payload(head: Operation) -> int:
-    """Bytes held by the consts feeding a constexpr chain."""
-    return sum(int(op.outputs[0].val.nbytes) for op in _producers(head) if op.op_type == "const" and op.outputs[0].val is not None)
+    """Bytes held by the consts feeding a constexpr chain, as stored (sub-byte types packed)."""
+    consts = {id(op): op for op in _producers(head) if op.op_type == "const"}
+    return sum(stored_bytes(op.outputs[0]) for op in consts.values())
 
 
 class DecompressWeights(AbstractGraphPass):

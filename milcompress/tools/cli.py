@@ -1,67 +1,290 @@
 """The `milcompress` command line: a thin shell over the library.
 
-Exit codes: 0 success, 2 usage, configuration or input errors, 3 a pass failed.
+Commands: run, inspect, pipelines, passes, demo. Exit codes: 0 success, 2 usage, configuration
+or input errors, 3 a pass failed. Errors are one or two lines naming the file, field or const;
+`--verbose` adds the traceback. Library code only logs; drawing (progress, tables) happens here.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import math
 import sys
+import warnings
+from pathlib import Path
 from typing import List, Optional
 
-from milcompress.errors import ConfigError, InputError, MilcompressError, PassError, PreconditionError
+from milcompress.errors import ConfigError, InputError, PassError, PreconditionError
 
 EXIT_OK, EXIT_USAGE, EXIT_PASS_FAILED = 0, 2, 3
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from milcompress.tools.demo import demo_weights, run_demo
-    from milcompress.tools.table import format_table
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors exit with our usage code (2, as argparse does) and one line."""
 
-    weights = demo_weights()
-    total = sum(w.size for w in weights.values())
-    print(f"Compressing {len(weights)} built-in float16 tensors ({total:,} weights):")
-    for name, w in weights.items():
-        print(f"  {name}")
-    print()
-    rows = run_demo()
-    snr = lambda v: "lossless" if v == float("inf") else f"{v:.1f}"  # noqa: E731
-    body = [
-        [r.config, f"{r.bits_per_weight:.2f}", f"{16 / r.bits_per_weight:.2f}x", snr(r.mean_snr_db), snr(r.worst_snr_db), f"{r.seconds * 1000:.0f}"]
-        for r in rows
-    ]
-    print(format_table(["config", "bits/weight", "vs fp16", "mean SNR dB", "worst SNR dB", "ms"], body, [False, True, True, True, True, True]))
-    notes = [(r.config, s) for r in rows for s in r.skipped]
-    if notes:
-        print("\nLeft dense (counted at 16 bits per weight):")
-        for config, note in notes:
-            print(f"  {config}: {note}")
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        raise SystemExit(f"milcompress: error: {message}")
+
+
+def _quiet_coremltools() -> None:
+    """coremltools' progress bars, logs and warnings would bury our output."""
+    from functools import partialmethod
+
+    import tqdm
+
+    tqdm.tqdm.__init__ = partialmethod(tqdm.tqdm.__init__, disable=True)
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:,.1f} KB"
+
+
+def _snr(value) -> str:
+    if value is None:
+        return "-"
+    return "lossless" if value == math.inf else f"{value:.1f}"
+
+
+class _Progress:
+    """A one-line progress bar on stderr while weights are computed (only on a terminal)."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        if not self.enabled or not total:
+            return
+        width = 30
+        filled = width * done // total
+        bar = "#" * filled + "." * (width - filled)
+        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{total} {name[:40]:<40}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+# ------------------------------------------------------------------------------------------------
+# run
+
+
+def _specs(args) -> list:
+    from milcompress.passes.pipelines import compression_passes
+    from milcompress.passes.spec import PassSpec, parse_passes
+
+    chosen = [flag for flag in ("pipeline", "config", "passes") if getattr(args, flag)]
+    if len(chosen) != 1:
+        raise ConfigError("give exactly one of --pipeline, --config, --passes", field="run")
+    if args.pipeline:
+        specs = [PassSpec(p) for p in compression_passes(args.pipeline)]
+    elif args.config:
+        if not Path(args.config).is_file():
+            raise InputError(f"{args.config}: no such config file")
+        specs = [PassSpec("milcompress::compress_weights", {"config": args.config})]
+    else:
+        specs = parse_passes(args.passes)
+    if args.on_unsupported:
+        specs = [
+            PassSpec(s.pass_id, {**s.options, "on_unsupported": args.on_unsupported}) if s.pass_id.startswith("milcompress::") and "decompress" not in s.pass_id else s
+            for s in specs
+        ]
+    return specs
+
+
+def _run(args) -> int:
+    from milcompress.api import run_passes
+    from milcompress.packages import load_model, package_size, save_model
+    from milcompress.passes.spec import format_passes
+
+    specs = _specs(args)
+    print(f"passes: {format_passes(specs)}")
+    if not args.dry_run:
+        if not args.output:
+            raise ConfigError("-o/--output is required (or pass --dry-run)", field="output")
+        if Path(args.output).exists() and not args.force:
+            raise InputError(f"{args.output}: already exists (pass --force to replace it)")
+    model, _ = load_model(args.model)
+    new_model, reports = run_passes(model, specs, progress=_Progress("compressing"), save=not args.dry_run)
+    if args.report:
+        Path(args.report).write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
+    size_in = package_size(args.model)
+    _print_summary(reports)
+    if args.dry_run:
+        print(f"\ndry run: nothing written (input {_kb(size_in)})")
+        return EXIT_OK
+    save_model(new_model, args.output, force=args.force)
+    size_out = package_size(args.output)
+    print(f"\n{args.model}: {_kb(size_in)} -> {args.output}: {_kb(size_out)} ({size_in / size_out:.2f}x)")
     return EXIT_OK
 
 
+def _print_summary(reports) -> None:
+    from milcompress.tools.table import format_table
+
+    for report in reports:
+        weights = [r for r in report.records if len(r.shape) >= 2 and r.dtype.startswith("float")]
+        rest = len(report.records) - len(weights)
+        rows = []
+        for r in weights:
+            action = r.form if r.action == "compressed" else f"skipped: {r.reason}"
+            if r.notes:
+                action += f" ({'; '.join(r.notes)})"
+            rows.append([r.name, "x".join(map(str, r.shape)), action, f"{r.bits_per_weight:.2f}", _snr(r.snr_db)])
+        print(f"\n{report.pass_name}")
+        if rows:
+            print(format_table(["weight", "shape", "action", "bits/weight", "SNR dB"], rows, [False, False, False, True, True]))
+        if rest:
+            print(f"({rest} other consts left as they are: scalars, shapes, vectors; reasons in --report)")
+        totals = report.totals()
+        before, after = sum(r.bytes_before for r in weights), sum(r.bytes_after for r in weights)
+        ratio = f"{before / after:.2f}x" if after else "-"
+        print(
+            f"compressed {totals['compressed']} of {len(weights)} weights; weight bytes {_kb(before)} -> {_kb(after)} ({ratio}); "
+            f"mean SNR {_snr(totals['mean_snr_db'])} dB"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# inspect, pipelines, passes
+
+
+def _inspect(args) -> int:
+    from milcompress.api import inspect_model
+    from milcompress.packages import load_model, package_size
+    from milcompress.tools.table import format_table
+
+    model, _ = load_model(args.model)
+    opsets, weights = inspect_model(model)
+    size = package_size(args.model)
+    if args.json:
+        print(json.dumps({"model": str(args.model), "size_bytes": size, "opsets": opsets, "weights": [w.to_dict() for w in weights]}, indent=2))
+        return EXIT_OK
+    rows = [[w.name, w.form, "x".join(map(str, w.shape)), f"{w.bits_per_weight:.2f}", _kb(w.stored_bytes)] for w in weights]
+    print(format_table(["weight", "storage", "shape", "bits/weight", "size"], rows, [False, False, False, True, True]))
+    stored = sum(w.stored_bytes for w in weights)
+    count = sum(w.elements for w in weights)
+    targets = ", ".join(f"{name}: {target}" for name, target in opsets.items())
+    print(f"\n{len(weights)} weights, {count:,} values, {_kb(stored)} stored ({8 * stored / max(count, 1):.2f} bits/weight)")
+    print(f"package {_kb(size)} on disk; opset {targets}")
+    return EXIT_OK
+
+
+def _pipelines(args) -> int:
+    from milcompress.passes.pipelines import PIPELINES
+
+    for name, (pass_ids, doc) in PIPELINES.items():
+        print(f"{name:<24} {doc}  [{', '.join(pass_ids)}]")
+    return EXIT_OK
+
+
+def _passes(args) -> int:
+    from milcompress.passes import ALL_PASSES
+
+    for pass_id, cls in ALL_PASSES.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{pass_id:<52} {doc.split(': ', 1)[-1]}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------
+# demo
+
+
+def _demo(args) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError as error:
+        raise InputError("the demo builds a PyTorch model: install torch (pip install 'milcompress[torch]')") from error
+    from milcompress.tools.demo import convert_demo_model, run_demo
+    from milcompress.tools.table import format_table
+
+    print("Converting the built-in model (3 convs + attention block + classifier, iOS18, float16)...")
+    model = convert_demo_model()
+    rows = []
+    results = run_demo(model)
+    for row in results:
+        ratio = row.bytes_before / row.bytes_after if row.bytes_after else 1.0
+        rows.append(
+            [
+                row.pipeline,
+                f"{row.compressed}/{row.weights}",
+                _kb(row.bytes_after),
+                f"{ratio:.2f}x",
+                _snr(row.mean_snr_db),
+                _snr(row.worst_snr_db),
+                f"{row.seconds:.2f}",
+            ]
+        )
+    print(f"float16 weights (2-D and up): {results[0].weights} tensors, {_kb(results[0].bytes_before)}\n")
+    print(format_table(["pipeline", "compressed", "weights", "vs fp16", "mean SNR dB", "worst SNR dB", "s"], rows, [False, True, True, True, True, True, True]))
+    print("\nweights: stored bytes of the 2-D+ float weights; vs fp16: their size before / after.")
+    print("DEFAULT_PALETTIZATION / DEFAULT_PRUNING only take weights already palettized or pruned in training, losslessly.")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="milcompress", description="Compress the weights of Core ML models.")
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser("demo", help="compress a built-in set of weights every supported way")
-    demo.set_defaults(run=_demo)
+    parser = _Parser(prog="milcompress", description="Compress the weights of Core ML models.")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks and coremltools' output")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    run = commands.add_parser("run", help="compress a saved .mlpackage")
+    run.add_argument("model", help="input .mlpackage (never modified)")
+    run.add_argument("-o", "--output", help="output .mlpackage (written atomically)")
+    run.add_argument("--pipeline", help="a named pipeline (see `milcompress pipelines`)")
+    run.add_argument("--config", help="a YAML config: ours or coremltools' OptimizationConfig layout")
+    run.add_argument("--passes", help="passes as text: pass_id{option=value,...},...")
+    run.add_argument("--on-unsupported", choices=["error", "skip"], help="forms the model's opset cannot hold: fail (default) or skip")
+    run.add_argument("--dry-run", action="store_true", help="select and report only; write nothing")
+    run.add_argument("--report", help="write the JSON report here")
+    run.add_argument("--force", action="store_true", help="replace an existing output")
+    run.set_defaults(handler=_run)
+
+    inspect = commands.add_parser("inspect", help="how each weight of a model is stored")
+    inspect.add_argument("model")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(handler=_inspect)
+
+    commands.add_parser("pipelines", help="the named pipelines").set_defaults(handler=_pipelines)
+    commands.add_parser("passes", help="the registered milcompress passes").set_defaults(handler=_passes)
+    commands.add_parser("demo", help="compress a built-in model with every named pipeline").set_defaults(handler=_demo)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK if exit_.code in (0, None) else EXIT_USAGE
+    if not args.verbose:
+        _quiet_coremltools()
+    try:
+        return args.handler(args)
     except (ConfigError, InputError, PreconditionError) as error:
         if args.verbose:
             raise
         print(f"milcompress: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (PassError, MilcompressError) as error:
+    except PassError as error:
         if args.verbose:
             raise
         print(f"milcompress: error: {error}", file=sys.stderr)
+        return EXIT_PASS_FAILED
+    except Exception as error:  # a pass (ours or coremltools') broke
+        if args.verbose:
+            raise
+        print(f"milcompress: error: a pass failed: {type(error).__name__}: {error} (run with --verbose for the traceback)", file=sys.stderr)
         return EXIT_PASS_FAILED
 
 

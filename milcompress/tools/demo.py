@@ -1,84 +1,121 @@
-"""The built-in demonstration: compress a fixed set of weight tensors every supported way.
+"""The built-in demonstration, the README's main job: a small model compressed every named way.
 
-`demo_weights()` is a deterministic set of tensors shaped like a small network's (a conv layer,
-a heavy-tailed linear layer, an embedding table, and a layer already clustered to 16 values as
-training-time palettization leaves it). `run_demo()` compresses them with each config in
-`DEMO_CONFIGS` and returns one row per config: bits per weight, mean and worst SNR, time.
+`demo_model()` is a small PyTorch network with deterministic weights: three convolutions with
+batch norm, an attention block over 16 tokens (layer norm, QKV projection, scaled dot-product
+attention, output projection, GELU MLP), and a 100-class classifier. Two of its layers are stored
+the way training-time compression leaves them: the last convolution holds 16 distinct values
+(palettized during training) and the MLP's first layer is 60% zeros (pruned during training), so
+the lossless DEFAULT_* pipelines have something to do. `run_demo()` converts it once to an
+iOS18 ML program and applies every named pipeline to the converted model, returning one row per
+pipeline: weights compressed, stored weight bytes, ratio to float16, SNR, time.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import List, Optional
 
 import numpy as np
 
-from milcompress.config import (
-    AlgorithmConfig,
-    JointConfig,
-    LinearQuantizeConfig,
-    MagnitudePruneConfig,
-    PalettizeConfig,
-)
-from milcompress.errors import NotCompressible
-from milcompress.ops import compress, snr_db
 
-DEMO_CONFIGS: List[Tuple[str, AlgorithmConfig]] = [
-    ("int8 per channel", LinearQuantizeConfig()),
-    ("int4 per block 32", LinearQuantizeConfig(dtype="int4", granularity="per_block", block_size=32)),
-    ("palette 8-bit", PalettizeConfig(nbits=8)),
-    ("palette 6-bit", PalettizeConfig(nbits=6)),
-    ("palette 4-bit", PalettizeConfig(nbits=4)),
-    ("palette 4-bit, groups of 16", PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=16)),
-    ("palette 4-bit uniform", PalettizeConfig(nbits=4, mode="uniform")),
-    ("palette 2-bit", PalettizeConfig(nbits=2)),
-    ("palette unique", PalettizeConfig(mode="unique")),
-    ("prune 50%", MagnitudePruneConfig(target_sparsity=0.5)),
-    ("prune 2:4", MagnitudePruneConfig(n_m_ratio=(2, 4))),
-    ("prune 75% + palette 4-bit", JointConfig(MagnitudePruneConfig(target_sparsity=0.75), PalettizeConfig(nbits=4))),
-]
+def demo_model():
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class DemoNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32)
+            self.conv2, self.bn2 = nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64)
+            self.conv3 = nn.Conv2d(64, 128, 3, stride=2, padding=1)
+            self.norm = nn.LayerNorm(128)
+            self.qkv, self.proj = nn.Linear(128, 384), nn.Linear(128, 128)
+            self.mlp1, self.mlp2 = nn.Linear(128, 512), nn.Linear(512, 128)
+            self.head = nn.Linear(128, 100)
+
+        def forward(self, image):
+            x = F.relu(self.bn1(self.conv1(image)))
+            x = F.relu(self.bn2(self.conv2(x)))
+            x = F.relu(self.conv3(x))  # [1, 128, 4, 4]
+            tokens = x.reshape(1, 128, 16).transpose(1, 2)  # [1, 16, 128]
+            q, k, v = self.qkv(self.norm(tokens)).reshape(1, 16, 3, 4, 32).permute(2, 0, 3, 1, 4)
+            attended = F.scaled_dot_product_attention(q, k, v).permute(0, 2, 1, 3).reshape(1, 16, 128)
+            tokens = tokens + self.proj(attended)
+            tokens = tokens + self.mlp2(F.gelu(self.mlp1(tokens)))
+            return self.head(tokens.mean(dim=1))
+
+    torch.manual_seed(2024)
+    model = DemoNet().eval()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.uniform_(-0.1, 0.1)
+            bn.running_var.uniform_(0.5, 1.5)
+        table = torch.linspace(-0.08, 0.08, 16)
+        model.conv3.weight.copy_(table[torch.randint(0, 16, model.conv3.weight.shape)])
+        model.mlp1.weight.mul_(torch.rand(model.mlp1.weight.shape) > 0.6)
+    return model
 
 
-def demo_weights() -> Dict[str, np.ndarray]:
-    rng = np.random.default_rng(2024)
-    table = np.sort(rng.normal(0, 0.05, 16))
-    return {
-        "conv 128x64x3x3": (rng.normal(0, (2 / 576) ** 0.5, (128, 64, 3, 3))).astype(np.float16),
-        "linear 512x256 (heavy-tailed)": (rng.standard_t(2.5, (512, 256)) * 0.02).astype(np.float16),
-        "embedding 1000x64": rng.normal(0, 1.0, (1000, 64)).astype(np.float16),
-        "linear 256x128 (16 values)": table[rng.integers(0, 16, (256, 128))].astype(np.float16),
-    }
+def convert_demo_model():
+    """The demo model as an iOS18 ML program (coremltools' default passes, float16)."""
+    import warnings
+
+    import coremltools as ct
+    import torch
+
+    model = demo_model()
+    example = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example)
+        return ct.convert(
+            traced,
+            inputs=[ct.TensorType(name="image", shape=example.shape)],
+            outputs=[ct.TensorType(name="logits")],
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS18,
+        )
 
 
 @dataclass(frozen=True)
 class DemoRow:
-    config: str
-    bits_per_weight: float
-    mean_snr_db: float
-    worst_snr_db: float
+    pipeline: str
+    compressed: int  # weights compressed
+    weights: int  # weights considered (rank >= 2, float)
+    bytes_before: int
+    bytes_after: int
+    mean_snr_db: Optional[float]
+    worst_snr_db: Optional[float]
     seconds: float
-    skipped: Tuple[str, ...]  # "tensor: reason" for tensors the config cannot compress
 
 
-def run_demo() -> List[DemoRow]:
-    weights = demo_weights()
+def run_demo(mlmodel=None, pipelines: Optional[List[str]] = None) -> List[DemoRow]:
+    from milcompress.api import run_passes
+    from milcompress.passes.pipelines import PIPELINES, compression_passes
+
+    mlmodel = mlmodel if mlmodel is not None else convert_demo_model()
     rows = []
-    for name, config in DEMO_CONFIGS:
-        bits = count = 0
-        snrs, skipped = [], []
+    for name in pipelines or [p for p in PIPELINES if p != "DECOMPRESS"]:
         start = time.perf_counter()
-        for tensor, w in weights.items():
-            try:
-                params = compress(w, config)
-            except NotCompressible as reason:
-                skipped.append(f"{tensor}: {reason}")
-                bits, count = bits + 8 * w.nbytes, count + w.size
-                continue
-            bits, count = bits + 8 * params.nbytes, count + w.size
-            snrs.append(snr_db(w, params.decompress()))
+        _, reports = run_passes(mlmodel, compression_passes(name), save=False)
         seconds = time.perf_counter() - start
-        finite = [s for s in snrs if np.isfinite(s)]
-        mean = float(np.mean(finite)) if finite else float("inf")
-        rows.append(DemoRow(name, bits / count, mean, min(snrs) if snrs else float("nan"), seconds, tuple(skipped)))
+        records = [r for report in reports for r in report.records if len(r.shape) >= 2 and r.dtype.startswith("float")]
+        compressed = [r for r in records if r.action == "compressed"]
+        snrs = [r.snr_db for r in compressed if r.snr_db is not None]
+        finite = [s for s in snrs if math.isfinite(s)]
+        rows.append(
+            DemoRow(
+                pipeline=name,
+                compressed=len(compressed),
+                weights=len(records),
+                bytes_before=sum(r.bytes_before for r in records),
+                bytes_after=sum(r.bytes_after for r in records),
+                mean_snr_db=(float(np.mean(finite)) if finite else (math.inf if snrs else None)),
+                worst_snr_db=(min(snrs) if snrs else None),
+                seconds=seconds,
+            )
+        )
     return rows
