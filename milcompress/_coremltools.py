@@ -122,7 +122,13 @@ def program_from_mlmodel(mlmodel) -> Program:
     from coremltools.converters.mil.frontend.milproto import load as milproto
 
     spec = mlmodel.get_spec()
-    return milproto.load(model_spec=spec, specification_version=spec.specificationVersion, file_weights_dir=mlmodel.weights_dir)
+    prog = milproto.load(model_spec=spec, specification_version=spec.specificationVersion, file_weights_dir=mlmodel.weights_dir)
+    # The loader names the functions but forgets which one is the default and that the model
+    # describes each function separately; the backend needs both to write the model back.
+    if len(spec.description.functions) > 0:
+        prog.default_function_name = spec.description.defaultFunctionName
+        prog.export_as_multifunction = True
+    return prog
 
 
 def model_type(mlmodel) -> str:
@@ -139,6 +145,9 @@ def mlmodel_from_program(prog: Program, like):
     from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline
 
     spec = like.get_spec()
+    if prog.export_as_multifunction:
+        # Weights identical across functions share one blob again, as `save_multifunction` wrote them.
+        PASS_REGISTRY["common::const_deduplication"]._deduplicate_const_across_functions(prog)
     return mil_convert(
         prog,
         convert_to="mlprogram",

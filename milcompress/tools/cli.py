@@ -130,11 +130,12 @@ def _print_summary(reports) -> None:
         weights = [r for r in report.records if len(r.shape) >= 2 and r.dtype.startswith("float")]
         rest = len(report.records) - len(weights)
         rows = []
+        label = _labeller(r.function for r in weights)
         for r in weights:
             action = r.form if r.action == "compressed" else f"skipped: {r.reason}"
             if r.notes:
                 action += f" ({'; '.join(r.notes)})"
-            rows.append([r.name, "x".join(map(str, r.shape)), action, f"{r.bits_per_weight:.2f}", _snr(r.snr_db)])
+            rows.append([label(r.function, r.name), "x".join(map(str, r.shape)), action, f"{r.bits_per_weight:.2f}", _snr(r.snr_db)])
         print(f"\n{report.pass_name}")
         if rows:
             print(format_table(["weight", "shape", "action", "bits/weight", "SNR dB"], rows, [False, False, False, True, True]))
@@ -147,6 +148,13 @@ def _print_summary(reports) -> None:
             f"compressed {totals['compressed']} of {len(weights)} weights; weight bytes {_kb(before)} -> {_kb(after)} ({ratio}); "
             f"mean SNR {_snr(totals['mean_snr_db'])} dB"
         )
+
+
+def _labeller(functions):
+    """Weights are named `function/const` only where a model has several functions."""
+    if len(set(functions)) > 1:
+        return lambda function, name: f"{function}/{name}"
+    return lambda function, name: name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,7 +172,8 @@ def _inspect(args) -> int:
     if args.json:
         print(json.dumps({"model": str(args.model), "size_bytes": size, "opsets": opsets, "weights": [w.to_dict() for w in weights]}, indent=2))
         return EXIT_OK
-    rows = [[w.name, w.form, "x".join(map(str, w.shape)), f"{w.bits_per_weight:.2f}", _kb(w.stored_bytes)] for w in weights]
+    label = _labeller(opsets)
+    rows = [[label(w.function, w.name), w.form, "x".join(map(str, w.shape)), f"{w.bits_per_weight:.2f}", _kb(w.stored_bytes)] for w in weights]
     print(format_table(["weight", "storage", "shape", "bits/weight", "size"], rows, [False, False, False, True, True]))
     stored = sum(w.stored_bytes for w in weights)
     count = sum(w.elements for w in weights)
@@ -233,9 +242,12 @@ def _demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="milcompress", description="Compress the weights of Core ML models.")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks and coremltools' output")
+    # `--verbose` is also accepted after the command; SUPPRESS keeps the top-level value otherwise.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    run = commands.add_parser("run", help="compress a saved .mlpackage")
+    run = commands.add_parser("run", parents=[common], help="compress a saved .mlpackage")
     run.add_argument("model", help="input .mlpackage (never modified)")
     run.add_argument("-o", "--output", help="output .mlpackage (written atomically)")
     run.add_argument("--pipeline", help="a named pipeline (see `milcompress pipelines`)")
@@ -247,14 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="replace an existing output")
     run.set_defaults(handler=_run)
 
-    inspect = commands.add_parser("inspect", help="how each weight of a model is stored")
+    inspect = commands.add_parser("inspect", parents=[common], help="how each weight of a model is stored")
     inspect.add_argument("model")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(handler=_inspect)
 
-    commands.add_parser("pipelines", help="the named pipelines").set_defaults(handler=_pipelines)
-    commands.add_parser("passes", help="the registered milcompress passes").set_defaults(handler=_passes)
-    commands.add_parser("demo", help="compress a built-in model with every named pipeline").set_defaults(handler=_demo)
+    commands.add_parser("pipelines", parents=[common], help="the named pipelines").set_defaults(handler=_pipelines)
+    commands.add_parser("passes", parents=[common], help="the registered milcompress passes").set_defaults(handler=_passes)
+    commands.add_parser("demo", parents=[common], help="compress a built-in model with every named pipeline").set_defaults(handler=_demo)
     return parser
 
 

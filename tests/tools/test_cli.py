@@ -131,6 +131,32 @@ def test_nested_blocks(models, tmp_path):
     assert "compressed 3 of 3 weights" in result.stdout
 
 
+def test_models_with_several_functions_keep_them_and_share_weights(models, tmp_path):
+    descriptor = ct.utils.MultiFunctionDescriptor()
+    descriptor.add_function(str(models["ios18"]), "main", "plain")
+    descriptor.add_function(str(models["nested"]), "main", "nested")
+    descriptor.default_function_name = "plain"
+    multi = tmp_path / "multi.mlpackage"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ct.utils.save_multifunction(descriptor, str(multi))
+    out = tmp_path / "o.mlpackage"
+    result = cli("run", multi, "-o", out, "--pipeline", "PALETTIZE_4BIT")
+    assert result.returncode == 0, result.stderr
+    assert "compressed 5 of 5 weights" in result.stdout and "plain/w1" in result.stdout and "nested/w3" in result.stdout
+    spec = ct.utils.load_spec(str(out))
+    assert spec.description.defaultFunctionName == "plain"
+    assert sorted(f.name for f in spec.description.functions) == ["nested", "plain"]
+    inspected = json.loads(cli("inspect", out, "--json").stdout)
+    assert inspected["opsets"] == {"nested": "iOS18", "plain": "iOS18"}
+    assert {(w["function"], w["form"]) for w in inspected["weights"] if w["name"] == "w1_palettized"} == {("plain", "LUT 4-bit"), ("nested", "LUT 4-bit")}
+    # w1 and w2 are stored once for both functions, as save_multifunction stored them dense.
+    blob = out / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    stored = sum(w["stored_bytes"] for w in inspected["weights"])
+    shared = sum(w["stored_bytes"] for w in inspected["weights"] if w["function"] == "plain")
+    assert blob.stat().st_size < stored - shared // 2
+
+
 def test_inspect_pipelines_and_passes():
     from milcompress.passes.pipelines import PIPELINES
 
@@ -245,8 +271,10 @@ def test_a_config_needing_a_newer_opset_names_the_target(models, tmp_path):
     assert result.returncode == 0 and "skipped: opset too old" in result.stdout
 
 
-def test_verbose_shows_the_traceback(models, tmp_path):
-    result = cli("--verbose", "run", models["ios18"], "-o", tmp_path / "o.mlpackage", "--pipeline", "NOPE")
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_shows_the_traceback(models, tmp_path, where):
+    args = ["run", models["ios18"], "-o", tmp_path / "o.mlpackage", "--pipeline", "NOPE"]
+    result = cli(*(["--verbose", *args] if where == "before" else [*args, "--verbose"]))
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
