@@ -7,11 +7,19 @@ import math
 import numpy as np
 
 
+_CHUNK = 1 << 18  # float64 temporaries stay a few MB, whatever the tensor's size
+
+
 def snr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
     """Signal-to-noise ratio in dB: 10 log10(sum(x^2) / sum((x - y)^2)); inf when exact."""
-    x = np.asarray(reference, dtype=np.float64)
-    error = float(np.sum((x - np.asarray(approximation, dtype=np.float64)) ** 2))
-    signal = float(np.sum(x * x))
+    x, y = np.ravel(reference), np.ravel(approximation)
+    error = signal = 0.0
+    for start in range(0, x.size, _CHUNK):
+        xs = x[start : start + _CHUNK].astype(np.float64)
+        ys = y[start : start + _CHUNK].astype(np.float64)
+        signal += float(np.dot(xs, xs))
+        ys -= xs
+        error += float(np.dot(ys, ys))
     if error == 0.0:
         return math.inf
     if signal == 0.0:

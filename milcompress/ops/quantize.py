@@ -128,10 +128,11 @@ def quantize_blocks(
     split = []
     for dim, size in zip(weight.shape, block_sizes):
         split += [dim // size, size]
-    x = weight.astype(np.float64).reshape(split)
+    x = weight.reshape(split)
     inner = tuple(range(1, len(split), 2))
-    low = np.minimum(x.min(axis=inner, keepdims=True), 0.0)
-    high = np.maximum(x.max(axis=inner, keepdims=True), 0.0)
+    # Extremes are exact in the weight's own dtype; everything after them is float64.
+    low = np.minimum(x.min(axis=inner, keepdims=True).astype(np.float64), 0.0)
+    high = np.maximum(x.max(axis=inner, keepdims=True).astype(np.float64), 0.0)
     if mode == "linear_symmetric":
         half = (qmax - qmin) // 2
         zero = np.full(low.shape, qmin + half, dtype=np.float64)
@@ -152,7 +153,10 @@ def quantize_blocks(
         if not short.any():
             break
         scale = np.where(short, np.nextafter(scale, np.array(np.inf, dtype=weight.dtype)), scale)
-    data = np.clip(np.rint(x / scale.astype(np.float64)) + zero, qmin, qmax)
+    data = np.divide(x, scale.astype(np.float64), dtype=np.float64)  # the one full-size temporary
+    np.rint(data, out=data)
+    data += zero
+    np.clip(data, qmin, qmax, out=data)
     container = np.int8 if signed else np.uint8
     keep = tuple(np.array(low.shape)[list(range(0, len(split), 2))])
     zero_point = None if signed and mode == "linear_symmetric" else zero.reshape(keep).astype(container)

@@ -97,6 +97,7 @@ def compress_program(
             plans.append(plan)
     if progress is not None:
         progress(len(kept), len(kept), "")
+    kept.clear()  # the plans now hold the only references to the dense values
     _rewrite(plans)
     report = Report(pass_name, [records[c] for c in graph.consts()])
     attach(prog, report)
@@ -182,12 +183,16 @@ def _compute(candidate: Candidate, record: ConstRecord, on_unsupported: str, snr
 
 
 def _rewrite(plans: List[_Plan]) -> None:
+    """Lower each plan and retire its const at once, so the dense value, the computed form and the
+    emitted ops are never all held for every weight (peak memory stays near one weight's worth)."""
     by_block = defaultdict(list)
     for plan in plans:
         by_block[plan.candidate.const.enclosing_block].append(plan)
+    plans.clear()
     for block, block_plans in by_block.items():
         with building_in(block):
-            for plan in block_plans:
+            while block_plans:
+                plan = block_plans.pop(0)
                 const = plan.candidate.const
                 try:
                     var = lower(plan.params, const)
@@ -198,7 +203,7 @@ def _rewrite(plans: List[_Plan]) -> None:
                     raise
                 except Exception as error:  # a bug, not a user error: name the const
                     raise PassError(f"const '{const.name}': rewriting as {plan.record.form} failed: {error}") from error
-            block.remove_ops([plan.candidate.const for plan in block_plans])
+                block.remove_ops([const])
 
 
 def needs_axes(config: AlgorithmConfig) -> bool:
