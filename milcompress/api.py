@@ -58,16 +58,22 @@ def compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fall
     return _run(CompressWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback)
 
 
-def palettize_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False):
-    return _run(PalettizeWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback)
+def palettize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False):
+    """`joint_compression=True`: weights already pruned get their non-zeros palettized (joint form)."""
+    return _run(
+        PalettizeWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression
+    )
 
 
 def prune_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False):
     return _run(PruneWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback)
 
 
-def linear_quantize_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False):
-    return _run(LinearQuantizeWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback)
+def linear_quantize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False):
+    """`joint_compression=True`: weights already pruned get their non-zeros quantized (joint form)."""
+    return _run(
+        LinearQuantizeWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression
+    )
 
 
 def joint_compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False):

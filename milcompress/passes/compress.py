@@ -39,8 +39,9 @@ from milcompress.config import (
     ThresholdPruneConfig,
 )
 from milcompress.errors import ConfigError, NotCompressible, PassError, PreconditionError
-from milcompress.lowering import lower, required_target
+from milcompress.lowering import is_constexpr, lower, read_back, required_target
 from milcompress.ops import CompressedForm, compress, describe, snr_db
+from milcompress.ops.prune import SparseParams
 from milcompress.ops._arrays import largest_divisor_at_most
 from milcompress.ops.palettize import largest_group_size
 from milcompress.passes.graph import ProgramGraph
@@ -71,6 +72,7 @@ def compress_program(
     snr_fallback: bool = False,
     pass_name: str = "milcompress::compress_weights",
     progress: Optional[Callable[[int, int, str], None]] = None,
+    joint_compression: bool = False,
 ) -> Report:
     """Compress the weights of `prog` in place as `config` says; return (and keep) the report.
 
@@ -78,12 +80,17 @@ def compress_program(
     program's opset cannot hold. `snr_fallback=True` retries a weight that misses its config's
     `min_snr_db` with gentler forms (more bits, less sparsity) before skipping it. `progress`,
     if given, is called as progress(done, total, const name) while weights are computed.
+
+    `joint_compression=True` (coremltools' option of the same name) also takes weights that are
+    already sparse (a plain sparse chain, as pruning leaves them): their non-zeros are palettized
+    or quantized under the same mask, giving the joint forms.
     """
     config = CompressionConfig.of(config)
     graph = ProgramGraph(prog)
     records: Dict[object, ConstRecord] = {}
     kept = []
-    for const in graph.consts():
+    sources = graph.consts() + (_sparse_weights(graph) if joint_compression else [])
+    for const in sources:
         candidate, record = _select(const, graph, config)
         records[const] = record
         if record.action != SKIPPED:
@@ -99,7 +106,7 @@ def compress_program(
         progress(len(kept), len(kept), "")
     kept.clear()  # the plans now hold the only references to the dense values
     _rewrite(plans)
-    report = Report(pass_name, [records[c] for c in graph.consts()])
+    report = Report(pass_name, [records[c] for c in sources])
     attach(prog, report)
     totals = report.totals()
     logger.info(
@@ -118,20 +125,40 @@ def _record(candidate: Candidate, action: str, reason: Optional[str] = None) -> 
         dtype=str(value.dtype),
         action=action,
         reason=reason,
-        bytes_before=int(value.nbytes),
-        bytes_after=int(value.nbytes),
+        bytes_before=candidate.stored,
+        bytes_after=candidate.stored,
     )
 
 
+def _sparse_weights(graph: ProgramGraph) -> list:
+    """The last ops of plain sparse chains read as weights (mask and non-zeros stored as they are)."""
+    found = []
+    for op in graph.ops():
+        if is_constexpr(op) and any(not is_constexpr(c) for c in op.outputs[0].child_ops):
+            if isinstance(read_back(op.outputs[0]).form, SparseParams):
+                found.append(op)
+    return found
+
+
 def _select(const, graph: ProgramGraph, config: CompressionConfig) -> Tuple[Candidate, ConstRecord]:
-    value = np.asarray(const.outputs[0].val)
-    candidate = Candidate(const, graph.function_of[const], value, tuple(graph.uses(const)))
+    if const.op_type == "const":
+        value, stored = np.asarray(const.outputs[0].val), None
+    else:  # a sparse chain, for joint compression
+        back = read_back(const.outputs[0])
+        value, stored = back.dense, int(back.form.nbytes)
+    candidate = Candidate(const, graph.function_of[const], value, tuple(graph.uses(const)), stored_bytes=stored)
     reason = first_reason(candidate, SELECTION_RULES)
     if reason is None:
         consumers = [(u.op.name, u.op.op_type) for u in candidate.weight_uses]
         algorithm, source = config.resolve(const.name, consumers)
         candidate = dataclasses.replace(candidate, config=algorithm, config_source=source)
         reason = first_reason(candidate, CONFIG_RULES)
+    if reason is None and candidate.is_sparse:
+        if not isinstance(candidate.config, (PalettizeConfig, LinearQuantizeConfig)):
+            reason = f"already sparse: joint compression palettizes or quantizes the non-zeros, not {type(candidate.config).__name__}"
+        else:  # keep the mask exactly as it is: prune exact zeros only
+            keep_mask = ThresholdPruneConfig(threshold=0.0, minimum_sparsity_percentile=0.0, weight_threshold=candidate.config.weight_threshold)
+            candidate = dataclasses.replace(candidate, config=JointConfig(prune=keep_mask, then=candidate.config))
     return candidate, _record(candidate, SKIPPED if reason else COMPRESSED, reason)
 
 
@@ -167,8 +194,9 @@ def _compute(candidate: Candidate, record: ConstRecord, on_unsupported: str, snr
                 _skip(record, f"opset too old: {why} needs {target_name(need)}, the program targets {target_name(have)}")
                 return None
             raise PreconditionError(message, minimum_deployment_target=target_name(need))
-        if params.nbytes >= value.nbytes:
-            _skip(record, f"{describe(params)} ({params.nbytes:,} bytes) would not be smaller than dense ({value.nbytes:,} bytes)")
+        if params.nbytes >= candidate.stored:
+            now = "sparse" if candidate.is_sparse else "dense"
+            _skip(record, f"{describe(params)} ({params.nbytes:,} bytes) would not be smaller than {now} ({candidate.stored:,} bytes)")
             return None
         snr = snr_db(value, params.decompress())
         if minimum is not None and snr < minimum:
@@ -204,6 +232,14 @@ def _rewrite(plans: List[_Plan]) -> None:
                 except Exception as error:  # a bug, not a user error: name the const
                     raise PassError(f"const '{const.name}': rewriting as {plan.record.form} failed: {error}") from error
                 block.remove_ops([const])
+                if const.op_type != "const":  # a sparse chain: its consts go too, unless shared
+                    for producer in _chain_consts(const):
+                        if not producer.outputs[0].child_ops:
+                            block.remove_ops([producer])
+
+
+def _chain_consts(op) -> list:
+    return [v.op for v in op.inputs.values() if getattr(v, "op", None) is not None and v.op.op_type == "const"]
 
 
 def needs_axes(config: AlgorithmConfig) -> bool:
@@ -278,7 +314,9 @@ class CompressWeights(AbstractGraphPass):
       YAML path or text;
     - on_unsupported: "error" (default) or "skip", for forms the program's opset cannot hold;
     - snr_fallback: retry weights below min_snr_db with gentler forms (default false);
-    - report_path: also write the JSON report there.
+    - report_path: also write the JSON report there;
+    - joint_compression: also palettize or quantize the non-zeros of weights already pruned
+      (coremltools' option of the same name; default false).
     """
 
     PASS_ID = "milcompress::compress_weights"
@@ -291,6 +329,7 @@ class CompressWeights(AbstractGraphPass):
         self._on_unsupported = "error"
         self._snr_fallback = False
         self._report_path = None
+        self._joint_compression = False
         self.progress: Optional[Callable[[int, int, str], None]] = None  # set by callers that draw progress
 
     @property
@@ -330,6 +369,14 @@ class CompressWeights(AbstractGraphPass):
     def report_path(self, value) -> None:
         self._report_path = None if value in (None, "") else str(value)
 
+    @property
+    def joint_compression(self) -> bool:
+        return self._joint_compression
+
+    @joint_compression.setter
+    def joint_compression(self, value) -> None:
+        self._joint_compression = parse_bool("joint_compression", value)
+
     def apply(self, prog: Program) -> None:
         if self._config is None:
             raise ConfigError(f"{self.PASS_ID}: no config set (use PassPipeline.set_options(..., {{'config': ...}}))", field="config")
@@ -340,6 +387,7 @@ class CompressWeights(AbstractGraphPass):
             snr_fallback=self._snr_fallback,
             pass_name=self.PASS_ID,
             progress=self.progress,
+            joint_compression=self._joint_compression,
         )
         if self._report_path:
             with open(self._report_path, "w") as handle:

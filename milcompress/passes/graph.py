@@ -83,6 +83,10 @@ class ProgramGraph:
                         self.graph.add_edge(source, op, input=input_name)
         self._depth: Optional[Dict[object, Tuple[int, int]]] = None
 
+    def ops(self) -> List[Operation]:
+        """Every op of every function and nested block, in program order."""
+        return list(self._order)
+
     def consts(self) -> List[Operation]:
         return [op for op in self._order if op.op_type == "const"]
 

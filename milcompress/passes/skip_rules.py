@@ -28,6 +28,16 @@ class Candidate:
     uses: Tuple[Use, ...]
     config: Optional[AlgorithmConfig] = None
     config_source: str = "global_config"
+    stored_bytes: Optional[int] = None  # what the weight takes now, where it is not a dense const
+
+    @property
+    def is_sparse(self) -> bool:
+        """A sparse chain (joint compression), rather than a const."""
+        return self.stored_bytes is not None
+
+    @property
+    def stored(self) -> int:
+        return int(self.value.nbytes) if self.stored_bytes is None else self.stored_bytes
 
     @property
     def weight_uses(self) -> Tuple[Use, ...]:

@@ -105,6 +105,65 @@ def test_same_forms_and_no_worse_error_than_coremltools(label, ct_pass, op_confi
         assert ours_snr >= theirs_snr - 0.05, f"{name}: ours {ours_snr:.3f} dB, coremltools {theirs_snr:.3f} dB"
 
 
+JOINT_CONFIGS = [
+    ("then kmeans 4-bit", CtPalettize, OpPalettizerConfig(nbits=4, mode="kmeans", weight_threshold=1000)),
+    ("then kmeans 2-bit", CtPalettize, OpPalettizerConfig(nbits=2, mode="kmeans", weight_threshold=1000)),
+    ("then int8 per channel", CtQuantize, OpLinearQuantizerConfig(weight_threshold=1000)),
+    ("then int4 per block 16", CtQuantize, OpLinearQuantizerConfig(dtype="int4", granularity="per_block", block_size=16, weight_threshold=1000)),
+]
+
+
+@pytest.mark.parametrize("label, ct_pass, op_config", JOINT_CONFIGS, ids=[c[0] for c in JOINT_CONFIGS])
+@pytest.mark.parametrize("opset", [IOS16, IOS18], ids=["iOS16", "iOS18"])
+def test_joint_compression_of_pruned_weights_matches_coremltools(label, ct_pass, op_config, opset):
+    """coremltools' two calls (prune, then palettize or quantize with joint_compression=True): the
+    same chains, the same mask, and error no worse (it also clusters the pruned zeros; we do not)."""
+    prune = OptimizationConfig(global_config=OpMagnitudePrunerConfig(target_sparsity=0.75, weight_threshold=1000))
+    config = OptimizationConfig(global_config=op_config)
+    theirs, ours = program(opset), program(opset)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        for prog in (theirs, ours):
+            CtPrune(config=prune).apply(prog)
+        pruned = _weights(ours)
+        graph_pass = ct_pass(config=config)
+        graph_pass.joint_compression = True
+        try:
+            graph_pass.apply(theirs)
+            ct_error = None
+        except ValueError as error:  # joint forms need iOS18
+            ct_error = error
+    if ct_error is not None:
+        with pytest.raises(milcompress.PreconditionError, match="iOS18"):
+            compress_program(ours, config, joint_compression=True)
+        return
+    report = compress_program(ours, config, joint_compression=True)
+    assert report.totals()["compressed"] == 2
+    ours_w, theirs_w = _weights(ours), _weights(theirs)
+    for name in WEIGHTS:
+        assert ours_w[name][1] == theirs_w[name][1]  # the same op chain
+        assert np.all(ours_w[name][0][pruned[name][0] == 0] == 0)  # pruned weights stay pruned
+        if "kmeans" in label:  # a palette of the non-zeros has no zero entry: the mask is exactly kept
+            np.testing.assert_array_equal(ours_w[name][0] == 0, pruned[name][0] == 0)
+        ours_snr, theirs_snr = snr_db(pruned[name][0], ours_w[name][0]), snr_db(pruned[name][0], theirs_w[name][0])
+        assert ours_snr >= theirs_snr - 0.05, f"{name}: ours {ours_snr:.3f} dB, coremltools {theirs_snr:.3f} dB"
+    # The chain's old consts are gone: one mask per weight remains.
+    assert sum(op.op_type == "constexpr_sparse_to_dense" for op, _ in walk_ops(ours)) == 2
+
+
+def test_joint_compression_leaves_dense_weights_to_the_plain_pass_and_names_other_configs():
+    prog = program(IOS18)
+    prune = OptimizationConfig(op_name_configs={"conv_w": OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=1000)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        CtPrune(config=prune).apply(prog)
+    report = compress_program(prog, OptimizationConfig(global_config=OpPalettizerConfig(nbits=4, weight_threshold=1000)), joint_compression=True)
+    forms = {r.name: r.form for r in report.records if r.action == "compressed"}
+    assert sorted(forms.values()) == ["LUT 4-bit", "sparse 50% + LUT 4-bit"], forms
+    again = compress_program(prog, OptimizationConfig(global_config=OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=1000)), joint_compression=True)
+    assert again.totals()["compressed"] == 0
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
