@@ -177,18 +177,24 @@ def _squared_error(w: np.ndarray, s: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 _EXACT_BINS_MAX = 1 << 16  # float32 groups up to this size are binned by exact value
+_SORTED_BINS_MAX_F16 = 1 << 12  # float16 groups up to this size too: cheaper than 65,536 code slots
+
+
+def _bins_by_sort(values: np.ndarray) -> bool:
+    n = values.shape[-1]
+    return n <= (_SORTED_BINS_MAX_F16 if values.dtype == np.float16 else _EXACT_BINS_MAX)
 
 
 def _histogram(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bins:
     """Bin each row of `values` [G, n]; weights default to 1.
 
-    Bins are exact values for float16 (a bincount over the 65,536 codes) and for float32 rows of
-    up to 65,536 values (a sort); larger float32 rows are binned by their float16 rounding, with
-    exact statistics of the values in each bin.
+    Bins are exact values for float16 (a bincount over the 65,536 codes, or a sort for small rows)
+    and for float32 rows of up to 65,536 values (a sort); larger float32 rows are binned by their
+    float16 rounding, with exact statistics of the values in each bin.
     """
     groups, n = values.shape
     rows = np.arange(groups, dtype=np.int64)[:, None]
-    if values.dtype == np.float16 or n > _EXACT_BINS_MAX:
+    if not _bins_by_sort(values):
         in_range = values if values.dtype == np.float16 else np.clip(values, -_F16_MAX, _F16_MAX)
         keys = _ordered_key16(in_range).astype(np.int64)
         low = int(keys.min())
@@ -496,8 +502,8 @@ def kmeans_1d(values: np.ndarray, k: int, weights: Optional[np.ndarray] = None) 
     if n == 0:
         result[:] = 0.0
         return result
-    # The histogram of a chunk spans up to 65,536 float16 slots per group.
-    per_chunk = max(1, _CHUNK_ELEMENTS // max(n, 65536))
+    # The histogram of a chunk spans up to n (sorted) or 65,536 (float16 codes) slots per group.
+    per_chunk = max(1, _CHUNK_ELEMENTS // (n if _bins_by_sort(values) else max(n, 65536)))
     for first in range(0, groups, per_chunk):
         chunk = slice(first, min(groups, first + per_chunk))
         bins = _histogram(values[chunk], None if weights is None else weights[chunk])
