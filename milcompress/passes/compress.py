@@ -89,9 +89,10 @@ def compress_program(
     graph = ProgramGraph(prog)
     records: Dict[object, ConstRecord] = {}
     kept = []
-    sources = graph.consts() + (_sparse_weights(graph) if joint_compression else [])
+    sparse = _sparse_weights(graph) if joint_compression else {}
+    sources = graph.consts() + list(sparse)
     for const in sources:
-        candidate, record = _select(const, graph, config)
+        candidate, record = _select(const, graph, config, sparse.get(const))
         records[const] = record
         if record.action != SKIPPED:
             kept.append((candidate, record))
@@ -130,22 +131,24 @@ def _record(candidate: Candidate, action: str, reason: Optional[str] = None) -> 
     )
 
 
-def _sparse_weights(graph: ProgramGraph) -> list:
-    """The last ops of plain sparse chains read as weights (mask and non-zeros stored as they are)."""
-    found = []
+def _sparse_weights(graph: ProgramGraph) -> dict:
+    """The last ops of plain sparse chains read as weights (mask and non-zeros stored as they are),
+    each with what it holds."""
+    found = {}
     for op in graph.ops():
         if is_constexpr(op) and any(not is_constexpr(c) for c in op.outputs[0].child_ops):
-            if isinstance(read_back(op.outputs[0]).form, SparseParams):
-                found.append(op)
+            back = read_back(op.outputs[0])
+            if isinstance(back.form, SparseParams):
+                found[op] = back
     return found
 
 
-def _select(const, graph: ProgramGraph, config: CompressionConfig) -> Tuple[Candidate, ConstRecord]:
-    if const.op_type == "const":
+def _select(const, graph: ProgramGraph, config: CompressionConfig, sparse=None) -> Tuple[Candidate, ConstRecord]:
+    """`sparse`: the ReadBack of a sparse chain (joint compression); None for a const."""
+    if sparse is None:
         value, stored = np.asarray(const.outputs[0].val), None
-    else:  # a sparse chain, for joint compression
-        back = read_back(const.outputs[0])
-        value, stored = back.dense, int(back.form.nbytes)
+    else:
+        value, stored = sparse.dense, int(sparse.form.nbytes)
     candidate = Candidate(const, graph.function_of[const], value, tuple(graph.uses(const)), stored_bytes=stored)
     reason = first_reason(candidate, SELECTION_RULES)
     if reason is None:
@@ -233,12 +236,12 @@ def _rewrite(plans: List[_Plan]) -> None:
                     raise PassError(f"const '{const.name}': rewriting as {plan.record.form} failed: {error}") from error
                 block.remove_ops([const])
                 if const.op_type != "const":  # a sparse chain: its consts go too, unless shared
-                    for producer in _chain_consts(const):
+                    for producer in _input_consts(const):
                         if not producer.outputs[0].child_ops:
                             block.remove_ops([producer])
 
 
-def _chain_consts(op) -> list:
+def _input_consts(op) -> list:
     return [v.op for v in op.inputs.values() if getattr(v, "op", None) is not None and v.op.op_type == "const"]
 
 
