@@ -39,6 +39,7 @@ from coremltools.converters.mil.mil import block as _block_module  # noqa: E402
 from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass  # noqa: E402, F401
 from coremltools.converters.mil.mil.passes.helper import block_context_manager  # noqa: E402, F401
 from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY, register_pass  # noqa: E402, F401
+from coremltools.converters.mil.mil.types.symbolic import is_symbolic  # noqa: E402, F401  (re-exported)
 
 IOS15 = AvailableTarget.iOS15
 IOS16 = AvailableTarget.iOS16

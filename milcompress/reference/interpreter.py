@@ -1,0 +1,242 @@
+"""Run a MIL program with torch on the CPU: `Interpreter`.
+
+The interpreter owns execution order and values; the op table (`kernels/`) owns what each op
+computes. It walks a function's blocks in program order (the order a MIL block is already
+topologically sorted in), keeps every value in one dictionary keyed by var name (MIL names are
+unique within a function), and evaluates const and constexpr ops once, when it is built, since they
+depend on no input. It never rewrites a program.
+
+Two precisions:
+- "float32": every float tensor is computed and kept in float32, whatever type the program declares
+  (a `cast` to fp16 changes nothing). Weights stored in fp16 are exactly representable, so a
+  program converted with fp16 weights runs with exactly those weights.
+- "float16": as "float32", then every float output of every op is rounded to the nearest float16,
+  as Core ML's GPU and Neural Engine store activations. Accumulation inside an op stays float32.
+
+Every output is checked against the shape the program declares for it (where it is known), so a
+kernel that gets an op wrong fails loudly at that op instead of producing a plausible wrong number.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from milcompress._coremltools import Block, Operation, Program, Var, is_symbolic, types
+from milcompress.errors import InputError, MilcompressError
+from milcompress.reference.kernels import KERNELS, OpArgs, Value, supported_op_types, torch_dtype
+
+PRECISIONS = ("float32", "float16")
+
+# observer(op, args, outputs) is called after every op that runs per input (not const/constexpr).
+Observer = Callable[[Operation, OpArgs, Tuple[Value, ...]], None]
+
+
+class UnsupportedOpError(InputError):
+    """The program holds op types the reference executor has no kernel for."""
+
+    def __init__(self, unsupported: Mapping[str, str]):
+        self.op_types = tuple(sorted(unsupported))
+        where = "; ".join(f"'{op_type}' (first at {unsupported[op_type]})" for op_type in self.op_types)
+        super().__init__(
+            f"the reference executor does not support op type{'s' if len(unsupported) > 1 else ''} {where}. "
+            f"Supported: {', '.join(supported_op_types())}"
+        )
+
+
+class ExecutionError(MilcompressError):
+    """An op failed or produced a value that contradicts the program's declared type."""
+
+
+def _blocks_and_ops(block: Block) -> Iterator[Tuple[Block, Operation]]:
+    for op in block.operations:
+        yield block, op
+        for nested in op.blocks:
+            yield from _blocks_and_ops(nested)
+
+
+def _where(function_name: str, block: Block, op: Operation) -> str:
+    return f"op '{op.name}' in function '{function_name}'" + ("" if block.outer_op is None else f", block '{block.name}'")
+
+
+def _known(dimension) -> bool:
+    """A declared dimension that is a number (coremltools declares -1 for some it cannot infer)."""
+    return not is_symbolic(dimension) and int(dimension) >= 0
+
+
+def _is_static(op: Operation) -> bool:
+    return op.op_type == "const" or op.op_type.startswith("constexpr_")
+
+
+def value_from_numpy(value) -> Value:
+    """A const's value as the executor holds it."""
+    if isinstance(value, (str, np.str_)):
+        return str(value)
+    array = np.asarray(value)
+    if array.dtype.kind in "US":
+        return str(array) if array.ndim == 0 else tuple(str(v) for v in array.reshape(-1))
+    if array.dtype.kind == "f":
+        array = array.astype(np.float32, copy=False)
+    elif array.dtype.kind in "iu" and array.dtype.itemsize == 1:
+        # int8, uint8 and coremltools' sub-byte dtypes (uint4, int4, ...): one value per byte.
+        array = array.view(np.int8 if array.dtype.kind == "i" else np.uint8)
+    elif array.dtype.kind in "iu":
+        array = array.astype(np.int64, copy=False)
+    elif array.dtype != np.bool_:
+        raise TypeError(f"const of numpy dtype {array.dtype} has no executor value")
+    # np.ascontiguousarray would make a 0-d array 1-d; copy keeps the shape.
+    return torch.from_numpy(array if array.flags.c_contiguous and array.flags.writeable else array.copy())
+
+
+def value_to_numpy(value: Value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+class Interpreter:
+    """Executes one function of a program. Build once, `run` many times.
+
+    `observers` are called after each op (see `Observer`); `ChannelStatistics` is one.
+    """
+
+    def __init__(
+        self,
+        program: Program,
+        function_name: Optional[str] = None,
+        precision: str = "float32",
+        observers: Sequence[Observer] = (),
+    ):
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        names = list(program.functions)
+        if function_name is None:
+            function_name = getattr(program, "default_function_name", None) or "main"
+            if function_name not in program.functions and len(names) == 1:
+                function_name = names[0]
+        if function_name not in program.functions:
+            raise InputError(f"no function named '{function_name}'; the program has {', '.join(names)}")
+        self.function_name = function_name
+        self.function = program.functions[function_name]
+        self.precision = precision
+        self.observers = list(observers)
+        self._check_supported()
+        self._static: Dict[str, Value] = {}
+        for block, op in _blocks_and_ops(self.function):
+            if _is_static(op):
+                self._execute(block, op, self._static)
+
+    # -- what the function expects and returns ----------------------------------------------
+
+    @property
+    def input_names(self) -> List[str]:
+        return list(self.function.inputs)
+
+    @property
+    def output_names(self) -> List[str]:
+        return [var.name for var in self.function.outputs]
+
+    def input_spec(self) -> Dict[str, Tuple[Tuple, np.dtype]]:
+        """Input name -> (shape, numpy dtype); a symbolic dimension is None."""
+        spec = {}
+        for name, var in self.function.inputs.items():
+            shape = tuple(int(d) if not is_symbolic(d) else None for d in var.shape)
+            spec[name] = (shape, np.dtype(types.nptype_from_builtin(var.dtype)))
+        return spec
+
+    # -- running --------------------------------------------------------------------------------
+
+    def run(self, inputs: Mapping[str, object]) -> Dict[str, np.ndarray]:
+        """Output name -> value (floats as float32) for one set of input values."""
+        env = dict(self._static)
+        self._bind_inputs(inputs, env)
+        outputs = self._run_block(self.function, env, ())
+        return {var.name: value_to_numpy(value) for var, value in zip(self.function.outputs, outputs)}
+
+    def _bind_inputs(self, inputs: Mapping[str, object], env: Dict[str, Value]) -> None:
+        expected = self.function.inputs
+        missing = [name for name in expected if name not in inputs]
+        unknown = [name for name in inputs if name not in expected]
+        if missing or unknown:
+            spec = ", ".join(f"{name} {list(shape)}" for name, (shape, _) in self.input_spec().items())
+            raise InputError(
+                (f"missing input(s) {', '.join(missing)}" if missing else f"unknown input(s) {', '.join(unknown)}")
+                + f"; the function '{self.function_name}' takes {spec}"
+            )
+        for name, var in expected.items():
+            value = inputs[name]
+            tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+            declared = tuple(var.shape)
+            if len(declared) != tensor.dim() or any(
+                not is_symbolic(d) and int(d) != size for d, size in zip(declared, tensor.shape)
+            ):
+                raise InputError(f"input '{name}' has shape {list(tensor.shape)}; the program declares {list(declared)}")
+            env[var.name] = self._stored(var, tensor)
+
+    def _run_block(self, block: Block, env: Dict[str, Value], inputs: Sequence[Value]) -> List[Value]:
+        for var, value in zip(block.inputs, inputs):
+            env[var.name] = value
+        for op in block.operations:
+            if not _is_static(op):
+                self._execute(block, op, env)
+        return [env[var.name] for var in block.outputs]
+
+    def _execute(self, block: Block, op: Operation, env: Dict[str, Value]) -> None:
+        values = {}
+        for name, var in op.inputs.items():
+            if name.startswith("_"):
+                continue  # coremltools' internal inputs (python functions building nested blocks)
+            values[name] = tuple(env[v.name] for v in var) if isinstance(var, (list, tuple)) else env[var.name]
+        args = OpArgs(op, values, lambda nested, block_inputs: self._run_block(nested, env, block_inputs))
+        try:
+            result = KERNELS[op.op_type](args)
+        except MilcompressError:
+            raise
+        except Exception as error:
+            raise ExecutionError(
+                f"{_where(self.function_name, block, op)} ({op.op_type}) failed: {type(error).__name__}: {error}"
+            ) from error
+        results = tuple(result) if isinstance(result, (tuple, list)) else (result,)  # outputs are never tuples
+        if len(results) != len(op.outputs):
+            raise ExecutionError(
+                f"{_where(self.function_name, block, op)} ({op.op_type}): kernel gave {len(results)} outputs, op has {len(op.outputs)}"
+            )
+        stored = tuple(self._checked(block, op, var, value) for var, value in zip(op.outputs, results))
+        for var, value in zip(op.outputs, stored):
+            env[var.name] = value
+        if self.observers and not _is_static(op):
+            for observer in self.observers:
+                observer(op, args, stored)
+
+    def _checked(self, block: Block, op: Operation, var: Var, value: Value) -> Value:
+        if isinstance(value, str) or (isinstance(value, tuple) and not types.is_tensor(var.sym_type)):
+            return value
+        if not isinstance(value, torch.Tensor):
+            value = torch.from_numpy(np.asarray(value)) if not isinstance(value, (bool, int, float)) else torch.tensor(value)
+        declared = tuple(var.shape)
+        if len(declared) != value.dim() or any(
+            _known(d) and int(d) != size for d, size in zip(declared, value.shape)
+        ):
+            raise ExecutionError(
+                f"{_where(self.function_name, block, op)} ({op.op_type}): output '{var.name}' has shape "
+                f"{list(value.shape)}; the program declares {list(declared)}"
+            )
+        return self._stored(var, value)
+
+    def _stored(self, var: Var, value: torch.Tensor) -> torch.Tensor:
+        dtype = torch_dtype(var.dtype)
+        if value.dtype != dtype:
+            value = value.to(dtype)
+        if dtype == torch.float32 and self.precision == "float16":
+            value = value.to(torch.float16).to(torch.float32)
+        return value
+
+    def _check_supported(self) -> None:
+        unsupported: Dict[str, str] = {}
+        for block, op in _blocks_and_ops(self.function):
+            if op.op_type not in KERNELS and op.op_type not in unsupported:
+                unsupported[op.op_type] = _where(self.function_name, block, op)
+        if unsupported:
+            raise UnsupportedOpError(unsupported)

@@ -1,0 +1,92 @@
+"""What feeds each weight: `ChannelStatistics`, an executor observer for calibration.
+
+For every op that multiplies an activation by a constant weight (conv, conv_transpose, linear,
+matmul with one constant side, lstm/gru/rnn), it accumulates, per input channel of that weight (the
+axis the weight contracts), the sum of squares and the largest magnitude of the activation, over
+every position and every run. `mean_square` is what activation-aware compression weights a
+column's error by: the expected squared input that multiplies it.
+
+Records are keyed by the name of the weight var the op reads (a const, or the last op of a
+constexpr chain), the name compression reports use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from milcompress._coremltools import Operation, Var
+from milcompress.reference.kernels import OpArgs
+
+
+@dataclass
+class ChannelRecord:
+    """Statistics of the activation a weight multiplies, per input channel of the weight."""
+
+    op_name: str
+    op_type: str
+    activation: str  # the input name of the op the activation comes in on
+    sum_squares: np.ndarray  # float64, one per input channel
+    max_abs: np.ndarray  # float64, one per input channel
+    count: int  # activation vectors seen (positions x batch x runs)
+
+    @property
+    def mean_square(self) -> np.ndarray:
+        return self.sum_squares / max(self.count, 1)
+
+
+def _is_weight(var: Optional[Var]) -> bool:
+    return isinstance(var, Var) and var.op is not None and (var.op.op_type == "const" or var.op.op_type.startswith("constexpr_"))
+
+
+def _contraction(op: Operation, args: OpArgs) -> Optional[Tuple[str, str, int]]:
+    """(weight input, activation input, activation axis holding the weight's input channels)."""
+    inputs = op.inputs
+    if op.op_type in ("conv", "conv_transpose") and _is_weight(inputs.get("weight")):
+        return "weight", "x", 1
+    if op.op_type == "linear" and _is_weight(inputs.get("weight")):
+        return "weight", "x", -1
+    if op.op_type == "matmul":
+        if _is_weight(inputs.get("y")) and not _is_weight(inputs.get("x")):
+            return "y", "x", -2 if args.bool("transpose_x", False) else -1
+        if _is_weight(inputs.get("x")) and not _is_weight(inputs.get("y")):
+            return "x", "y", -1 if args.bool("transpose_y", False) else -2
+    if op.op_type in ("lstm", "gru", "rnn"):
+        for name in ("weight_ih", "weight"):
+            if _is_weight(inputs.get(name)):
+                return name, "x", -1
+    return None
+
+
+class ChannelStatistics:
+    """An executor observer: `Interpreter(program, observers=[stats])`, run, then `stats.records`."""
+
+    def __init__(self):
+        self.records: Dict[str, ChannelRecord] = {}
+
+    def __call__(self, op: Operation, args: OpArgs, outputs) -> None:
+        found = _contraction(op, args)
+        if found is None:
+            return
+        weight, activation, axis = found
+        value = args[activation]
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            return
+        columns = value.movedim(axis, -1).reshape(-1, value.shape[axis]).double()
+        sum_squares = columns.square().sum(dim=0).numpy()
+        max_abs = columns.abs().amax(dim=0).numpy() if columns.shape[0] else np.zeros(columns.shape[1])
+        key = op.inputs[weight].name
+        record = self.records.get(key)
+        if record is not None and record.sum_squares.shape != sum_squares.shape:
+            # One weight read by ops that contract different axes: keep them apart.
+            key = f"{key}@{op.name}"
+            record = self.records.get(key)
+        if record is None:
+            self.records[key] = ChannelRecord(op.name, op.op_type, activation, sum_squares, max_abs, columns.shape[0])
+        else:
+            record.sum_squares = record.sum_squares + sum_squares
+            record.max_abs = np.maximum(record.max_abs, max_abs)
+            record.count += columns.shape[0]

@@ -1,0 +1,239 @@
+"""The executor's core: control flow, functions, precisions, errors, observers, verify."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from milcompress._coremltools import IOS15, IOS18, Function, Program, mb, types
+from milcompress.errors import InputError
+from milcompress.reference import ChannelStatistics, ExecutionError, Interpreter, UnsupportedOpError, run_program, verify
+from milcompress.reference.kernels import KERNELS
+from milcompress.reference.verify import compare_output, random_samples, samples_of
+from tests.reference.helpers import op_program, run_op
+
+
+def _program(functions, opset=IOS15) -> Program:
+    program = Program()
+    for name, (specs, body) in functions.items():
+        with Function(specs, opset) as function:
+            function.set_outputs(list(body(**function.inputs)))
+        program.add_function(name, function)
+    return program
+
+
+def test_cond_runs_the_branch_the_predicate_picks():
+    def build(x, flag):
+        return mb.cond(pred=flag, _true_fn=lambda: mb.mul(x=x, y=2.0), _false_fn=lambda: mb.sub(x=x, y=1.0))
+
+    x = np.arange(3, dtype=np.float32)
+    (doubled,) = run_op(build, {"x": x, "flag": np.array(True)})
+    (decremented,) = run_op(build, {"x": x, "flag": np.array(False)})
+    np.testing.assert_array_equal(doubled, x * 2)
+    np.testing.assert_array_equal(decremented, x - 1)
+
+
+def test_while_loop_runs_until_its_condition_fails():
+    def build(x, limit):
+        return mb.while_loop(
+            _cond=lambda total, steps: mb.less(x=mb.reduce_sum(x=total), y=limit),
+            _body=lambda total, steps: (mb.add(x=total, y=total), mb.add(x=steps, y=np.int32(1))),
+            loop_vars=(x, np.int32(0)),
+        )
+
+    total, steps = run_op(build, {"x": np.array([1.0, 2.0], np.float32), "limit": np.array(100.0, np.float32)})
+    # 3 -> 6 -> 12 -> 24 -> 48 -> 96 -> 192: six doublings.
+    np.testing.assert_array_equal(total, [64.0, 128.0])
+    assert int(steps) == 6
+
+
+def test_each_function_of_a_multifunction_program_runs_by_name():
+    spec = {"x": mb.placeholder(shape=(2,))}
+    program = _program({"main": (spec, lambda x: [mb.add(x=x, y=1.0)]), "other": (dict(spec), lambda x: [mb.mul(x=x, y=3.0)])})
+    x = np.array([1.0, 2.0], np.float32)
+    (plus,) = Interpreter(program).run({"x": x}).values()
+    (times,) = Interpreter(program, function_name="other").run({"x": x}).values()
+    np.testing.assert_array_equal(plus, x + 1)
+    np.testing.assert_array_equal(times, x * 3)
+    with pytest.raises(InputError, match="no function named 'missing'; the program has main, other"):
+        Interpreter(program, function_name="missing")
+
+
+def test_float16_emulation_rounds_every_op_output():
+    def build(x):
+        return mb.add(x=mb.mul(x=x, y=1.0 + 2.0**-12), y=0.0)
+
+    x = np.array([1.0, 3.0, 1000.1], np.float32)
+    (exact,) = run_op(build, {"x": x}, precision="float32")
+    (emulated,) = run_op(build, {"x": x}, precision="float16")
+    np.testing.assert_allclose(exact, x * (1 + 2.0**-12), rtol=1e-7)
+    # fp16 has 10 mantissa bits: 1 + 2^-12 rounds away, so the input (rounded) comes back.
+    np.testing.assert_array_equal(emulated, x.astype(np.float16).astype(np.float32))
+
+
+def test_unsupported_op_error_names_the_type_the_op_and_the_supported_list(monkeypatch):
+    monkeypatch.delitem(KERNELS, "relu")
+    program = op_program(lambda x: mb.relu(x=mb.add(x=x, y=1.0), name="the_relu"), {"x": np.zeros(2, np.float32)})
+    with pytest.raises(UnsupportedOpError) as caught:
+        Interpreter(program)
+    message = str(caught.value)
+    assert "'relu' (first at op 'the_relu' in function 'main')" in message
+    assert "Supported: " in message and "conv" in message
+    assert caught.value.op_types == ("relu",)
+
+
+def test_a_kernel_that_gets_a_shape_wrong_fails_at_its_op(monkeypatch):
+    monkeypatch.setitem(KERNELS, "relu", lambda args: args["x"][:1])
+    with pytest.raises(ExecutionError, match=r"op 'bad' in function 'main' \(relu\): output 'bad' has shape \[1\]; the program declares \[3\]"):
+        run_op(lambda x: mb.relu(x=x, name="bad"), {"x": np.zeros(3, np.float32)})
+
+
+def test_a_failing_kernel_is_reported_with_its_op(monkeypatch):
+    def broken(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(KERNELS, "relu", broken)
+    with pytest.raises(ExecutionError, match=r"op 'r' in function 'main' \(relu\) failed: RuntimeError: boom"):
+        run_op(lambda x: mb.relu(x=x, name="r"), {"x": np.zeros(3, np.float32)})
+
+
+def test_inputs_are_checked_by_name_and_shape():
+    interpreter = Interpreter(op_program(lambda x: mb.relu(x=x), {"x": np.zeros((2, 3), np.float32)}))
+    with pytest.raises(InputError, match=r"missing input\(s\) x; the function 'main' takes x \[2, 3\]"):
+        interpreter.run({})
+    with pytest.raises(InputError, match=r"unknown input\(s\) y"):
+        interpreter.run({"x": np.zeros((2, 3), np.float32), "y": np.zeros(1)})
+    with pytest.raises(InputError, match=r"input 'x' has shape \[3, 2\]; the program declares \[2, 3\]"):
+        interpreter.run({"x": np.zeros((3, 2), np.float32)})
+
+
+def test_precision_must_be_known():
+    with pytest.raises(InputError, match="precision must be one of float32, float16"):
+        Interpreter(op_program(lambda x: mb.relu(x=x), {"x": np.zeros(2, np.float32)}), precision="bfloat16")
+
+
+def _small_network(opset=IOS18, linear_scale: float = 1.0):
+    generator = np.random.default_rng(0)
+    conv_weight = generator.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    linear_weight = (generator.standard_normal((5, 4)) * linear_scale).astype(np.float32)
+
+    def body(image):
+        features = mb.conv(x=image, weight=conv_weight, pad_type="same", name="conv")
+        pooled = mb.reduce_mean(x=mb.relu(x=features), axes=[2, 3], keep_dims=False)
+        return [mb.linear(x=pooled, weight=linear_weight, name="classifier")]
+
+    program = _program({"main": ({"image": mb.placeholder(shape=(2, 3, 6, 6))}, body)}, opset)
+    return program, conv_weight, linear_weight
+
+
+def test_channel_statistics_match_a_direct_torch_computation():
+    program, conv_weight, _ = _small_network()
+    statistics = ChannelStatistics()
+    interpreter = Interpreter(program, observers=[statistics])
+    images = [np.random.default_rng(seed).standard_normal((2, 3, 6, 6)).astype(np.float32) for seed in (1, 2)]
+    for image in images:
+        interpreter.run({"image": image})
+
+    stacked = torch.from_numpy(np.concatenate(images))
+    features = torch.nn.functional.conv2d(stacked, torch.from_numpy(conv_weight), padding=1)
+    pooled = features.relu().mean(dim=(2, 3))
+    conv_inputs = stacked.permute(0, 2, 3, 1).reshape(-1, 3).double()
+
+    conv_record = statistics.records[program.functions["main"].find_ops(op_type="conv")[0].inputs["weight"].name]
+    assert (conv_record.op_type, conv_record.op_name, conv_record.count) == ("conv", "conv", 4 * 36)
+    np.testing.assert_allclose(conv_record.mean_square, conv_inputs.square().mean(dim=0).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(conv_record.max_abs, conv_inputs.abs().amax(dim=0).numpy(), rtol=1e-6)
+
+    linear_record = next(r for r in statistics.records.values() if r.op_type == "linear")
+    assert linear_record.count == 4
+    np.testing.assert_allclose(linear_record.mean_square, pooled.double().square().mean(dim=0).numpy(), rtol=1e-5)
+
+
+def test_channel_statistics_follow_the_contracted_axis_of_matmul():
+    weight = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    statistics = ChannelStatistics()
+    program = op_program(lambda x: mb.matmul(x=x, y=weight, transpose_x=True), {"x": np.zeros((3, 2), np.float32)})
+    x = np.random.default_rng(1).standard_normal((3, 2)).astype(np.float32)
+    Interpreter(program, observers=[statistics]).run({"x": x})
+    (record,) = statistics.records.values()
+    np.testing.assert_allclose(record.mean_square, (x.astype(np.float64) ** 2).mean(axis=1), rtol=1e-6)
+
+
+def test_verify_of_a_model_against_itself_is_perfect_and_against_a_changed_one_is_not():
+    program, _, _ = _small_network()
+    changed, _, _ = _small_network(linear_scale=1.01)
+    same = verify(program, program, random=4)
+    assert same.samples == 4
+    (output,) = same.outputs
+    assert output.snr_db == math.inf and output.cosine == 1.0 and output.top1_agreement == 1.0
+    assert output.max_abs_error == 0.0
+    different = verify(program, changed, random=4)["classifier"]
+    assert 35 < different.snr_db < 45  # a 1% change of every logit: 40 dB
+    assert 0.999 < different.cosine < 1.0
+
+
+def test_compare_output_metrics_by_hand():
+    reference = [np.array([[1.0, 3.0]]), np.array([[2.0, 0.0]])]
+    other = [np.array([[1.0, 2.0]]), np.array([[0.0, 1.0]])]
+    comparison = compare_output("scores", reference, other)
+    # signal 1 + 9 + 4 = 14, noise 1 + 4 + 1 = 6
+    assert comparison.snr_db == pytest.approx(10 * math.log10(14 / 6))
+    assert comparison.psnr_db == pytest.approx(20 * math.log10(3 / math.sqrt(6 / 4)))
+    assert comparison.max_abs_error == 2.0
+    assert comparison.top1_agreement == 0.5  # first sample agrees (class 1), second does not
+    assert comparison.min_cosine == 0.0
+    assert comparison.cosine == pytest.approx((7 / (math.sqrt(10) * math.sqrt(5)) + 0.0) / 2)
+
+
+def test_samples_split_a_stacked_npz_layout_and_reject_mismatches():
+    interpreter = Interpreter(op_program(lambda x, y: mb.add(x=x, y=y), {"x": np.zeros(3, np.float32), "y": np.zeros(3, np.float32)}))
+    samples = samples_of({"x": np.ones((5, 3), np.float32), "y": np.zeros((5, 3), np.float32)}, interpreter)
+    assert len(samples) == 5 and samples[0]["x"].shape == (3,)
+    assert len(samples_of({"x": np.ones(3, np.float32), "y": np.zeros(3, np.float32)}, interpreter)) == 1
+    with pytest.raises(InputError, match="disagree on the number of samples"):
+        samples_of({"x": np.ones((5, 3), np.float32), "y": np.zeros((4, 3), np.float32)}, interpreter)
+    with pytest.raises(InputError, match=r"missing input\(s\) y"):
+        samples_of({"x": np.ones(3, np.float32)}, interpreter)
+
+
+def test_random_token_ids_stay_inside_the_embedding_they_index():
+    table = np.random.default_rng(0).standard_normal((7, 4)).astype(np.float32)
+    program = op_program(lambda ids, mask: mb.mul(x=mb.gather(x=table, indices=ids, axis=0), y=mb.cast(x=mb.expand_dims(x=mask, axes=[-1]), dtype="fp32")),
+                         {"ids": np.zeros((1, 50), np.int32), "mask": np.zeros((1, 50), np.int32)})
+    samples = random_samples(Interpreter(program), 3)
+    ids = np.concatenate([s["ids"] for s in samples])
+    masks = np.concatenate([s["mask"] for s in samples])
+    assert ids.min() >= 0 and ids.max() == 6
+    assert set(np.unique(masks)) == {0, 1}
+
+
+def test_run_program_takes_a_saved_package(tmp_path):
+    import coremltools as ct
+
+    program, _, _ = _small_network()
+    mlmodel = ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18, compute_precision=ct.precision.FLOAT32)
+    mlmodel.save(str(tmp_path / "small.mlpackage"))
+    image = np.random.default_rng(3).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    from_program = run_program(program, {"image": image})
+    from_package = run_program(tmp_path / "small.mlpackage", {"image": image})
+    assert list(from_package) == list(from_program) or len(from_package) == 1
+    np.testing.assert_allclose(next(iter(from_package.values())), next(iter(from_program.values())), rtol=1e-5, atol=1e-5)
+
+
+def test_verify_needs_exactly_one_source_of_inputs():
+    program, _, _ = _small_network()
+    with pytest.raises(InputError, match="give either inputs or random=N"):
+        verify(program, program)
+    with pytest.raises(InputError, match="positive number of samples"):
+        verify(program, program, random=0)
+
+
+def test_input_dtype_declared_int_is_bound_as_integers():
+    program = op_program(lambda ids: mb.add(x=ids, y=np.int32(1)), {"ids": np.zeros(3, np.int32)})
+    (out,) = Interpreter(program).run({"ids": np.array([1, 2, 3], np.int32)}).values()
+    assert out.dtype.kind == "i"
+    np.testing.assert_array_equal(out, [2, 3, 4])
+    assert types.is_int(program.functions["main"].outputs[0].dtype)
