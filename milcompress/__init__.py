@@ -6,6 +6,8 @@ Importing milcompress registers its graph passes (`milcompress::...`) and named 
   `milcompress.pipelines.names()`), or any pipeline with `milcompress::` passes and options;
 - `milcompress.palettize_weights(mlmodel, config)` and its siblings, on converted or saved models;
 - the `milcompress` command line.
+`milcompress.verify(original, compressed, inputs)` runs both in the reference executor
+(`milcompress.reference`, torch on the CPU) and compares their outputs.
 """
 
 from milcompress import pipelines
@@ -39,6 +41,15 @@ from milcompress.passes import compress_program, decompress_program, reports_of
 
 __version__ = "0.1.0"
 
+
+def verify(original, compressed, inputs=None, **options):
+    """Compare two models' outputs in the reference executor (needs torch); see
+    `milcompress.reference.verify`."""
+    from milcompress.reference import verify as reference_verify
+
+    return reference_verify(original, compressed, inputs, **options)
+
+
 __all__ = [
     "CompressionConfig",
     "ConfigError",
@@ -65,4 +76,5 @@ __all__ = [
     "prune_weights",
     "report_of",
     "reports_of",
+    "verify",
 ]

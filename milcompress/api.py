@@ -31,7 +31,8 @@ from milcompress.passes import (
 from milcompress.passes.graph import walk_ops
 
 
-def _program(mlmodel):
+def program_of(mlmodel):
+    """A fresh copy of the MIL program inside an ML program model (InputError for other model kinds)."""
     kind = ct_private.model_type(mlmodel)
     if kind != "mlProgram":
         raise InputError(
@@ -42,7 +43,7 @@ def _program(mlmodel):
 
 
 def _run(pass_class, mlmodel, config=None, **options):
-    prog = _program(mlmodel)
+    prog = program_of(mlmodel)
     graph_pass = pass_class()
     if config is not None:
         graph_pass.config = config
@@ -95,7 +96,7 @@ def run_passes(mlmodel, passes, *, progress=None, save: bool = True):
 
     specs = parse_passes(passes) if isinstance(passes, str) else [p if isinstance(p, PassSpec) else PassSpec(p) for p in passes]
     graph_passes = [spec.instantiate() for spec in specs]  # validate every option before any work
-    prog = _program(mlmodel)
+    prog = program_of(mlmodel)
     for graph_pass in graph_passes:
         if hasattr(graph_pass, "progress"):
             graph_pass.progress = progress
@@ -108,7 +109,7 @@ def inspect_model(mlmodel):
     """(each function's opset, every weight with how it is stored): see passes/inspect.py."""
     from milcompress.passes.inspect import inspect_program, opsets
 
-    prog = _program(mlmodel)
+    prog = program_of(mlmodel)
     return opsets(prog), inspect_program(prog)
 
 
@@ -149,7 +150,7 @@ def get_weights_metadata(mlmodel, weight_threshold: int = 2048) -> "OrderedDict[
     Unlike coremltools' function (which lists const ops only, so a compressed weight appears as its
     LUT and indices), a compressed weight is one entry with its decompressed value and its form.
     """
-    prog = _program(mlmodel)
+    prog = program_of(mlmodel)
     found: "OrderedDict[str, WeightMetadata]" = OrderedDict()
     for op, _ in walk_ops(prog):
         if op.op_type != "const" and not op.op_type.startswith("constexpr_"):

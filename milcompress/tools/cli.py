@@ -1,6 +1,6 @@
 """The `milcompress` command line: a thin shell over the library.
 
-Commands: run, inspect, pipelines, passes, demo. Exit codes: 0 success, 2 usage, configuration
+Commands: run, inspect, verify, pipelines, passes, demo. Exit codes: 0 success, 2 usage, configuration
 or input errors, 3 a pass failed. Errors are one or two lines naming the file, field or const;
 `--verbose` adds the traceback. Library code only logs; drawing (progress, tables) happens here.
 """
@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
-from milcompress.errors import ConfigError, InputError, PassError, PreconditionError
+from milcompress.errors import ConfigError, InputError, MilcompressError, PassError, PreconditionError
 
 EXIT_OK, EXIT_USAGE, EXIT_PASS_FAILED = 0, 2, 3
 
@@ -237,6 +237,57 @@ def _demo(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# verify
+
+
+def _number(value: float, digits: int = 1) -> str:
+    return "inf" if value == math.inf else ("-inf" if value == -math.inf else f"{value:.{digits}f}")
+
+
+def _verify(args) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError as error:
+        raise InputError("verify runs models with torch: install it (pip install 'milcompress[reference]')") from error
+    import numpy as np
+
+    from milcompress.reference import verify
+    from milcompress.tools.table import format_table
+
+    if (args.inputs is None) == (args.random is None):
+        raise ConfigError("give exactly one of --inputs FILE.npz or --random N", field="verify")
+    inputs = None
+    if args.inputs is not None:
+        if not Path(args.inputs).is_file():
+            raise InputError(f"{args.inputs}: no such file")
+        try:
+            with np.load(args.inputs, allow_pickle=False) as archive:
+                inputs = {name: archive[name] for name in archive.files}
+        except (OSError, ValueError) as error:
+            raise InputError(f"{args.inputs}: not an .npz archive of arrays ({error})") from error
+    report = verify(args.original, args.compressed, inputs, random=args.random, precision=args.precision, seed=args.seed)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return EXIT_OK
+    rows = [
+        [
+            o.name,
+            _number(o.snr_db),
+            _number(o.psnr_db),
+            f"{o.cosine:.5f}",
+            f"{o.min_cosine:.5f}",
+            f"{o.max_abs_error:.3g}",
+            "-" if o.top1_agreement is None else f"{o.top1_agreement:.3f}",
+        ]
+        for o in report.outputs
+    ]
+    source = f"{args.inputs}" if args.inputs else f"{args.random} random"
+    print(f"{report.samples} samples ({source}), computed in {report.precision} by the reference executor\n")
+    print(format_table(["output", "SNR dB", "PSNR dB", "cosine", "min cosine", "max abs err", "top-1 agree"], rows, [False] + [True] * 6))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,6 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(handler=_inspect)
 
+    verify = commands.add_parser("verify", parents=[common], help="compare a compressed model's outputs with the original's")
+    verify.add_argument("original", help="the original .mlpackage")
+    verify.add_argument("compressed", help="the compressed .mlpackage")
+    verify.add_argument("--inputs", help="an .npz of inputs by name: one sample, or stacked along a new first axis")
+    verify.add_argument("--random", type=int, help="compare on N random inputs instead")
+    verify.add_argument("--precision", choices=["float32", "float16"], default="float32", help="float16 emulates Core ML's GPU/ANE activations")
+    verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(handler=_verify)
+
     commands.add_parser("pipelines", parents=[common], help="the named pipelines").set_defaults(handler=_pipelines)
     commands.add_parser("passes", parents=[common], help="the registered milcompress passes").set_defaults(handler=_passes)
     commands.add_parser("demo", parents=[common], help="compress a built-in model with every named pipeline").set_defaults(handler=_demo)
@@ -288,7 +349,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"milcompress: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except PassError as error:
+    except (PassError, MilcompressError) as error:
         if args.verbose:
             raise
         print(f"milcompress: error: {error}", file=sys.stderr)

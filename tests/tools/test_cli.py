@@ -281,3 +281,46 @@ def test_verbose_shows_the_traceback(models, tmp_path, where):
 def test_python_dash_m_works_too():
     result = subprocess.run([sys.executable, "-m", "milcompress", "pipelines"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "PALETTIZE_4BIT" in result.stdout
+
+
+def test_verify_compares_outputs_on_random_and_given_inputs(models, tmp_path):
+    small = tmp_path / "4bit.mlpackage"
+    assert cli("run", models["nested"], "-o", small, "--pipeline", "PALETTIZE_4BIT").returncode == 0
+    result = cli("verify", models["nested"], small, "--random", "3")
+    assert result.returncode == 0, result.stderr
+    assert "3 samples (3 random), computed in float32 by the reference executor" in result.stdout
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("branch")]
+    snr, psnr, cosine, min_cosine, max_error, top1 = row.split()[1:]
+    assert 10 < float(snr) < 40 and 0.9 < float(cosine) < 1.0 and 0 <= float(top1) <= 1
+
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, x=np.random.default_rng(0).standard_normal((5, 1, 64)).astype(np.float16))
+    result = cli("verify", models["nested"], models["nested"], "--inputs", inputs, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["samples"] == 5 and report["precision"] == "float32"
+    (output,) = report["outputs"]
+    assert output["max_abs_error"] == 0.0 and output["cosine"] == 1.0 and output["top1_agreement"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "give exactly one of --inputs FILE.npz or --random N"),
+        (["--random", "2", "--inputs", "x.npz"], "give exactly one of --inputs FILE.npz or --random N"),
+        (["--inputs", "missing.npz"], "missing.npz: no such file"),
+        (["--random", "0"], "random must be a positive number of samples"),
+    ],
+)
+def test_verify_usage_errors_exit_2(models, args, message):
+    result = cli("verify", models["ios18"], models["ios18"], *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_verify_names_the_inputs_a_model_takes(models, tmp_path):
+    inputs = tmp_path / "wrong.npz"
+    np.savez(inputs, image=np.zeros((1, 64), np.float16))
+    result = cli("verify", models["ios18"], models["ios18"], "--inputs", inputs)
+    assert result.returncode == 2
+    assert "unknown input(s) image; the model takes x [1, 64]" in result.stderr
