@@ -10,7 +10,9 @@ and library it reports:
 - size: the saved package, and its ratio to the float16 package;
 - weight SNR: mean and min over the weights the library compressed (a dense weight is exact);
 - accuracy: the model's own metric, from the torch module with the weights decompressed from the
-  saved package (our read-back of the constexpr ops; the same reader for both libraries).
+  saved package (our read-back of the constexpr ops; the same reader for both libraries);
+- program accuracy: the first metric again, from the saved compressed program itself, run by
+  milcompress's reference executor with float16 activations (as Core ML's GPU / Neural Engine).
 
 Then one line per config of ratios, ours over coremltools': speed-up, memory, size, the mean SNR
 difference over the weights both compressed, and the weights only one of them compressed.
@@ -204,6 +206,14 @@ def _snr_db(reference: np.ndarray, value: np.ndarray) -> float:
     return math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
+def _program_accuracy(bench, path: Path) -> Dict[str, float]:
+    """The model's metrics from the saved program itself, run by the reference executor."""
+    from benchmarks.models.base import ProgramModule
+    from milcompress.reference import load_program
+
+    return bench.evaluate(ProgramModule(load_program(path), precision="float16"))
+
+
 def _measure(bench, dense: Dict[str, tuple], path: Path, dense_size: int) -> dict:
     from benchmarks.models.base import normalised_keys
     from milcompress.packages import package_size
@@ -220,6 +230,7 @@ def _measure(bench, dense: Dict[str, tuple], path: Path, dense_size: int) -> dic
         "mean_snr_db": float(np.mean(finite)) if finite else None,
         "min_snr_db": float(np.min(finite)) if finite else None,
         "accuracy": bench.evaluate(_with_weights(bench, weights)),
+        "program_accuracy": _program_accuracy(bench, path),
     }
 
 
@@ -243,6 +254,7 @@ def benchmark_model(name: str, quick: bool, labels: List[str]) -> dict:
             "weights": len(dense),
             "fp16_size_bytes": dense_size,
             "fp16_accuracy": bench.evaluate(_with_weights(bench, dense)),
+            "fp16_program_accuracy": _program_accuracy(bench, dense_path),
             "metrics": list(bench.metrics),
             "higher_is_better": dict(bench.higher_is_better),
             "configs": {label: {} for label in labels},
@@ -268,19 +280,22 @@ def _fmt(value, spec: str = ".2f") -> str:
 
 
 def _library_rows(result: dict) -> List[List[str]]:
+    first = result["metrics"][0]
     rows = [["fp16 (dense)", "-", "-", "-", f"{result['fp16_size_bytes'] / 1e6:.2f}", "1.00", "-", "-", f"0/{result['weights']}"]
-            + [_fmt(result["fp16_accuracy"][m], ".4f") for m in result["metrics"]]]
+            + [_fmt(result["fp16_accuracy"][m], ".4f") for m in result["metrics"]]
+            + [_fmt(result.get("fp16_program_accuracy", {}).get(first), ".4f")]]
     for label, runs in result["configs"].items():
         for library in LIBRARIES:
             run = runs[library]
             if "error" in run:
-                rows.append([label, library, "error: " + run["error"][:60]] + [""] * (6 + len(result["metrics"])))
+                rows.append([label, library, "error: " + run["error"][:60]] + [""] * (7 + len(result["metrics"])))
                 continue
             rows.append(
                 [label, library, _fmt(run["seconds"]), _fmt(run["peak_mb"], ".0f"), f"{run['size_bytes'] / 1e6:.2f}",
                  _fmt(run["ratio_to_fp16"]), _fmt(run["mean_snr_db"]), _fmt(run["min_snr_db"]),
                  f"{len(run['compressed_weights'])}/{result['weights']}"]
                 + [_fmt(run["accuracy"][m], ".4f") for m in result["metrics"]]
+                + [_fmt(run.get("program_accuracy", {}).get(first), ".4f")]
             )
     return rows
 
@@ -307,14 +322,16 @@ def _ratio_rows(result: dict) -> List[List[str]]:
     for label, runs in result["configs"].items():
         ours, theirs = runs["milcompress"], runs["coremltools"]
         if "ratios" not in runs:
-            rows.append([label] + ["-"] * 6 + [f"error: {(ours.get('error') or theirs.get('error'))[:60]}"])
+            rows.append([label] + ["-"] * 7 + [f"error: {(ours.get('error') or theirs.get('error'))[:60]}"])
             continue
         r = runs["ratios"]
         metric = result["metrics"][0]
         delta = ours["accuracy"][metric] - theirs["accuracy"][metric]
+        program_delta = (ours["program_accuracy"][metric] - theirs["program_accuracy"][metric]
+                         if "program_accuracy" in ours and "program_accuracy" in theirs else None)
         rows.append([label, f"{r['speedup']:.1f}x", _fmt(r["memory_ratio"]), f"{r['size_ratio']:.3f}",
                      _fmt(r["snr_gain_db_common"], "+.3f"), _fmt(r["worst_snr_gain_db_common"], "+.3f"),
-                     f"{len(r['only_ours'])}/{len(r['only_theirs'])}", f"{delta:+.4f}"])
+                     f"{len(r['only_ours'])}/{len(r['only_theirs'])}", f"{delta:+.4f}", _fmt(program_delta, "+.4f")])
     return rows
 
 
@@ -330,13 +347,17 @@ def report(results: List[dict], command: str) -> str:
         metrics = result["metrics"]
         lines += [f"## {result['model']}", "", "```"]
         lines.append(format_table(
-            ["config", "library", "seconds", "peak MB", "size MB", "vs fp16", "mean SNR", "min SNR", "compressed"] + metrics,
-            _library_rows(result), [False, False] + [True] * (7 + len(metrics))))
-        lines += ["```", "", f"Ours over coremltools' (speed-up = their time / ours; memory and size: ours / theirs; SNR gains in dB "
+            ["config", "library", "seconds", "peak MB", "size MB", "vs fp16", "mean SNR", "min SNR", "compressed"] + metrics
+            + [f"program {metrics[0]}"],
+            _library_rows(result), [False, False] + [True] * (8 + len(metrics))))
+        lines += ["```", "", f"{metrics[0]} and the other metrics: the torch model with the weights read back from each package; "
+                  f"program {metrics[0]}: the package's program itself, run by milcompress's reference executor with float16 "
+                  "activations.", "", f"Ours over coremltools' (speed-up = their time / ours; memory and size: ours / theirs; SNR gains in dB "
                   f"over the weights both compressed; {metrics[0]}: ours minus theirs):", "", "```"]
         lines.append(format_table(
-            ["config", "speed-up", "memory", "size", "mean SNR gain", "worst SNR gain", "only ours/only ct", f"d {metrics[0]}"],
-            _ratio_rows(result), [False] + [True] * 7))
+            ["config", "speed-up", "memory", "size", "mean SNR gain", "worst SNR gain", "only ours/only ct", f"d {metrics[0]}",
+             f"d program {metrics[0]}"],
+            _ratio_rows(result), [False] + [True] * 8))
         lines += ["```", ""]
     return "\n".join(lines)
 

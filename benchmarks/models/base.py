@@ -67,3 +67,35 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     if leftover:
         raise ValueError(f"batch norms not directly after a conv in a Sequential: {leftover}")
     return model
+
+
+class ProgramModule:
+    """A converted (or compressed) program, called like the torch module it came from, so
+    `BenchModel.evaluate` can score the program itself: positional inputs in the program's input
+    order, batches of any size split into the batch the program was converted with (the last one
+    padded), run by milcompress's reference executor. `precision="float16"` rounds every
+    activation to float16, as Core ML's GPU and Neural Engine do."""
+
+    def __init__(self, program, precision: str = "float16"):
+        from milcompress.reference import Interpreter
+
+        self.interpreter = Interpreter(program, precision=precision)
+        spec = self.interpreter.input_spec()
+        self.input_names = list(spec)
+        self.batch = spec[self.input_names[0]][0][0]
+
+    def eval(self) -> "ProgramModule":
+        return self
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        dtypes = self.interpreter.input_spec()
+        outputs = []
+        for start in range(0, len(inputs[0]), self.batch):
+            chunk = [tensor[start:start + self.batch] for tensor in inputs]
+            count = len(chunk[0])
+            if count < self.batch:
+                chunk = [torch.cat([c, c.new_zeros((self.batch - count,) + tuple(c.shape[1:]))]) for c in chunk]
+            feed = {name: c.numpy().astype(dtypes[name][1]) for name, c in zip(self.input_names, chunk)}
+            (first, *_) = self.interpreter.run(feed).values()
+            outputs.append(torch.from_numpy(first[:count]))
+        return torch.cat(outputs)
