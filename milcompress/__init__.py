@@ -12,6 +12,7 @@ Importing milcompress registers its graph passes (`milcompress::...`) and named 
 
 from milcompress import pipelines
 from milcompress.api import (
+    compress_to_size,
     compress_weights,
     decompress_weights,
     get_weights_metadata,
@@ -65,6 +66,7 @@ __all__ = [
     "ThresholdPruneConfig",
     "__version__",
     "compress_program",
+    "compress_to_size",
     "compress_weights",
     "decompress_program",
     "decompress_weights",

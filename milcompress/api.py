@@ -81,6 +81,36 @@ def joint_compress_weights(mlmodel, config, *, on_unsupported: str = "error", sn
     return _run(JointCompressWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback)
 
 
+def compress_to_size(
+    mlmodel,
+    target_bits_per_weight: Optional[float] = None,
+    *,
+    target_bytes: Optional[int] = None,
+    candidates=None,
+    calibration=None,
+    sensitivity_seconds: float = 0.0,
+    weight_threshold: int = 2048,
+):
+    """One compressed form per weight, chosen so the weights average `target_bits_per_weight` (or
+    take `target_bytes`) with the least total error; see `milcompress.passes.size`. `calibration`:
+    inputs (arrays by input name, stacked along a new first axis, or a list of dicts) for
+    activation-aware errors; `sensitivity_seconds` > 0 also measures end-to-end sensitivity.
+    The returned model's `report_of(...).summary` holds the choice made for every weight."""
+    from milcompress.passes.size import compress_program_to_size
+
+    prog = program_of(mlmodel)
+    compress_program_to_size(
+        prog,
+        target_bits_per_weight=target_bits_per_weight,
+        target_bytes=target_bytes,
+        candidates=candidates,
+        calibration=calibration,
+        sensitivity_seconds=sensitivity_seconds,
+        weight_threshold=weight_threshold,
+    )
+    return ct_private.mlmodel_from_program(prog, like=mlmodel)
+
+
 def decompress_weights(mlmodel):
     """Every compressed weight back to a dense const."""
     return _run(DecompressWeights, mlmodel)

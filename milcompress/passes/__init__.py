@@ -3,7 +3,8 @@
 Base passes (each takes a `config` option): `milcompress::compress_weights` (any config),
 `milcompress::prune_weights`, `milcompress::palettize_weights`,
 `milcompress::linear_quantize_weights`, `milcompress::joint_compress_weights`; and
-`milcompress::decompress_weights`. Preset passes (`milcompress::palettize_weights_4bit`, ...)
+`milcompress::decompress_weights`; `milcompress::compress_to_size` (one form per weight, chosen
+to meet a size; see size.py). Preset passes (`milcompress::palettize_weights_4bit`, ...)
 come with a default config; see `pipelines.py`. This package is the only code that walks
 programs.
 """
@@ -24,6 +25,7 @@ from milcompress.passes.compress import CompressWeights, compress_program
 from milcompress.passes.decompress import DecompressWeights, decompress_program
 from milcompress.passes.pipelines import PRESETS, register_with_coremltools
 from milcompress.passes.report import ConstRecord, Report, reports_of
+from milcompress.passes.size import CompressToSize, SizeReport, compress_program_to_size
 
 
 class PruneWeights(CompressWeights):
@@ -56,7 +58,7 @@ class JointCompressWeights(CompressWeights):
 
 BASE_PASSES: Dict[str, Type] = {
     cls.PASS_ID: cls
-    for cls in (CompressWeights, PruneWeights, PalettizeWeights, LinearQuantizeWeights, JointCompressWeights, DecompressWeights)
+    for cls in (CompressWeights, PruneWeights, PalettizeWeights, LinearQuantizeWeights, JointCompressWeights, DecompressWeights, CompressToSize)
 }
 
 
@@ -81,6 +83,7 @@ _register()
 
 __all__ = [
     "ALL_PASSES",
+    "CompressToSize",
     "CompressWeights",
     "ConstRecord",
     "DecompressWeights",
@@ -89,6 +92,8 @@ __all__ = [
     "PalettizeWeights",
     "PruneWeights",
     "Report",
+    "SizeReport",
+    "compress_program_to_size",
     "compress_program",
     "decompress_program",
     "reports_of",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Tuple
 
@@ -29,3 +30,26 @@ def parse_compression_config(value: Any) -> CompressionConfig:
     if isinstance(value, (str, os.PathLike)):
         return CompressionConfig.from_yaml(os.fspath(value))
     return CompressionConfig.of(value)
+
+
+def parse_float(name: str, value: Any, low: float, high: float) -> float:
+    """A number in (low, high] (low itself allowed when it is 0 and high is inf: a duration)."""
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    allowed_low = number >= low if (low == 0 and high == math.inf) else number > low
+    if not (allowed_low and number <= high):
+        interval = f"[{low:g}, inf)" if (low == 0 and high == math.inf) else f"({low:g}, {high:g}]"
+        raise ConfigError(f"{name}: expected a number in {interval}, got {value!r}", field=name)
+    return number
+
+
+def parse_int(name: str, value: Any, minimum: int) -> int:
+    try:
+        number = int(value) if not isinstance(value, bool) and float(value) == int(float(value)) else None
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or number < minimum:
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}", field=name)
+    return number

@@ -52,6 +52,8 @@ class ConstRecord:
 class Report:
     pass_name: str
     records: List[ConstRecord] = field(default_factory=list)
+    # What a whole-program pass decided beyond each const (the size allocation's choices).
+    summary: Optional[dict] = None
 
     @property
     def compressed(self) -> List[ConstRecord]:
@@ -85,7 +87,10 @@ class Report:
         }
 
     def to_dict(self) -> dict:
-        return {"pass": self.pass_name, "totals": self.totals(), "consts": [r.to_dict() for r in self.records]}
+        data = {"pass": self.pass_name, "totals": self.totals(), "consts": [r.to_dict() for r in self.records]}
+        if self.summary is not None:
+            data["summary"] = self.summary
+        return data
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)

@@ -148,9 +148,19 @@ class Interpreter:
 
     # -- running --------------------------------------------------------------------------------
 
-    def run(self, inputs: Mapping[str, object]) -> Dict[str, np.ndarray]:
-        """Output name -> value (floats as float32) for one set of input values."""
+    def run(self, inputs: Mapping[str, object], replace: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+        """Output name -> value (floats as float32) for one set of input values.
+
+        `replace` maps names of const (or constexpr) outputs to values used instead of theirs for
+        this run only, without touching the program: what-if runs such as one weight compressed.
+        """
         env = dict(self._static)
+        for name, value in (replace or {}).items():
+            if name not in self._static:
+                raise InputError(f"replace: '{name}' is not the output of a const or constexpr op")
+            if tuple(np.shape(value)) != tuple(self._static[name].shape):
+                raise InputError(f"replace: '{name}' has shape {list(self._static[name].shape)}, not {list(np.shape(value))}")
+            env[name] = self._stored_like(self._static[name], value_from_numpy(np.asarray(value)))
         self._bind_inputs(inputs, env)
         outputs = self._run_block(self.function, env, ())
         return {var.name: value_to_numpy(value) for var, value in zip(self.function.outputs, outputs)}
@@ -224,6 +234,12 @@ class Interpreter:
                 f"{list(value.shape)}; the program declares {list(declared)}"
             )
         return self._stored(var, value)
+
+    def _stored_like(self, current: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        value = value.to(current.dtype)
+        if value.dtype == torch.float32 and self.precision == "float16":
+            value = value.to(torch.float16).to(torch.float32)
+        return value
 
     def _stored(self, var: Var, value: torch.Tensor) -> torch.Tensor:
         dtype = torch_dtype(var.dtype)

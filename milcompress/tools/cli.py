@@ -77,10 +77,19 @@ def _specs(args) -> list:
     from milcompress.passes.pipelines import compression_passes
     from milcompress.passes.spec import PassSpec, parse_passes
 
-    chosen = [flag for flag in ("pipeline", "config", "passes") if getattr(args, flag)]
+    chosen = [flag for flag in ("pipeline", "config", "passes", "target_bpw") if getattr(args, flag) is not None]
     if len(chosen) != 1:
-        raise ConfigError("give exactly one of --pipeline, --config, --passes", field="run")
-    if args.pipeline:
+        raise ConfigError("give exactly one of --pipeline, --config, --passes, --target-bpw", field="run")
+    if (args.calibration or args.sensitivity_seconds) and not args.target_bpw:
+        raise ConfigError("--calibration and --sensitivity-seconds go with --target-bpw", field="run")
+    if args.target_bpw is not None:
+        options = {"target_bits_per_weight": args.target_bpw}
+        if args.calibration:
+            options["calibration"] = args.calibration
+        if args.sensitivity_seconds:
+            options["sensitivity_seconds"] = args.sensitivity_seconds
+        specs = [PassSpec("milcompress::compress_to_size", options)]
+    elif args.pipeline:
         specs = [PassSpec(p) for p in compression_passes(args.pipeline)]
     elif args.config:
         if not Path(args.config).is_file():
@@ -90,7 +99,7 @@ def _specs(args) -> list:
         specs = parse_passes(args.passes)
     if args.on_unsupported:
         specs = [
-            PassSpec(s.pass_id, {**s.options, "on_unsupported": args.on_unsupported}) if s.pass_id.startswith("milcompress::") and "decompress" not in s.pass_id else s
+            PassSpec(s.pass_id, {**s.options, "on_unsupported": args.on_unsupported}) if s.pass_id.startswith("milcompress::") and "decompress" not in s.pass_id and s.pass_id != "milcompress::compress_to_size" else s
             for s in specs
         ]
     return specs
@@ -148,6 +157,13 @@ def _print_summary(reports) -> None:
             f"compressed {totals['compressed']} of {len(weights)} weights; weight bytes {_kb(before)} -> {_kb(after)} ({ratio}); "
             f"mean SNR {_snr(totals['mean_snr_db'])} dB"
         )
+        if report.summary is not None:
+            summary = report.summary
+            print(
+                f"size allocation: {summary['bits_per_weight']:.3f} bits per weight over all {len(summary['choices'])} weights it chose for "
+                f"and the small ones kept dense ({summary['total_bytes']:,} of {summary['budget_bytes']:,} budget bytes)"
+                + ("; activation-weighted" if summary["calibrated"] else "")
+            )
 
 
 def _labeller(functions):
@@ -304,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pipeline", help="a named pipeline (see `milcompress pipelines`)")
     run.add_argument("--config", help="a YAML config: ours or coremltools' OptimizationConfig layout")
     run.add_argument("--passes", help="passes as text: pass_id{option=value,...},...")
+    run.add_argument("--target-bpw", help="one form per weight, chosen to average this many bits per weight with least error")
+    run.add_argument("--calibration", help="with --target-bpw: an .npz of inputs for activation-aware errors")
+    run.add_argument("--sensitivity-seconds", help="with --target-bpw and --calibration: time to measure each weight's end-to-end sensitivity")
     run.add_argument("--on-unsupported", choices=["error", "skip"], help="forms the model's opset cannot hold: fail (default) or skip")
     run.add_argument("--dry-run", action="store_true", help="select and report only; write nothing")
     run.add_argument("--report", help="write the JSON report here")

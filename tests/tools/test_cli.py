@@ -324,3 +324,24 @@ def test_verify_names_the_inputs_a_model_takes(models, tmp_path):
     result = cli("verify", models["ios18"], models["ios18"], "--inputs", inputs)
     assert result.returncode == 2
     assert "unknown input(s) image; the model takes x [1, 64]" in result.stderr
+
+
+def test_run_to_a_target_size(models, tmp_path):
+    out, report = tmp_path / "sized.mlpackage", tmp_path / "report.json"
+    result = cli("run", models["ios18"], "-o", out, "--target-bpw", "5", "--report", report)
+    assert result.returncode == 0, result.stderr
+    assert "passes: milcompress::compress_to_size{target_bits_per_weight=5}" in result.stdout
+    assert "size allocation: " in result.stdout
+    summary = json.loads(report.read_text())[0]["summary"]
+    assert summary["bits_per_weight"] <= 5.0 and len(summary["choices"]) == 2
+
+    inputs = tmp_path / "calibration.npz"
+    np.savez(inputs, x=np.random.default_rng(0).standard_normal((4, 1, 64)).astype(np.float16))
+    result = cli("run", models["ios18"], "-o", tmp_path / "calibrated.mlpackage", "--target-bpw", "5", "--calibration", inputs)
+    assert result.returncode == 0, result.stderr
+    assert "activation-weighted" in result.stdout
+
+    result = cli("run", models["ios18"], "-o", tmp_path / "x.mlpackage", "--target-bpw", "0.5")
+    assert result.returncode == 2 and "below the smallest size the candidate forms reach" in result.stderr
+    result = cli("run", models["ios18"], "-o", tmp_path / "x.mlpackage", "--pipeline", "INT8", "--calibration", inputs)
+    assert result.returncode == 2 and "--calibration and --sensitivity-seconds go with --target-bpw" in result.stderr

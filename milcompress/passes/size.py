@@ -1,0 +1,424 @@
+"""Compress to a size: one form per weight, chosen so the model meets a budget with the least damage.
+
+`compress_program_to_size(prog, target_bits_per_weight=... or target_bytes=...)` works in four
+stages, never mutating a block while it walks it:
+1. select: the weights are the consts the ordinary passes would consider (the same selection skip
+   rules: float, read by a weight input, not already compressed ...); those below
+   `weight_threshold` elements stay dense, and count towards the budget as they are;
+2. evaluate: each remaining weight is compressed in every candidate form (`DEFAULT_CANDIDATES`:
+   int8 per channel, int4 per block of 32, k-means palettes of 8/6/4/3/2 bits per tensor and of
+   4/3/2 bits per group of 16 channels) plus "dense", giving each form its stored bytes and its
+   error; forms the shape or the opset cannot take drop out of that weight's menu;
+3. allocate: `ops.allocate` picks one form per weight so the total stored bytes meet the budget
+   and the sum of the errors is least (a multiple-choice knapsack, solved by dynamic programming);
+4. rewrite: the chosen forms are computed again (they are deterministic; keeping every form of
+   every weight would hold the model in memory several times over) and lowered as the ordinary
+   passes lower them.
+
+The error of a form is the weight's noise-to-signal ratio, ||W - W'||^2 / ||W||^2, times the
+weight's sensitivity. Why not weight by parameter count: to first order a layer's relative weight
+noise becomes the same relative noise in its output, and the noise of successive layers adds up
+at the model's output, so every layer's relative error counts the same whatever its size. A big
+layer matters only in that it costs more bytes, which the allocation already weighs. Small layers
+(depthwise convolutions, the classifier's bias-sized tensors) are cheap to keep precise and are
+kept precise, which is what sensitive models such as MobileNetV2 need.
+
+With calibration inputs, the reference executor records what feeds each weight
+(`ChannelStatistics`), and errors become activation-weighted: each input channel's column error
+is weighted by the mean square of the activation it multiplies, which is the layer's expected
+output noise over its expected output power; the palettes' k-means is weighted the same way
+(activation-aware k-means). With `sensitivity_seconds`, it also measures, within that time, each
+weight's end-to-end sensitivity: the output noise-to-signal ratio of the model with that one weight
+compressed (its 4-bit palette) over the weight's own; weights it had no time for get the median.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from milcompress._coremltools import AbstractGraphPass, Program, opset_of
+from milcompress.config import AlgorithmConfig, CompressionConfig, LinearQuantizeConfig, PalettizeConfig
+from milcompress.errors import ConfigError, NotCompressible
+from milcompress.lowering import required_target
+from milcompress.ops import compress, describe, snr_db
+from milcompress.ops.allocate import Allocation, allocate
+from milcompress.passes.compress import _Plan, _rewrite, _select, _skip, fit_to_shape
+from milcompress.passes.graph import ProgramGraph
+from milcompress.passes.options import parse_float, parse_int
+from milcompress.passes.report import SKIPPED, ConstRecord, Report, attach
+from milcompress.passes.skip_rules import SELECTION_RULES, first_reason
+from milcompress.passes.weights import WeightLayout, common_layout
+
+logger = logging.getLogger(__name__)
+
+DENSE = "dense"
+
+DEFAULT_CANDIDATES: Tuple[Tuple[str, AlgorithmConfig], ...] = (
+    ("int8 per channel", LinearQuantizeConfig(dtype="int8", granularity="per_channel", weight_threshold=0)),
+    ("int4 per block 32", LinearQuantizeConfig(dtype="int4", granularity="per_block", block_size=32, weight_threshold=0)),
+    *((f"palette {n}-bit", PalettizeConfig(nbits=n, weight_threshold=0)) for n in (8, 6, 4, 3, 2)),
+    *(
+        (f"palette {n}-bit groups of 16", PalettizeConfig(nbits=n, granularity="per_grouped_channel", group_size=16, weight_threshold=0))
+        for n in (4, 3, 2)
+    ),
+)
+_PROBE = PalettizeConfig(nbits=4, weight_threshold=0)  # the form sensitivity is measured with
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the allocation chose for one weight, and the menu it chose from."""
+
+    name: str
+    elements: int
+    form: str  # a candidate's label, or "dense"
+    bytes: int
+    error: float  # the weighted error that was minimised
+    sensitivity: float
+    menu: Tuple[Tuple[str, int, float], ...]  # (label, bytes, error) of every form it could take
+
+
+@dataclass
+class SizeReport:
+    """The per-const report plus what the allocation did."""
+
+    report: Report
+    budget_bytes: int
+    total_bytes: int  # every weight, compressed or not
+    total_elements: int
+    total_error: float
+    lower_bound: float
+    choices: List[Choice] = field(default_factory=list)
+    calibrated: bool = False
+    sensitivity_measured: int = 0
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.total_bytes / self.total_elements if self.total_elements else 0.0
+
+    def to_dict(self) -> dict:
+        return {**self.summary(), "report": self.report.to_dict()}
+
+    def summary(self) -> dict:
+        return {
+            "budget_bytes": self.budget_bytes,
+            "total_bytes": self.total_bytes,
+            "bits_per_weight": round(self.bits_per_weight, 4),
+            "total_error": self.total_error,
+            "lower_bound": self.lower_bound,
+            "calibrated": self.calibrated,
+            "sensitivity_measured": self.sensitivity_measured,
+            "choices": [dataclasses.asdict(c) for c in self.choices],
+        }
+
+
+def _weighted_error(value: np.ndarray, approximation: np.ndarray, column_weights: Optional[np.ndarray]) -> float:
+    """||(W - W') * c||^2 / ||W * c||^2, c broadcasting over W (1 when None); 0 for an all-zero W."""
+    reference = value.astype(np.float64)
+    noise = np.square(approximation.astype(np.float64) - reference)
+    signal = np.square(reference)
+    if column_weights is not None:
+        noise, signal = noise * column_weights, signal * column_weights
+    total = float(signal.sum())
+    return float(noise.sum()) / total if total > 0 else (0.0 if float(noise.sum()) == 0 else math.inf)
+
+
+def _column_weights(value: np.ndarray, layout: Optional[WeightLayout], statistics) -> Optional[np.ndarray]:
+    """The activation mean squares broadcast over the weight's input-channel axis (depthwise
+    convolutions: its output-channel axis, each output reading its own input channel)."""
+    if statistics is None or layout is None:
+        return None
+    mean_square = np.maximum(np.asarray(statistics.mean_square, dtype=np.float64), 0.0)
+    for axis in (layout.input_axis, layout.output_axis):
+        if axis is not None and value.shape[axis] == mean_square.size and (axis == layout.input_axis or value.shape[layout.input_axis] == 1):
+            shape = [1] * value.ndim
+            shape[axis] = mean_square.size
+            return mean_square.reshape(shape)
+    return None
+
+
+@dataclass
+class _Weight:
+    record: ConstRecord
+    candidate: object
+    layout: WeightLayout
+    column_weights: Optional[np.ndarray]
+    menu: List[Tuple[str, AlgorithmConfig, int, float]]  # label, config, bytes, weight NSR
+    sensitivity: float = 1.0
+
+
+def _menu(weight: _Weight, candidates: Sequence[Tuple[str, AlgorithmConfig]]) -> None:
+    candidate, layout = weight.candidate, weight.layout
+    value = candidate.value
+    importance = None if weight.column_weights is None else np.broadcast_to(weight.column_weights, value.shape)
+    weight.menu.append((DENSE, None, candidate.stored, 0.0))
+    for label, config in candidates:
+        fitted, _ = fit_to_shape(config, value.shape, layout)
+        try:
+            params = compress(value, fitted, output_axis=layout.output_axis, input_axis=layout.input_axis, importance=importance)
+        except NotCompressible:
+            continue
+        need, _ = required_target(params)
+        if opset_of(candidate.const) < need or params.nbytes >= candidate.stored:
+            continue
+        weight.menu.append((label, fitted, int(params.nbytes), _weighted_error(value, params.decompress(), weight.column_weights)))
+
+
+def compress_program_to_size(
+    prog: Program,
+    *,
+    target_bits_per_weight: Optional[float] = None,
+    target_bytes: Optional[int] = None,
+    candidates: Optional[Sequence[Tuple[str, AlgorithmConfig]]] = None,
+    calibration=None,
+    sensitivity_seconds: float = 0.0,
+    weight_threshold: int = 2048,
+    pass_name: str = "milcompress::compress_to_size",
+) -> SizeReport:
+    """Compress `prog` in place to `target_bits_per_weight` (averaged over every weight, compressed
+    or not) or `target_bytes` (the weights' total stored bytes); see the module docstring.
+
+    `calibration`: inputs for the reference executor (a dict of arrays, stacked along a new first
+    axis for several samples, or a list of dicts); `sensitivity_seconds` > 0 (needs calibration)
+    also measures each weight's end-to-end sensitivity within that many seconds.
+    """
+    if (target_bits_per_weight is None) == (target_bytes is None):
+        raise ConfigError("give exactly one of target_bits_per_weight and target_bytes", field="target_bits_per_weight")
+    if target_bits_per_weight is not None and not (0 < float(target_bits_per_weight) <= 32):
+        raise ConfigError(f"target_bits_per_weight must be in (0, 32], not {target_bits_per_weight}", field="target_bits_per_weight")
+    if target_bytes is not None and (isinstance(target_bytes, bool) or int(target_bytes) != target_bytes or target_bytes < 0):
+        raise ConfigError(f"target_bytes must be a non-negative integer, not {target_bytes!r}", field="target_bytes")
+    if sensitivity_seconds and calibration is None:
+        raise ConfigError("sensitivity_seconds needs calibration inputs", field="sensitivity_seconds")
+    candidates = tuple(DEFAULT_CANDIDATES if candidates is None else candidates)
+
+    graph = ProgramGraph(prog)
+    selection = CompressionConfig.of(PalettizeConfig(nbits=8, weight_threshold=weight_threshold))
+    records: List[ConstRecord] = []
+    weights: List[_Weight] = []
+    fixed_bytes = fixed_elements = 0
+    for const in graph.consts():
+        candidate, record = _select(const, graph, selection)
+        records.append(record)
+        if record.action == SKIPPED:
+            if first_reason(candidate, SELECTION_RULES) is None:  # a weight, but too small (or not finite): stays dense
+                fixed_bytes += candidate.stored
+                fixed_elements += int(candidate.value.size)
+            continue
+        layout, _ = common_layout(candidate.weight_uses, candidate.value.ndim)
+        if layout is None or layout.output_axis is None:
+            layout = WeightLayout(0, min(1, candidate.value.ndim - 1))
+        weights.append(_Weight(record, candidate, layout, None, []))
+
+    statistics = _activation_statistics(prog, calibration) if calibration is not None else {}
+    for weight in weights:
+        weight.column_weights = _column_weights(weight.candidate.value, weight.layout, statistics.get(weight.candidate.const.outputs[0].name))
+        _menu(weight, candidates)
+    measured = _measure_sensitivity(prog, weights, calibration, sensitivity_seconds) if sensitivity_seconds else 0
+
+    total_elements = fixed_elements + sum(int(w.candidate.value.size) for w in weights)
+    budget = int(target_bytes) if target_bytes is not None else int(math.floor(target_bits_per_weight * total_elements / 8))
+    options = [[(size, weight.sensitivity * error) for _, _, size, error in weight.menu] for weight in weights]
+    try:
+        allocation: Allocation = allocate(options, budget - fixed_bytes)
+    except ConfigError as error:
+        smallest = fixed_bytes + sum(min(size for size, _ in menu) for menu in options)
+        raise ConfigError(
+            f"the target ({budget:,} bytes, {8 * budget / max(total_elements, 1):.3f} bits per weight) is below the smallest "
+            f"size the candidate forms reach ({smallest:,} bytes, {8 * smallest / max(total_elements, 1):.3f} bits per weight)",
+            field="target_bits_per_weight" if target_bits_per_weight is not None else "target_bytes",
+        ) from error
+
+    plans, choices = [], []
+    for weight, index in zip(weights, allocation.choices):
+        label, config, size, error = weight.menu[index]
+        record = weight.record
+        choices.append(Choice(record.name, int(weight.candidate.value.size), label, size, weight.sensitivity * error, weight.sensitivity,
+                              tuple((l, s, weight.sensitivity * e) for l, _, s, e in weight.menu)))
+        if label == DENSE:
+            _skip(record, f"kept dense by the size allocation: its {len(weight.menu) - 1} compressed forms cost more error per byte saved than other weights'")
+            continue
+        candidate = weight.candidate
+        importance = None if weight.column_weights is None else np.broadcast_to(weight.column_weights, candidate.value.shape)
+        params = compress(candidate.value, config, output_axis=weight.layout.output_axis, input_axis=weight.layout.input_axis, importance=importance)
+        record.form, record.bytes_after = describe(params), int(params.nbytes)
+        record.snr_db = snr_db(candidate.value, params.decompress())
+        record.notes = [f"chosen by the size allocation: {label}, weighted error {weight.sensitivity * error:.3g}"]
+        plans.append(_Plan(candidate, params, record))
+    weights.clear()
+    _rewrite(plans)
+    report = Report(pass_name, records)
+    attach(prog, report)
+    result = SizeReport(
+        report=report,
+        budget_bytes=budget,
+        total_bytes=fixed_bytes + allocation.total_bytes,
+        total_elements=total_elements,
+        total_error=allocation.total_error,
+        lower_bound=allocation.lower_bound,
+        choices=choices,
+        calibrated=bool(statistics),
+        sensitivity_measured=measured,
+    )
+    report.summary = result.summary()
+    logger.info("%s: %.3f bits per weight (budget %d bytes)", pass_name, result.bits_per_weight, budget)
+    return result
+
+
+class CompressToSize(AbstractGraphPass):
+    """milcompress::compress_to_size: one form per weight, chosen to meet a size with least error.
+
+    Options (objects or strings, as `PassPipeline.set_options` passes them):
+    - target_bits_per_weight (averaged over every weight) or target_bytes (their stored total);
+    - calibration: inputs for the reference executor (arrays by input name, or an .npz path)
+      for activation-weighted errors and k-means; sensitivity_seconds: time for end-to-end
+      sensitivity measurement (needs calibration);
+    - weight_threshold: weights with at most this many elements stay dense (default 2048);
+    - report_path: also write the JSON report there.
+    """
+
+    PASS_ID = "milcompress::compress_to_size"
+
+    def __init__(self):
+        super().__init__()
+        self._target_bits_per_weight: Optional[float] = None
+        self._target_bytes: Optional[int] = None
+        self._calibration = None
+        self._sensitivity_seconds = 0.0
+        self._weight_threshold = 2048
+        self._report_path: Optional[str] = None
+
+    @property
+    def target_bits_per_weight(self) -> Optional[float]:
+        return self._target_bits_per_weight
+
+    @target_bits_per_weight.setter
+    def target_bits_per_weight(self, value) -> None:
+        self._target_bits_per_weight = None if value in (None, "") else parse_float("target_bits_per_weight", value, 0.0, 32.0)
+
+    @property
+    def target_bytes(self) -> Optional[int]:
+        return self._target_bytes
+
+    @target_bytes.setter
+    def target_bytes(self, value) -> None:
+        self._target_bytes = None if value in (None, "") else parse_int("target_bytes", value, 0)
+
+    @property
+    def calibration(self):
+        return self._calibration
+
+    @calibration.setter
+    def calibration(self, value) -> None:
+        self._calibration = load_inputs(value) if isinstance(value, (str, os.PathLike)) else value
+
+    @property
+    def sensitivity_seconds(self) -> float:
+        return self._sensitivity_seconds
+
+    @sensitivity_seconds.setter
+    def sensitivity_seconds(self, value) -> None:
+        self._sensitivity_seconds = parse_float("sensitivity_seconds", value, 0.0, math.inf)
+
+    @property
+    def weight_threshold(self) -> int:
+        return self._weight_threshold
+
+    @weight_threshold.setter
+    def weight_threshold(self, value) -> None:
+        self._weight_threshold = parse_int("weight_threshold", value, 0)
+
+    @property
+    def report_path(self) -> Optional[str]:
+        return self._report_path
+
+    @report_path.setter
+    def report_path(self, value) -> None:
+        self._report_path = None if value in (None, "") else str(value)
+
+    def apply(self, prog: Program) -> None:
+        result = compress_program_to_size(
+            prog,
+            target_bits_per_weight=self._target_bits_per_weight,
+            target_bytes=self._target_bytes,
+            calibration=self._calibration,
+            sensitivity_seconds=self._sensitivity_seconds,
+            weight_threshold=self._weight_threshold,
+            pass_name=self.PASS_ID,
+        )
+        if self._report_path:
+            with open(self._report_path, "w") as handle:
+                handle.write(result.report.to_json())
+
+    def __str__(self) -> str:
+        return self.PASS_ID
+
+
+def load_inputs(path) -> Dict[str, np.ndarray]:
+    """Arrays by input name from an .npz file (several samples stacked along a new first axis)."""
+    from milcompress.errors import InputError
+
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: not an .npz archive of arrays ({error})") from error
+
+
+def _activation_statistics(prog: Program, calibration) -> Dict[str, object]:
+    from milcompress.reference import ChannelStatistics, Interpreter
+    from milcompress.reference.verify import samples_of
+
+    statistics = ChannelStatistics()
+    interpreter = Interpreter(prog, observers=[statistics])
+    for sample in samples_of(calibration, interpreter):
+        interpreter.run(sample)
+    return statistics.records
+
+
+def _measure_sensitivity(prog: Program, weights: List[_Weight], calibration, seconds: float) -> int:
+    """Each weight's output noise-to-signal ratio with it alone compressed (its 4-bit palette),
+    over its own weighted noise-to-signal ratio; largest weights first, within `seconds`."""
+    from milcompress.reference import Interpreter
+    from milcompress.reference.verify import samples_of
+
+    interpreter = Interpreter(prog)
+    samples = samples_of(calibration, interpreter)
+    reference = [interpreter.run(sample) for sample in samples]
+    deadline = time.perf_counter() + seconds
+    measured: Dict[int, float] = {}
+    for index in sorted(range(len(weights)), key=lambda i: -weights[i].candidate.value.size):
+        if time.perf_counter() > deadline:
+            break
+        weight = weights[index]
+        value = weight.candidate.value
+        fitted, _ = fit_to_shape(_PROBE, value.shape, weight.layout)
+        try:
+            probe = compress(value, fitted, output_axis=weight.layout.output_axis, input_axis=weight.layout.input_axis).decompress()
+        except NotCompressible:
+            continue
+        own = _weighted_error(value, probe, weight.column_weights)
+        if not own > 0:
+            continue
+        noise = signal = 0.0
+        for sample, expected in zip(samples, reference):
+            outputs = interpreter.run(sample, replace={weight.candidate.const.outputs[0].name: probe})
+            for name, value_out in outputs.items():
+                noise += float(np.sum(np.square(value_out.astype(np.float64) - expected[name].astype(np.float64))))
+                signal += float(np.sum(np.square(expected[name].astype(np.float64))))
+        measured[index] = (noise / signal) / own if signal > 0 else 1.0
+    if measured:
+        typical = float(np.median(list(measured.values())))
+        for index, weight in enumerate(weights):
+            weight.sensitivity = measured.get(index, typical)
+    return len(measured)

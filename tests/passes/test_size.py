@@ -1,0 +1,176 @@
+"""compress_to_size: the budget holds, the choice is the allocation's optimum, the forms lower and
+read back, errors are clear, calibration weights the errors, and every way in works."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import milcompress  # noqa: F401  (registers the passes)
+from milcompress._coremltools import IOS18, PASS_REGISTRY, Function, Program, mb
+from milcompress.errors import ConfigError
+from milcompress.lowering import read_back
+from milcompress.ops.allocate import allocate
+from milcompress.passes import compress_program_to_size
+from milcompress.passes.size import DENSE, _weighted_error
+from milcompress.reference import Interpreter
+
+
+def network(scales=(1.0, 0.02, 1.0), seed=0) -> Program:
+    """Three linear layers of different sizes; `scales` their weight magnitudes."""
+    rng = np.random.default_rng(seed)
+    shapes = [(128, 64), (256, 128), (32, 256)]
+    weights = [(rng.standard_normal(shape) * scale).astype(np.float16) for shape, scale in zip(shapes, scales)]
+    with Function({"x": mb.placeholder(shape=(4, 64))}, IOS18) as function:
+        y = mb.cast(x=function.inputs["x"], dtype="fp16")
+        for index, weight in enumerate(weights):
+            y = mb.linear(x=y, weight=mb.const(val=weight, name=f"w{index}"), name=f"fc{index}")
+            if index < 2:
+                y = mb.relu(x=y)
+        function.set_outputs([mb.cast(x=y, dtype="fp32", name="out")])
+    program = Program()
+    program.add_function("main", function)
+    return program
+
+
+def weight_values(program: Program):
+    return {op.name: np.asarray(op.outputs[0].val) for op in program.functions["main"].find_ops(op_type="const") if op.name.startswith("w")}
+
+
+@pytest.mark.parametrize("bits", [2.5, 3.0, 4.0, 4.5, 6.0, 8.0])
+def test_the_budget_holds_and_the_choice_is_the_allocations_optimum(bits):
+    program = network()
+    dense = weight_values(program)
+    result = compress_program_to_size(program, target_bits_per_weight=bits)
+    elements = sum(v.size for v in dense.values())
+    assert result.total_elements == elements
+    assert result.total_bytes <= result.budget_bytes == int(bits * elements / 8)
+    assert result.bits_per_weight <= bits
+    # The choice is the exact optimum over the menus (resolution 1 on a budget this small).
+    options = [[(size, error) for _, size, error in choice.menu] for choice in result.choices]
+    best = allocate(options, result.budget_bytes, resolution_bytes=1)
+    assert result.total_error == pytest.approx(best.total_error, rel=1e-9, abs=1e-15)
+    # What the program now holds is what the report says, and reads back to the reported error.
+    stored = 0
+    for choice in result.choices:
+        consumer = program.functions["main"].find_ops(op_type="linear")[int(choice.name[1:])]
+        back = read_back(consumer.inputs["weight"])
+        stored += choice.bytes
+        if choice.form == DENSE:
+            assert not back.is_compressed
+        else:
+            assert back.is_compressed and int(back.form.nbytes) == choice.bytes
+            assert _weighted_error(dense[choice.name], back.dense, None) == pytest.approx(choice.error, rel=1e-6)
+    assert stored == result.total_bytes
+
+
+def test_more_bits_never_cost_more_error():
+    errors = [compress_program_to_size(network(), target_bits_per_weight=bits).total_error for bits in (2.5, 3, 4, 5, 6, 8, 16)]
+    assert errors == sorted(errors, reverse=True)
+    assert errors[-1] == 0.0  # 16 bits per weight: everything fits dense
+
+
+def test_errors_are_relative_so_a_weights_scale_does_not_change_its_share():
+    """Scaling a layer's weights by a power of two (exact in float16) changes nothing: errors are
+    relative, as the model's output noise is. With absolute errors a small-magnitude layer would
+    be starved of bits."""
+    same = compress_program_to_size(network(scales=(1.0, 1.0, 1.0)), target_bits_per_weight=4.0)
+    scaled = compress_program_to_size(network(scales=(1.0, 0.25, 1.0)), target_bits_per_weight=4.0)
+    assert [c.form for c in scaled.choices] == [c.form for c in same.choices]
+    assert scaled.total_error == pytest.approx(same.total_error, rel=1e-6)
+
+
+def test_every_weight_has_a_record_and_dense_choices_have_a_reason():
+    program = network()
+    result = compress_program_to_size(program, target_bits_per_weight=12.0)
+    records = {r.name: r for r in result.report.records}
+    for choice in result.choices:
+        record = records[choice.name]
+        if choice.form == DENSE:
+            assert record.action == "skipped" and "kept dense by the size allocation" in record.reason
+        else:
+            assert record.action == "compressed" and record.notes[0].startswith(f"chosen by the size allocation: {choice.form}")
+    assert result.report.summary["bits_per_weight"] == round(result.bits_per_weight, 4)
+
+
+def test_target_bytes_and_small_weights_counted_dense():
+    program = network()
+    result = compress_program_to_size(program, target_bytes=45_000, weight_threshold=10_000)
+    # w0 (8,192 values) and w2 (8,192) are under the threshold: dense, counted in the budget.
+    assert {c.name for c in result.choices} == {"w1"}
+    assert result.total_bytes <= 45_000
+    assert result.total_bytes == 2 * (8192 + 8192) + result.choices[0].bytes
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({}, "give exactly one of target_bits_per_weight and target_bytes"),
+        ({"target_bits_per_weight": 4, "target_bytes": 10}, "give exactly one of"),
+        ({"target_bits_per_weight": 0}, "target_bits_per_weight must be in \\(0, 32\\]"),
+        ({"target_bytes": -1}, "target_bytes must be a non-negative integer"),
+        ({"target_bits_per_weight": 1.0}, "below the smallest size the candidate forms reach"),
+        ({"target_bits_per_weight": 4, "sensitivity_seconds": 1}, "sensitivity_seconds needs calibration inputs"),
+    ],
+)
+def test_bad_targets_name_the_field_and_leave_the_program_alone(options, message):
+    program = network()
+    before = weight_values(program)
+    with pytest.raises(ConfigError, match=message):
+        compress_program_to_size(program, **options)
+    after = weight_values(program)
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_calibration_weights_errors_by_the_activations_each_weight_multiplies():
+    """Input channels that never carry signal do not count: with calibration inputs that are zero
+    on half of w0's input channels, w0's error is measured on the other half only."""
+    program = network()
+    w0 = weight_values(program)["w0"]
+    inputs = np.random.default_rng(1).standard_normal((6, 4, 64)).astype(np.float32)
+    inputs[..., 32:] = 0
+    result = compress_program_to_size(program, target_bits_per_weight=4.0, calibration={"x": inputs})
+    assert result.calibrated
+    choice = next(c for c in result.choices if c.name == "w0")
+    back = read_back(program.functions["main"].find_ops(op_type="linear")[0].inputs["weight"])
+    live = np.zeros((1, 64))
+    live[0, :32] = np.square(inputs[..., :32].astype(np.float64)).mean(axis=(0, 1))
+    expected = _weighted_error(w0, back.dense, live) if choice.form != DENSE else 0.0
+    assert choice.error == pytest.approx(expected, rel=1e-6)
+
+
+def test_sensitivity_measurement_scales_errors_by_each_weights_effect_on_the_output():
+    program = network()
+    inputs = np.random.default_rng(2).standard_normal((2, 4, 64)).astype(np.float32)
+    result = compress_program_to_size(program, target_bits_per_weight=4.0, calibration={"x": inputs}, sensitivity_seconds=60)
+    assert result.sensitivity_measured == 3
+    assert all(c.sensitivity > 0 and c.sensitivity != 1.0 for c in result.choices)
+
+
+def test_interpreter_replace_runs_a_what_if_without_touching_the_program():
+    program = network()
+    interpreter = Interpreter(program)
+    x = np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)
+    base = interpreter.run({"x": x})["out"]
+    zeroed = interpreter.run({"x": x}, replace={"w2": np.zeros((32, 256), np.float16)})["out"]
+    assert np.all(zeroed == 0) and not np.all(base == 0)
+    np.testing.assert_array_equal(interpreter.run({"x": x})["out"], base)
+
+
+def test_registered_pass_with_string_options_and_the_api(tmp_path):
+    import coremltools as ct
+
+    graph_pass = PASS_REGISTRY["milcompress::compress_to_size"]
+    graph_pass.target_bits_per_weight = "4.5"
+    graph_pass.report_path = str(tmp_path / "report.json")
+    program = network()
+    graph_pass.apply(program)
+    assert (tmp_path / "report.json").is_file()
+    with pytest.raises(ConfigError, match="target_bits_per_weight: expected a number in \\(0, 32\\]"):
+        graph_pass.target_bits_per_weight = "lots"
+
+    mlmodel = ct.convert(network(), convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18, pass_pipeline=ct.PassPipeline.EMPTY)
+    small = milcompress.compress_to_size(mlmodel, 4.0)
+    summary = milcompress.report_of(small).summary
+    assert summary["bits_per_weight"] <= 4.0
+    assert sum(m.form is not None for m in milcompress.get_weights_metadata(small, weight_threshold=0).values()) >= 2
