@@ -12,7 +12,7 @@ norm must already be folded into the convolutions, or the conv weights lose thei
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ class BenchModel:
     metrics: Sequence[str]
     # Metric a higher value of which is better, per name (KL divergence is lower-better).
     higher_is_better: Dict[str, bool]
+    # Calibration inputs for the converted program, by input name, samples stacked along a new
+    # first axis; drawn from data the evaluation does not use. None where a model has none.
+    calibration: Optional[Callable[[], Dict[str, "np.ndarray"]]] = None
 
 
 def normalised_keys(module: nn.Module) -> Dict[str, str]:

@@ -59,6 +59,7 @@ MASKED_SCORE = -1e4
 
 PASSAGES = 256
 QUICK_PASSAGES = 64
+CALIBRATION_PASSAGES = 32
 MIN_PASSAGE_CHARACTERS = 100
 
 DROPPED_CHECKPOINT_PREFIXES = ("pooler.",)
@@ -225,6 +226,12 @@ def evaluation_passages(count: int) -> List[str]:
     return [distinct[i] for i in np.linspace(0, len(distinct) - 1, count).round().astype(int)]
 
 
+def calibration_passages(count: int) -> List[str]:
+    """`count` prose paragraphs that the full evaluation (PASSAGES) does not use."""
+    evaluation = set(evaluation_passages(PASSAGES))
+    return [text for text in evaluation_passages(2 * PASSAGES + count) if text not in evaluation][:count]
+
+
 def padding_tokenizer() -> Tokenizer:
     """The checkpoint's tokenizer (lower-casing WordPiece, [CLS] ... [SEP]), truncating and
     right-padding every text to SEQUENCE_LENGTH tokens."""
@@ -274,4 +281,11 @@ def load(quick: bool = False) -> BenchModel:
         evaluate=evaluate,
         metrics=["mean_cosine", "min_cosine"],
         higher_is_better={"mean_cosine": True, "min_cosine": True},
+        calibration=lambda: _calibration_inputs(CALIBRATION_PASSAGES),
     )
+
+
+def _calibration_inputs(count: int) -> Dict[str, np.ndarray]:
+    input_ids, attention_mask = tokenize(calibration_passages(count))
+    shape = (-1, CONVERSION_BATCH, SEQUENCE_LENGTH)
+    return {"input_ids": input_ids.numpy().reshape(shape), "attention_mask": attention_mask.numpy().reshape(shape)}

@@ -117,6 +117,30 @@ def colour_photos() -> Dict[str, np.ndarray]:
     return photos
 
 
+def calibration_photos() -> Dict[str, np.ndarray]:
+    """Photos the evaluation never sees, as uint8 RGB: the right view of the stereo motorcycle,
+    scikit-image's colour wheel, and its grayscale photos repeated over three channels."""
+    from skimage import data
+
+    photos = {"motorcycle_right": data.stereo_motorcycle()[1], "colorwheel": data.colorwheel()}
+    for name in ("camera", "coins", "moon", "brick", "grass", "gravel", "clock", "cell"):
+        gray = getattr(data, name)()
+        photos[name] = np.repeat(gray[:, :, None], 3, axis=2)
+    return photos
+
+
+def normalised(images: List[np.ndarray]) -> torch.Tensor:
+    batch = torch.from_numpy(np.stack(images).astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+    mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
+    return ((batch - mean) / std).contiguous()
+
+
+def calibration_images() -> torch.Tensor:
+    """(30, 3, 224, 224): three crops of each calibration photo, ImageNet-normalised."""
+    return normalised([crop for photo in calibration_photos().values() for crop in crops(photo, QUICK_CROP_SCALES, False)])
+
+
 def crops(photo: np.ndarray, scales, flips: bool) -> List[np.ndarray]:
     """224x224 crops: for each scale, the photo resized (bilinear) so its shorter side is that
     scale, cropped at each of CROP_POSITIONS, then mirrored left-right too when `flips`."""
@@ -140,11 +164,7 @@ def evaluation_images(quick: bool = False) -> torch.Tensor:
     """(N, 3, 224, 224) float32, ImageNet-normalised: 18 crops per photo (3 scales x 3 positions
     x 2 flips), 198 images; with `quick`, 3 crops per photo (one scale, no flips), 33 images."""
     scales, flips = (QUICK_CROP_SCALES, False) if quick else (CROP_SCALES, True)
-    images = [crop for photo in colour_photos().values() for crop in crops(photo, scales, flips)]
-    batch = torch.from_numpy(np.stack(images).astype(np.float32) / 255.0).permute(0, 3, 1, 2)
-    mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
-    return ((batch - mean) / std).contiguous()
+    return normalised([crop for photo in colour_photos().values() for crop in crops(photo, scales, flips)])
 
 
 def logits_of(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -183,4 +203,5 @@ def load(quick: bool = False) -> BenchModel:
         evaluate=evaluate,
         metrics=["top1_agreement", "kl_divergence"],
         higher_is_better={"top1_agreement": True, "kl_divergence": False},
+        calibration=lambda: {"image": calibration_images().numpy()[:, None]},
     )

@@ -1,0 +1,214 @@
+"""Accuracy against size: milcompress's compress_to_size next to every single config of both libraries.
+
+For each model the float32 torch module is converted once to an iOS18 ML program (float16
+weights). Then:
+- every uniform config (one config for every weight, as coremltools offers: int8 per channel, int4
+  per block of 32, k-means palettes of 2/3/4/6/8 bits per tensor and of 2/4/6 bits per group of
+  16) is applied by coremltools and by milcompress, through the same drop-in calls and config
+  objects as in compare.py;
+- milcompress's `compress_to_size` is run at each target bits per weight, data-free and with
+  calibration inputs the evaluation never sees.
+Each result is scored by the model's own metric on its package's program, run by the reference
+executor with float16 activations, and placed by its bits per weight: the stored bytes of every
+weight (compressed or not) over their count, from the package itself.
+
+It reports, per model, one table of every point, and whether at each target our accuracy is at or
+above that of every single config of either library that is no larger; and draws the curves
+(benchmarks/results/size_sweep[_quick]_<model>.png).
+
+Calibration inputs come from each model's `calibration()`: photos or passages the evaluation does
+not use. A model's first metric decides "at or above"; the others are in the table.
+
+    python benchmarks/size_sweep.py --quick   # MobileNetV2, 33 crops, fewer configs and targets
+    python benchmarks/size_sweep.py           # MobileNetV2 (198 crops) and all-MiniLM-L6-v2
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import math
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODELS = {"mobilenet_v2": "benchmarks.models.mobilenet_v2", "minilm": "benchmarks.models.minilm"}
+QUICK_MODELS = ["mobilenet_v2"]
+TARGETS = (2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0)
+QUICK_TARGETS = (3.0, 4.0, 4.5, 6.0)
+
+
+def uniform_configs(quick: bool) -> Dict[str, list]:
+    from coremltools.optimize.coreml import OpLinearQuantizerConfig, OpPalettizerConfig
+
+    configs = {
+        "int8 per channel": [("linear_quantize_weights", OpLinearQuantizerConfig(dtype="int8", granularity="per_channel"), {})],
+        "int4 per block 32": [("linear_quantize_weights", OpLinearQuantizerConfig(dtype="int4", granularity="per_block", block_size=32), {})],
+    }
+    for nbits in (2, 3, 4, 6) if quick else (2, 3, 4, 6, 8):
+        configs[f"palettize {nbits}-bit per tensor"] = [("palettize_weights", OpPalettizerConfig(mode="kmeans", nbits=nbits), {})]
+    for nbits in (2, 4) if quick else (2, 4, 6):
+        config = OpPalettizerConfig(mode="kmeans", nbits=nbits, granularity="per_grouped_channel", group_size=16)
+        configs[f"palettize {nbits}-bit groups of 16"] = [("palettize_weights", config, {})]
+    return configs
+
+
+def bits_per_weight(mlmodel) -> float:
+    """Stored bits per weight over every weight (float, two or more dimensions), compressed or not."""
+    import milcompress
+
+    metadata = milcompress.get_weights_metadata(mlmodel, weight_threshold=0)
+    weights = [m for m in metadata.values() if m.val.ndim >= 2 and m.val.dtype.kind == "f"]
+    elements = sum(m.val.size for m in weights)
+    return sum(m.bits_per_weight * m.val.size for m in weights) / elements
+
+
+def score(bench, mlmodel) -> Dict[str, float]:
+    from benchmarks.models.base import ProgramModule
+    from milcompress.reference import load_program
+
+    return bench.evaluate(ProgramModule(load_program(mlmodel), precision="float16"))
+
+
+def sweep_model(name: str, quick: bool) -> dict:
+    import coremltools as ct
+
+    import milcompress
+    from benchmarks.compare import _compress, _convert
+
+    bench = importlib.import_module(MODELS[name]).load(quick=quick)
+    calibration = bench.calibration()
+    points: List[dict] = []
+    with tempfile.TemporaryDirectory(prefix=f"sweep-{name}-") as work:
+        path = Path(work) / "dense.mlpackage"
+        _convert(bench, path)
+        dense = ct.models.MLModel(str(path), skip_model_load=True)
+        points.append({"series": "float16", "label": "dense", "bits_per_weight": bits_per_weight(dense), "metrics": score(bench, dense)})
+        for label, steps in uniform_configs(quick).items():
+            for library in ("coremltools", "milcompress"):
+                start = time.perf_counter()
+                try:
+                    model = _compress(library, dense, steps)
+                except Exception as error:  # a library that refuses a config is a result too
+                    print(f"  {library:11s}  {label}: error {error}", flush=True)
+                    continue
+                point = {"series": f"{library}, one config", "label": label, "seconds": time.perf_counter() - start,
+                         "bits_per_weight": bits_per_weight(model), "metrics": score(bench, model)}
+                points.append(point)
+                print(f"  {library:11s}  {label:28s} {point['bits_per_weight']:.2f} bpw  {point['metrics']}", flush=True)
+        for target in QUICK_TARGETS if quick else TARGETS:
+            for series, options in (("milcompress compress_to_size", {}), ("milcompress compress_to_size, calibrated", {"calibration": calibration})):
+                start = time.perf_counter()
+                model = milcompress.compress_to_size(dense, target, **options)
+                point = {"series": series, "label": f"target {target:g}", "target": target, "seconds": time.perf_counter() - start,
+                         "bits_per_weight": bits_per_weight(model), "metrics": score(bench, model)}
+                points.append(point)
+                print(f"  {series:42s} {target:4.1f} -> {point['bits_per_weight']:.2f} bpw  {point['seconds']:.0f} s  {point['metrics']}", flush=True)
+    return {"model": name, "metrics": list(bench.metrics), "higher_is_better": dict(bench.higher_is_better), "points": points}
+
+
+def beats_uniform(result: dict) -> List[dict]:
+    """Per target and series of ours: the best single config of either library no larger than our
+    result, and whether ours is at or above it (first metric)."""
+    metric = result["metrics"][0]
+    sign = 1 if result["higher_is_better"][metric] else -1
+    uniform = [p for p in result["points"] if p["series"].endswith("one config")]
+    rows = []
+    for ours in (p for p in result["points"] if "target" in p):
+        fitting = [p for p in uniform if p["bits_per_weight"] <= ours["bits_per_weight"] + 1e-9]
+        best = max(fitting, key=lambda p: sign * p["metrics"][metric], default=None)
+        rows.append({
+            "series": ours["series"], "target": ours["target"], "ours": ours["metrics"][metric],
+            "best_uniform": None if best is None else f"{best['series'].split(',')[0]} {best['label']}",
+            "best_uniform_value": None if best is None else best["metrics"][metric],
+            "at_or_above": best is None or sign * ours["metrics"][metric] >= sign * best["metrics"][metric],
+        })
+    return rows
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    metric = result["metrics"][0]
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    styles = {
+        "coremltools, one config": dict(marker="s", linestyle="none", color="tab:gray"),
+        "milcompress, one config": dict(marker="o", linestyle="none", color="tab:blue", fillstyle="none"),
+        "milcompress compress_to_size": dict(marker="o", linestyle="-", color="tab:blue"),
+        "milcompress compress_to_size, calibrated": dict(marker="^", linestyle="-", color="tab:green"),
+    }
+    for series, style in styles.items():
+        points = sorted((p for p in result["points"] if p["series"] == series), key=lambda p: p["bits_per_weight"])
+        if points:
+            axes.plot([p["bits_per_weight"] for p in points], [p["metrics"][metric] for p in points], label=series, **style)
+    axes.set_xlabel("stored bits per weight (all weights)")
+    axes.set_ylabel(f"{metric} (package run by the reference executor)")
+    axes.set_title(f"{result['model']}: accuracy against size")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+
+
+def report(results: List[dict], command: str, suffix: str) -> str:
+    from milcompress.tools.table import format_table
+
+    lines = [f"Produced by `{command}`.", ""]
+    for result in results:
+        metrics = result["metrics"]
+        lines += [f"## {result['model']}", "", f"![accuracy against size](size_sweep{suffix}_{result['model']}.png)", "", "```"]
+        rows = [[p["series"], p["label"], f"{p['bits_per_weight']:.3f}", "-" if "seconds" not in p else f"{p['seconds']:.1f}"]
+                + [f"{p['metrics'][m]:.4f}" for m in metrics]
+                for p in sorted(result["points"], key=lambda p: (p["series"], p["bits_per_weight"]))]
+        lines.append(format_table(["series", "config", "bits/weight", "seconds"] + metrics, rows, [False, False, True, True] + [True] * len(metrics)))
+        lines += ["```", "", f"At each target: the best single config of either library no larger than our result ({metrics[0]}):", "", "```"]
+        rows = [[r["series"], f"{r['target']:g}", f"{r['ours']:.4f}", r["best_uniform"] or "-",
+                 "-" if r["best_uniform_value"] is None else f"{r['best_uniform_value']:.4f}", "yes" if r["at_or_above"] else "NO"]
+                for r in beats_uniform(result)]
+        lines.append(format_table(["ours", "target bpw", metrics[0], "best single config that fits", metrics[0], "at or above"], rows,
+                                  [False, True, True, False, True, False]))
+        lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="MobileNetV2 only, fewer targets and configs")
+    parser.add_argument("--models", nargs="*", choices=list(MODELS))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    import milcompress  # noqa: F401  (imports coremltools without its notices)
+
+    names = args.models or (QUICK_MODELS if args.quick else list(MODELS))
+    results = []
+    for name in names:
+        print(f"{name}:", flush=True)
+        results.append(sweep_model(name, args.quick))
+    suffix = "_quick" if args.quick else ""
+    args.out.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        plot(result, args.out / f"size_sweep{suffix}_{result['model']}.png")
+    text = report(results, "python benchmarks/size_sweep.py" + " ".join([""] + argv), suffix)
+    (args.out / f"size_sweep{suffix}.md").write_text(text)
+    (args.out / f"size_sweep{suffix}.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
