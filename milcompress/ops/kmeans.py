@@ -2,25 +2,30 @@
 
 Scalar (1-D) clustering of many groups at once, `kmeans_1d(values[G, n], k)`:
 
-1. Histogram. Values are binned: float16 values by their code (at most 65,536 bins, one value
-   each), float32 groups of up to 65,536 values by exact value, larger float32 groups by their
-   float16 rounding (bins a float16 ulp wide). Each bin keeps the exact weighted count, sum, and
-   centred sum and sum of squares of its values. All later work is on sorted bins with prefix
-   sums: the squared error of any run of bins costs O(1).
+1. Histogram. Groups of up to 65,536 values are sorted and binned by exact value (float16 groups
+   sort their 16-bit codes, which is cheap). Larger groups are binned by float16 code (at most
+   65,536 slots per group): exactly for float16, by float16 rounding for float32 (bins a float16
+   ulp wide). Each bin keeps the exact weighted count, sum, and centred sum and sum of squares of
+   its values. All later work is on sorted bins with prefix sums: the squared error of any run
+   of bins costs O(1).
 2. A clustering of sorted 1-D data is a set of k-1 cuts between bins. Small problems are solved
    exactly by dynamic programming over all cuts. Larger ones start from the exact DP over coarse
    "atoms" (runs of bins of equal weight or equal width; k <= 16) or from a greedy divisive split
    (always split the cluster whose best 2-split gains most; larger k), run Lloyd iterations (each
    O(k log n) on sorted bins), then improve by sweeps of an exact DP over all cuts jointly, where
-   each cut may move to a grid of positions between its neighbours, or by +-1, 2, 4, ... bins.
+   each cut may move to a grid of positions between its neighbours, or by +-1, 2, 4, ... bins;
+   a cut with no more positions between its neighbours than that may move to any of them.
    Each sweep makes the best joint move in that neighbourhood: the joint moves are what shift
    clusters between distant regions, which Lloyd iteration cannot. Greedy starts sweep on a
-   coarse grid until no group improves, then everyone polishes on a fine grid.
+   coarse grid until no group improves, then everyone polishes on a fine grid. Groups whose cuts
+   all have few positions between neighbours (many clusters on few bins) are swept in batches
+   of that narrower width: a sweep costs the square of its width per cut.
 3. Centroids are the weighted means of the clusters.
 
-Everything is batched over groups (padded arrays, no Python loop over groups), deterministic, and
-computed in float64. On the distributions in tests/ops/test_kmeans.py the result is within 0.1% of
-the optimal squared error; problems small enough for the exact DP are solved optimally.
+Everything is batched over groups (padded arrays, no Python loop over groups) in chunks whose
+work arrays hold at most `_CHUNK_ELEMENTS` elements each (this bounds peak memory), deterministic,
+and computed in float64. On the distributions in tests/ops/test_kmeans.py the result is within
+0.1% of the optimal squared error; problems small enough for the exact DP are solved optimally.
 
 Vector clustering (`kmeans_vectors`) is batched Lloyd iteration from a seeded k-means++ start.
 
@@ -36,12 +41,14 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 _F16_MAX = 65504.0
-_CHUNK_ELEMENTS = 1 << 21  # bound on the elements of any padded per-chunk work array
+_CHUNK_ELEMENTS = 1 << 18  # bound on the elements of any padded per-chunk work array (1-D)
+_VECTOR_CHUNK_ELEMENTS = 1 << 21  # the same for vector k-means
 _EXACT_DP_BUDGET = 1 << 21  # k * (bins + 1) ** 2 per group, below which the exact DP runs
 _COARSE_DP_MAX_K = 16
 _COARSE_ATOMS_PER_CLUSTER = 4
 _SWEEP_GRID = 64
 _SWEEP_GRID_COARSE = 16
+_WIDTH_STEP = 8  # sweep batch widths are multiples of this
 _MAX_SWEEPS = 64
 _MAX_FINE_SWEEPS = 2
 _SWEEP_TOLERANCE = 1e-7  # a sweep must lower a group's error by this fraction to continue
@@ -85,17 +92,28 @@ def assign_nearest(values: np.ndarray, tables: np.ndarray) -> np.ndarray:
 
     `values` [G, n] (float16 or float32 precision), `tables` [G, K] sorted ascending. Exact: each
     value is compared with the midpoints between entries on float32 keys, in one search for all
-    groups. Float16 values are looked up per distinct code instead, which is cheaper.
+    groups of a chunk. Float16 values of groups larger than their range of codes are looked up per
+    distinct code instead, which is cheaper.
     """
     groups, size = tables.shape
     if size == 1:
         return np.zeros(values.shape, dtype=np.int64)
-    if values.dtype == np.float16 and values.shape[1] > 4096:
-        keys = _ordered_key16(values).astype(np.int64)
-        low = int(keys.min())
-        codes = _key16_to_value(np.arange(low, int(keys.max()) + 1))
-        per_code = _assign_sorted(np.broadcast_to(codes, (groups, codes.size)), tables)
-        return np.take_along_axis(per_code, keys - low, axis=1)
+    result = np.empty(values.shape, dtype=np.int64)
+    per_chunk = max(1, _CHUNK_ELEMENTS // max(1, values.shape[1]))
+    for first in range(0, groups, per_chunk):
+        part = slice(first, first + per_chunk)
+        result[part] = _assign_chunk(values[part], tables[part])
+    return result
+
+
+def _assign_chunk(values: np.ndarray, tables: np.ndarray) -> np.ndarray:
+    if values.dtype == np.float16:
+        keys = _ordered_key16(values)
+        low, high = int(keys.min()), int(keys.max())
+        if high - low < values.shape[1]:
+            codes = _key16_to_value(np.arange(low, high + 1))
+            per_code = _assign_sorted(np.broadcast_to(codes, (len(tables), codes.size)), tables)
+            return np.take_along_axis(per_code, keys.astype(np.int64) - low, axis=1)
     return _assign_sorted(values, tables)
 
 
@@ -176,45 +194,85 @@ def _squared_error(w: np.ndarray, s: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.maximum(np.where(w > 0, q - s * (s / np.where(w > 0, w, 1.0)), 0.0), 0.0)
 
 
-_EXACT_BINS_MAX = 1 << 16  # float32 groups up to this size are binned by exact value
-_SORTED_BINS_MAX_F16 = 1 << 12  # float16 groups up to this size too: cheaper than 65,536 code slots
+_SORTED_BINS_MAX = 1 << 16  # groups up to this size are sorted and binned by exact value
 
 
 def _bins_by_sort(values: np.ndarray) -> bool:
-    n = values.shape[-1]
-    return n <= (_SORTED_BINS_MAX_F16 if values.dtype == np.float16 else _EXACT_BINS_MAX)
+    return values.shape[-1] <= _SORTED_BINS_MAX
 
 
 def _histogram(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bins:
     """Bin each row of `values` [G, n]; weights default to 1.
 
-    Bins are exact values for float16 (a bincount over the 65,536 codes, or a sort for small rows)
-    and for float32 rows of up to 65,536 values (a sort); larger float32 rows are binned by their
-    float16 rounding, with exact statistics of the values in each bin.
+    Rows of up to 65,536 values are sorted and binned by exact value (float16 rows sort their
+    16-bit codes, which is cheap); larger rows are binned by float16 code over at most 65,536 slots
+    per row: exactly for float16, and by float16 rounding for float32, with exact statistics of
+    the values in each bin.
     """
+    if not _bins_by_sort(values):
+        return _histogram_by_code(values, weights)
+    groups, n = values.shape
+    if values.dtype == np.float16:
+        keys = _ordered_key16(values)  # 16-bit codes: sorting them is cheap and exact
+        if weights is None:
+            keys = np.sort(keys, axis=1)
+    else:
+        keys = values.astype(np.float32) + np.float32(0.0)  # -0.0 becomes +0.0: one bin
+        if weights is None:
+            keys = np.sort(keys, axis=1)
+    if weights is not None:
+        order = np.argsort(keys, axis=1)
+        keys = np.take_along_axis(keys, order, axis=1)
+    new_bin = np.ones((groups, n), dtype=bool)
+    np.not_equal(keys[:, 1:], keys[:, :-1], out=new_bin[:, 1:])
+    row_of, col_of = np.nonzero(new_bin)  # bin starts, row by row
+    del new_bin
+    bins_per_group = np.bincount(row_of, minlength=groups)
+    n_bins = int(bins_per_group.max())
+    first = np.cumsum(bins_per_group) - bins_per_group
+    rank = np.arange(row_of.size) - first[row_of]
+    starts = np.full((groups, n_bins + 1), n, dtype=np.int64)  # padded with the end: repeat totals
+    starts[row_of, rank] = col_of
+    present = np.arange(n_bins)[None, :] < bins_per_group[:, None]
+    at_start = np.take_along_axis(keys, np.minimum(starts[:, :-1], n - 1), axis=1)
+    value = _key16_to_value(at_start) if values.dtype == np.float16 else at_start.astype(np.float64)
+    last = value[np.arange(groups), bins_per_group - 1][:, None]
+    value = np.where(present, value, last)
+    if weights is None:
+        # Each bin holds one value: its statistics follow from its count.
+        w = np.diff(starts, axis=1).astype(np.float64)
+        mean = (w * value).sum(1, keepdims=True) / n
+        centred = value - mean
+        stats = (w, w * value, w * centred, w * centred * centred)
+        return _Bins(*(_prefix(s) for s in stats), value, bins_per_group)
+    x = np.take_along_axis(values, order, axis=1).astype(np.float64)
+    wt = np.take_along_axis(weights, order, axis=1).astype(np.float64)
+    total = wt.sum(1, keepdims=True)
+    mean = (wt * x).sum(1, keepdims=True) / np.where(total > 0, total, 1.0)
+    centred = x - mean
+    stats = (wt, wt * x, wt * centred, wt * centred * centred)
+    # Prefix sums over the sorted values, read at the bin starts.
+    return _Bins(*(np.take_along_axis(_prefix(s), starts, axis=1) for s in stats), value, bins_per_group)
+
+
+def _prefix(stat: np.ndarray) -> np.ndarray:
+    """[G, m] -> [G, m + 1]: totals over the first b entries."""
+    result = np.zeros((stat.shape[0], stat.shape[1] + 1))
+    np.cumsum(stat, axis=1, out=result[:, 1:])
+    return result
+
+
+def _histogram_by_code(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bins:
+    """Bins by float16 code (up to 65,536 slots per row), for rows too large to sort cheaply."""
     groups, n = values.shape
     rows = np.arange(groups, dtype=np.int64)[:, None]
-    if not _bins_by_sort(values):
-        in_range = values if values.dtype == np.float16 else np.clip(values, -_F16_MAX, _F16_MAX)
-        keys = _ordered_key16(in_range).astype(np.int64)
-        low = int(keys.min())
-        width = int(keys.max()) - low + 1
-        slot = (rows * width + (keys - low)).reshape(-1)
-        slot_value = _key16_to_value(np.arange(groups * width) % width + low)
-        exact = values.dtype == np.float16
-    else:
-        keys = _ordered_key32(values)
-        order = np.argsort(keys, axis=1, kind="stable")
-        sorted_keys = np.take_along_axis(keys, order, axis=1)
-        rank = np.zeros((groups, n), dtype=np.int64)
-        rank[:, 1:] = np.cumsum(sorted_keys[:, 1:] != sorted_keys[:, :-1], axis=1)
-        width = n
-        slot = np.empty((groups, n), dtype=np.int64)
-        np.put_along_axis(slot, order, rows * width + rank, axis=1)
-        slot = slot.reshape(-1)
-        slot_value = np.zeros(groups * width)
-        slot_value[slot] = values.reshape(-1)
-        exact = True
+    in_range = values if values.dtype == np.float16 else np.clip(values, -_F16_MAX, _F16_MAX)
+    keys = _ordered_key16(in_range).astype(np.int64)
+    low = int(keys.min())
+    width = int(keys.max()) - low + 1
+    slot = (rows * width + (keys - low)).reshape(-1)
+    slot_value = _key16_to_value(np.arange(groups * width) % width + low)
+    exact = values.dtype == np.float16
     nslots = groups * width
     count = np.bincount(slot, minlength=nslots)
     if weights is None and exact:
@@ -383,19 +441,46 @@ def _greedy_cuts(bins: _Bins, k: int) -> np.ndarray:
 def _sweep(bins: _Bins, cuts: np.ndarray, offsets: np.ndarray, grid: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """One exact DP over all cuts jointly, each cut choosing from its neighbourhood.
 
-    Cut t may move to `grid` fractions of the way between its neighbours or by `offsets` bins.
-    The costs of (cut t - 1, cut t) candidate pairs are computed for blocks of cuts at a time
-    (bounded memory); only the min-plus recursion along the cuts is sequential. `cuts` are those
-    of the groups `rows`.
+    Cut t may move to `grid` fractions of the way between its neighbours or by `offsets` bins;
+    a cut with no more positions between its neighbours than that may move to any of them. Groups
+    whose cuts all have few positions (many clusters on few bins) thus get a narrower, exhaustive
+    neighbourhood: they are swept in batches of equal width, each batch within the chunk budget.
+    `cuts` are those of the groups `rows`.
     """
-    groups, k = cuts.shape[0], cuts.shape[1] - 1
-    low, high, current = cuts[:, :-2], cuts[:, 2:], cuts[:, 1:-1]
-    spread = low[..., None] + np.rint((high - low)[..., None] * grid).astype(np.int64)
-    near = np.clip(current[..., None] + offsets, low[..., None], high[..., None])
-    inner = np.concatenate([spread, near], axis=-1)  # [G, k - 1, W]
-    width = inner.shape[-1]
+    full = grid.size + offsets.size
+    needed = (cuts[:, 2:] - cuts[:, :-2]).max(1) + 1 if cuts.shape[1] > 2 else np.ones(len(cuts), np.int64)
+    width = np.minimum(full, -(-needed // _WIDTH_STEP) * _WIDTH_STEP)  # few distinct batch widths
+    result = np.empty_like(cuts)
+    for size in np.unique(width):
+        members = np.flatnonzero(width == size)
+        per_batch = max(1, _CHUNK_ELEMENTS // (int(size) * max(int(size), cuts.shape[1])))
+        for first in range(0, members.size, per_batch):
+            part = members[first : first + per_batch]
+            candidates = _candidates(cuts[part], offsets, grid, int(size), bins.n)
+            result[part] = _sweep_dp(bins, candidates, rows[part])
+    return result
+
+
+def _candidates(cuts: np.ndarray, offsets: np.ndarray, grid: np.ndarray, width: int, n: int) -> np.ndarray:
+    """Candidate positions [G, k + 1, width] of every cut (the first and last stay at 0 and n)."""
+    groups = cuts.shape[0]
+    low, high, current = cuts[:, :-2, None], cuts[:, 2:, None], cuts[:, 1:-1, None]
+    every = np.minimum(low + np.arange(width), high)  # all positions, if there are at most width
+    if width == grid.size + offsets.size:
+        spread = low + np.rint((high - low) * grid).astype(np.int64)
+        near = np.clip(current + offsets, low, high)
+        every = np.where(high - low < width, every, np.concatenate([spread, near], axis=-1))
     ends = np.zeros((groups, 1, width), dtype=np.int64)
-    candidates = np.concatenate([ends, inner, ends + bins.n], axis=1)  # [G, k + 1, W]
+    return np.concatenate([ends, every, ends + n], axis=1)
+
+
+def _sweep_dp(bins: _Bins, candidates: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The best cuts, cut t taken from candidates[:, t] [G, k + 1, W], for the groups `rows`.
+
+    The costs of (cut t, cut t + 1) candidate pairs are computed for blocks of cuts at a time
+    (bounded memory); only the min-plus recursion along the cuts is sequential.
+    """
+    groups, k, width = candidates.shape[0], candidates.shape[1] - 1, candidates.shape[2]
     w, sc, qc = bins.at(candidates, rows)
     # choices[t][g, j]: the best candidate of cut t given candidate j of cut t + 1.
     choices = np.empty((k, groups, width), dtype=np.int64)
@@ -405,20 +490,35 @@ def _sweep(bins: _Bins, cuts: np.ndarray, offsets: np.ndarray, grid: np.ndarray,
         last = min(first + block, k)
         # Pair costs from cut t (axis 2) to cut t + 1 (axis 3), for t in this block.
         fro, to = np.s_[:, first:last, :, None], np.s_[:, first + 1 : last + 1, None, :]
-        cost = _squared_error(w[to] - w[fro], sc[to] - sc[fro], qc[to] - qc[fro])
-        cost[candidates[fro] > candidates[to]] = np.inf
+        cost = _pair_cost(w[to] - w[fro], sc[to] - sc[fro], qc[to] - qc[fro])
+        np.putmask(cost, candidates[fro] > candidates[to], np.inf)
         for t in range(first, last):
-            total = best[:, :, None] + cost[:, t - first]
+            total = cost[:, t - first]
+            total += best[:, :, None]
             choices[t] = total.argmin(axis=1)
-            best = np.take_along_axis(total, choices[t][:, None, :], axis=1)[:, 0, :]
+            best = total.min(axis=1)
     rows = np.arange(groups)
     index = np.zeros(groups, dtype=np.int64)  # every candidate of the last cut is n
-    result = np.empty_like(cuts)
+    result = np.empty((groups, k + 1), dtype=np.int64)
     result[:, 0], result[:, k] = 0, bins.n
     for t in range(k - 1, 0, -1):
         index = choices[t][rows, index]
         result[:, t] = candidates[rows, t, index]
     return result
+
+
+def _pair_cost(w: np.ndarray, s: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """`_squared_error` in place on fresh arrays, for the sweep's large candidate-pair arrays.
+
+    A run of bins with no weight has exactly zero centred sum (its prefix sums are equal), so
+    dividing by the weight clamped to the smallest positive float gives its error, 0.
+    """
+    np.maximum(w, np.finfo(np.float64).tiny, out=w)
+    np.multiply(s, s, out=s)
+    with np.errstate(over="ignore"):  # only pairs out of order, which the caller rules out
+        np.divide(s, w, out=s)
+    np.subtract(q, s, out=q)
+    return np.maximum(q, 0.0, out=q)
 
 
 def _lloyd(bins: _Bins, cuts: np.ndarray, iterations: int = 200) -> np.ndarray:
@@ -528,7 +628,7 @@ def kmeans_vectors(
     groups, n, dim = vectors.shape
     w = np.ones((groups, n)) if weights is None else np.asarray(weights, dtype=np.float64)
     result = np.empty((groups, k, dim))
-    per_chunk = max(1, _CHUNK_ELEMENTS // max(1, n * k))
+    per_chunk = max(1, _VECTOR_CHUNK_ELEMENTS // max(1, n * k))
     for first in range(0, groups, per_chunk):
         chunk = slice(first, min(groups, first + per_chunk))
         best, best_error = None, None
@@ -601,7 +701,7 @@ def nearest_vectors(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     groups, n, _ = x.shape
     k = centroids.shape[1]
     result = np.empty((groups, n), dtype=np.int64)
-    step = max(1, _CHUNK_ELEMENTS // max(1, groups * k))
+    step = max(1, _VECTOR_CHUNK_ELEMENTS // max(1, groups * k))
     c_norm = (centroids * centroids).sum(-1)[:, None, :]
     for first in range(0, n, step):
         part = x[:, first : first + step]

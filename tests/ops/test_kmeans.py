@@ -113,3 +113,50 @@ def test_vector_kmeans_is_lossless_with_few_distinct_vectors_and_deterministic()
     centroids = kmeans_vectors(x, 4)
     assert sorted(map(tuple, centroids[0].round(12))) == sorted(map(tuple, base.round(12)))
     np.testing.assert_array_equal(kmeans_vectors(x, 4), kmeans_vectors(x, 4))
+
+
+@given(
+    x=weights(max_rank=2, max_side=40),
+    seed=st.integers(0, 999),
+    weighted=st.booleans(),
+)
+def test_sorted_histogram_matches_the_code_histogram(x, seed, weighted):
+    """Float16 groups of up to 65,536 values are binned by sorting; the 65,536-slot histogram by
+    float16 code, kept for larger groups, is the oracle."""
+    from milcompress.ops.kmeans import _histogram, _histogram_by_code
+
+    rng = np.random.default_rng(seed)
+    rows = np.stack([x.ravel(), rng.permutation(x.ravel())]).astype(np.float16)
+    w = rng.integers(0, 3, rows.shape).astype(np.float64) if weighted else None
+    got, want = _histogram(rows, w), _histogram_by_code(rows, w)
+    np.testing.assert_array_equal(got.count, want.count)
+    for field in ("w", "s", "sc", "qc", "value"):
+        scale = np.abs(getattr(want, field)).max() + 1e-300
+        np.testing.assert_allclose(getattr(got, field), getattr(want, field), rtol=0, atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize("k", [64, 256])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_many_clusters_on_few_distinct_values_are_near_optimal(k, seed):
+    """Groups of a few hundred distinct values (too many for the exact DP at this k) sweep every
+    position between neighbouring cuts, in batches of different widths: each stays near optimal."""
+    rng = np.random.default_rng(seed)
+    sizes = [150, 400, 900]
+    x = np.stack([np.resize(rng.standard_t(3, s) * 0.02, 1200) for s in sizes]).astype(np.float16)
+    centroids = kmeans_1d(x, k)
+    for g in range(len(sizes)):
+        assert sse_to_nearest(x[g], centroids[g]) <= optimal_sse(x[g], k) * 1.001
+
+
+@pytest.mark.parametrize("spread", ["lattice", "normal"])
+def test_assign_nearest_is_exact_for_many_large_float16_groups(spread):
+    # Enough groups to be split into chunks; lattice values take the per-code lookup.
+    rng = np.random.default_rng(0)
+    shape = (60, 5000)
+    x = rng.integers(-50, 50, shape) * 0.01 if spread == "lattice" else rng.normal(0, 0.05, shape)
+    x = x.astype(np.float16)
+    tables = np.sort(rng.normal(0, 0.1, (60, 16)), axis=1).astype(np.float16)
+    index = assign_nearest(x, tables)
+    distance = np.abs(x.astype(np.float64)[..., None] - tables.astype(np.float64)[:, None, :])
+    chosen = np.take_along_axis(distance, index[..., None], axis=-1)[..., 0]
+    assert (chosen <= distance.min(-1)).all()
