@@ -65,6 +65,20 @@ def load_model(path) -> Tuple[object, object]:
     return model, prog
 
 
+def load_arrays(path) -> dict:
+    """Arrays by name from an .npz file (model inputs: several samples stacked along a new first
+    axis); InputError if it is missing or not an archive of arrays."""
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: not an .npz archive of arrays ({_first_line(error)})") from error
+
+
 def save_model(model, path, force: bool = False) -> None:
     """Write `model` to `path` atomically (see the module docstring)."""
     path = Path(path)

@@ -54,6 +54,7 @@ from milcompress.lowering import required_target
 from milcompress.ops import compress, describe, snr_db
 from milcompress.ops.allocate import Allocation, allocate
 from milcompress.passes.compress import _Plan, _rewrite, _select, _skip, fit_to_shape
+from milcompress.packages import load_arrays
 from milcompress.passes.graph import ProgramGraph
 from milcompress.passes.options import parse_float, parse_int
 from milcompress.passes.report import SKIPPED, ConstRecord, Report, attach
@@ -321,7 +322,7 @@ class CompressToSize(AbstractGraphPass):
 
     @calibration.setter
     def calibration(self, value) -> None:
-        self._calibration = load_inputs(value) if isinstance(value, (str, os.PathLike)) else value
+        self._calibration = load_arrays(value) if isinstance(value, (str, os.PathLike)) else value
 
     @property
     def sensitivity_seconds(self) -> float:
@@ -363,19 +364,6 @@ class CompressToSize(AbstractGraphPass):
 
     def __str__(self) -> str:
         return self.PASS_ID
-
-
-def load_inputs(path) -> Dict[str, np.ndarray]:
-    """Arrays by input name from an .npz file (several samples stacked along a new first axis)."""
-    from milcompress.errors import InputError
-
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: not an .npz archive of arrays ({error})") from error
 
 
 def _activation_statistics(prog: Program, calibration) -> Dict[str, object]:

@@ -265,22 +265,13 @@ def _verify(args) -> int:
         import torch  # noqa: F401
     except ImportError as error:
         raise InputError("verify runs models with torch: install it (pip install 'milcompress[reference]')") from error
-    import numpy as np
-
+    from milcompress.packages import load_arrays
     from milcompress.reference import verify
     from milcompress.tools.table import format_table
 
     if (args.inputs is None) == (args.random is None):
         raise ConfigError("give exactly one of --inputs FILE.npz or --random N", field="verify")
-    inputs = None
-    if args.inputs is not None:
-        if not Path(args.inputs).is_file():
-            raise InputError(f"{args.inputs}: no such file")
-        try:
-            with np.load(args.inputs, allow_pickle=False) as archive:
-                inputs = {name: archive[name] for name in archive.files}
-        except (OSError, ValueError) as error:
-            raise InputError(f"{args.inputs}: not an .npz archive of arrays ({error})") from error
+    inputs = None if args.inputs is None else load_arrays(args.inputs)
     report = verify(args.original, args.compressed, inputs, random=args.random, precision=args.precision, seed=args.seed)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
