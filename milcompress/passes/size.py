@@ -222,11 +222,12 @@ def compress_program_to_size(
             layout = WeightLayout(0, min(1, candidate.value.ndim - 1))
         weights.append(_Weight(record, candidate, layout, None, []))
 
-    statistics = _activation_statistics(prog, calibration) if calibration is not None else {}
+    run = _calibrate(prog, calibration) if calibration is not None else None
+    statistics = run.statistics if run is not None else {}
     for weight in weights:
         weight.column_weights = _column_weights(weight.candidate.value, weight.layout, statistics.get(weight.candidate.const.outputs[0].name))
         _menu(weight, candidates)
-    measured = _measure_sensitivity(prog, weights, calibration, sensitivity_seconds) if sensitivity_seconds else 0
+    measured = _measure_sensitivity(run, weights, sensitivity_seconds) if sensitivity_seconds else 0
 
     total_elements = fixed_elements + sum(int(w.candidate.value.size) for w in weights)
     budget = int(target_bytes) if target_bytes is not None else int(math.floor(target_bits_per_weight * total_elements / 8))
@@ -359,33 +360,39 @@ class CompressToSize(AbstractGraphPass):
             pass_name=self.PASS_ID,
         )
         if self._report_path:
-            with open(self._report_path, "w") as handle:
-                handle.write(result.report.to_json())
+            result.report.write(self._report_path)
 
     def __str__(self) -> str:
         return self.PASS_ID
 
 
-def _activation_statistics(prog: Program, calibration) -> Dict[str, object]:
+@dataclass
+class _CalibrationRun:
+    """The calibration inputs run once through the dense program: what fed each weight, the
+    outputs (the reference for sensitivity), and the interpreter, kept for what-if runs."""
+
+    interpreter: object
+    samples: list
+    outputs: list
+    statistics: Dict[str, object]
+
+
+def _calibrate(prog: Program, calibration) -> _CalibrationRun:
     from milcompress.reference import ChannelStatistics, Interpreter
     from milcompress.reference.verify import samples_of
 
     statistics = ChannelStatistics()
     interpreter = Interpreter(prog, observers=[statistics])
-    for sample in samples_of(calibration, interpreter):
-        interpreter.run(sample)
-    return statistics.records
+    samples = samples_of(calibration, interpreter)
+    outputs = [interpreter.run(sample) for sample in samples]
+    interpreter.observers.clear()  # what-if runs must not add to the statistics
+    return _CalibrationRun(interpreter, samples, outputs, statistics.records)
 
 
-def _measure_sensitivity(prog: Program, weights: List[_Weight], calibration, seconds: float) -> int:
+def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: float) -> int:
     """Each weight's output noise-to-signal ratio with it alone compressed (its 4-bit palette),
     over its own weighted noise-to-signal ratio; largest weights first, within `seconds`."""
-    from milcompress.reference import Interpreter
-    from milcompress.reference.verify import samples_of
-
-    interpreter = Interpreter(prog)
-    samples = samples_of(calibration, interpreter)
-    reference = [interpreter.run(sample) for sample in samples]
+    interpreter, samples, reference = run.interpreter, run.samples, run.outputs
     deadline = time.perf_counter() + seconds
     measured: Dict[int, float] = {}
     for index in sorted(range(len(weights)), key=lambda i: -weights[i].candidate.value.size):
