@@ -66,6 +66,11 @@ def _known(dimension) -> bool:
     return not is_symbolic(dimension) and int(dimension) >= 0
 
 
+def _fits(declared, shape) -> bool:
+    """Whether a value of `shape` has the declared rank and every known declared dimension."""
+    return len(declared) == len(shape) and all(not _known(d) or int(d) == size for d, size in zip(declared, shape))
+
+
 def _is_static(op: Operation) -> bool:
     return op.op_type == "const" or op.op_type.startswith("constexpr_")
 
@@ -178,11 +183,8 @@ class Interpreter:
         for name, var in expected.items():
             value = inputs[name]
             tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
-            declared = tuple(var.shape)
-            if len(declared) != tensor.dim() or any(
-                not is_symbolic(d) and int(d) != size for d, size in zip(declared, tensor.shape)
-            ):
-                raise InputError(f"input '{name}' has shape {list(tensor.shape)}; the program declares {list(declared)}")
+            if not _fits(var.shape, tensor.shape):
+                raise InputError(f"input '{name}' has shape {list(tensor.shape)}; the program declares {list(var.shape)}")
             env[var.name] = self._stored(var, tensor)
 
     def _run_block(self, block: Block, env: Dict[str, Value], inputs: Sequence[Value]) -> List[Value]:
@@ -225,13 +227,10 @@ class Interpreter:
             return value
         if not isinstance(value, torch.Tensor):
             value = torch.from_numpy(np.asarray(value)) if not isinstance(value, (bool, int, float)) else torch.tensor(value)
-        declared = tuple(var.shape)
-        if len(declared) != value.dim() or any(
-            _known(d) and int(d) != size for d, size in zip(declared, value.shape)
-        ):
+        if not _fits(var.shape, value.shape):
             raise ExecutionError(
                 f"{_where(self.function_name, block, op)} ({op.op_type}): output '{var.name}' has shape "
-                f"{list(value.shape)}; the program declares {list(declared)}"
+                f"{list(value.shape)}; the program declares {list(var.shape)}"
             )
         return self._stored(var, value)
 
