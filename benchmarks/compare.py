@@ -206,12 +206,13 @@ def _snr_db(reference: np.ndarray, value: np.ndarray) -> float:
     return math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
-def _program_accuracy(bench, path: Path) -> Dict[str, float]:
-    """The model's metrics from the saved program itself, run by the reference executor."""
+def program_accuracy(bench, model) -> Dict[str, float]:
+    """The model's metrics from a package's program itself (a path or an MLModel), run by the
+    reference executor with float16 activations."""
     from benchmarks.models.base import ProgramModule
     from milcompress.reference import load_program
 
-    return bench.evaluate(ProgramModule(load_program(path), precision="float16"))
+    return bench.evaluate(ProgramModule(load_program(model), precision="float16"))
 
 
 def _measure(bench, dense: Dict[str, tuple], path: Path, dense_size: int) -> dict:
@@ -230,7 +231,7 @@ def _measure(bench, dense: Dict[str, tuple], path: Path, dense_size: int) -> dic
         "mean_snr_db": float(np.mean(finite)) if finite else None,
         "min_snr_db": float(np.min(finite)) if finite else None,
         "accuracy": bench.evaluate(_with_weights(bench, weights)),
-        "program_accuracy": _program_accuracy(bench, path),
+        "program_accuracy": program_accuracy(bench, path),
     }
 
 
@@ -254,7 +255,7 @@ def benchmark_model(name: str, quick: bool, labels: List[str]) -> dict:
             "weights": len(dense),
             "fp16_size_bytes": dense_size,
             "fp16_accuracy": bench.evaluate(_with_weights(bench, dense)),
-            "fp16_program_accuracy": _program_accuracy(bench, dense_path),
+            "fp16_program_accuracy": program_accuracy(bench, dense_path),
             "metrics": list(bench.metrics),
             "higher_is_better": dict(bench.higher_is_better),
             "configs": {label: {} for label in labels},

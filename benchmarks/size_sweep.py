@@ -71,18 +71,11 @@ def bits_per_weight(mlmodel) -> float:
     return sum(m.bits_per_weight * m.val.size for m in weights) / elements
 
 
-def score(bench, mlmodel) -> Dict[str, float]:
-    from benchmarks.models.base import ProgramModule
-    from milcompress.reference import load_program
-
-    return bench.evaluate(ProgramModule(load_program(mlmodel), precision="float16"))
-
-
 def sweep_model(name: str, quick: bool) -> dict:
     import coremltools as ct
 
     import milcompress
-    from benchmarks.compare import _compress, _convert
+    from benchmarks.compare import _compress, _convert, program_accuracy
 
     bench = importlib.import_module(MODELS[name]).load(quick=quick)
     calibration = bench.calibration()
@@ -91,7 +84,7 @@ def sweep_model(name: str, quick: bool) -> dict:
         path = Path(work) / "dense.mlpackage"
         _convert(bench, path)
         dense = ct.models.MLModel(str(path), skip_model_load=True)
-        points.append({"series": "float16", "label": "dense", "bits_per_weight": bits_per_weight(dense), "metrics": score(bench, dense)})
+        points.append({"series": "float16", "label": "dense", "bits_per_weight": bits_per_weight(dense), "metrics": program_accuracy(bench, dense)})
         for label, steps in uniform_configs(quick).items():
             for library in ("coremltools", "milcompress"):
                 start = time.perf_counter()
@@ -101,7 +94,7 @@ def sweep_model(name: str, quick: bool) -> dict:
                     print(f"  {library:11s}  {label}: error {error}", flush=True)
                     continue
                 point = {"series": f"{library}, one config", "label": label, "seconds": time.perf_counter() - start,
-                         "bits_per_weight": bits_per_weight(model), "metrics": score(bench, model)}
+                         "bits_per_weight": bits_per_weight(model), "metrics": program_accuracy(bench, model)}
                 points.append(point)
                 print(f"  {library:11s}  {label:28s} {point['bits_per_weight']:.2f} bpw  {point['metrics']}", flush=True)
         for target in QUICK_TARGETS if quick else TARGETS:
@@ -109,7 +102,7 @@ def sweep_model(name: str, quick: bool) -> dict:
                 start = time.perf_counter()
                 model = milcompress.compress_to_size(dense, target, **options)
                 point = {"series": series, "label": f"target {target:g}", "target": target, "seconds": time.perf_counter() - start,
-                         "bits_per_weight": bits_per_weight(model), "metrics": score(bench, model)}
+                         "bits_per_weight": bits_per_weight(model), "metrics": program_accuracy(bench, model)}
                 points.append(point)
                 print(f"  {series:42s} {target:4.1f} -> {point['bits_per_weight']:.2f} bpw  {point['seconds']:.0f} s  {point['metrics']}", flush=True)
     return {"model": name, "metrics": list(bench.metrics), "higher_is_better": dict(bench.higher_is_better), "points": points}

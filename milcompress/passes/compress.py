@@ -393,8 +393,7 @@ class CompressWeights(AbstractGraphPass):
             joint_compression=self._joint_compression,
         )
         if self._report_path:
-            with open(self._report_path, "w") as handle:
-                handle.write(report.to_json())
+            report.write(self._report_path)
 
     def __str__(self) -> str:
         return self.PASS_ID

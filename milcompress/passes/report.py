@@ -95,6 +95,11 @@ class Report:
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
+    def write(self, path) -> None:
+        """The JSON report to `path` (a pass's report_path option)."""
+        with open(path, "w") as handle:
+            handle.write(self.to_json())
+
 
 def attach(prog, report: Report) -> None:
     """Keep `report` with the program it describes."""
