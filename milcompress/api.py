@@ -89,12 +89,15 @@ def compress_to_size(
     candidates=None,
     calibration=None,
     sensitivity_seconds: float = 0.0,
+    bias_correction: bool = True,
     weight_threshold: int = 2048,
 ):
     """One compressed form per weight, chosen so the weights average `target_bits_per_weight` (or
     take `target_bytes`) with the least total error; see `milcompress.passes.size`. `calibration`:
     inputs (arrays by input name, stacked along a new first axis, or a list of dicts) for
-    activation-aware errors; `sensitivity_seconds` > 0 also measures end-to-end sensitivity.
+    activation-aware errors and k-means and, unless `bias_correction=False`, for correcting each
+    compressed layer's bias by the mean output shift its compression adds; `sensitivity_seconds`
+    > 0 also measures end-to-end sensitivity.
     The returned model's `report_of(...).summary` holds the choice made for every weight."""
     from milcompress.passes.size import compress_program_to_size
 
@@ -106,6 +109,7 @@ def compress_to_size(
         candidates=candidates,
         calibration=calibration,
         sensitivity_seconds=sensitivity_seconds,
+        bias_correction=bias_correction,
         weight_threshold=weight_threshold,
     )
     return ct_private.mlmodel_from_program(prog, like=mlmodel)

@@ -30,9 +30,19 @@ With calibration inputs, the reference executor records what feeds each weight
 (`ChannelStatistics`), and errors become activation-weighted: each input channel's column error
 is weighted by the mean square of the activation it multiplies, which is the layer's expected
 output noise over its expected output power; the palettes' k-means is weighted the same way
-(activation-aware k-means). With `sensitivity_seconds`, it also measures, within that time, each
+(activation-aware k-means). After the allocation, each compressed conv or linear layer's bias is
+corrected by the mean output shift its weight's error adds, (W' - W) E[x] (`passes/bias.py`; off
+with `bias_correction=False`). On MobileNetV2 at 4.5 bits per weight (198 crops, calibrated on 30
+held-out images) this took KL from 0.118 to 0.066 with the data-free errors, to 0.055 with the
+activation-weighted ones. With `sensitivity_seconds`, it also measures, within that time, each
 weight's end-to-end sensitivity: the output noise-to-signal ratio of the model with that one weight
 compressed (its 4-bit palette) over the weight's own; weights it had no time for get the median.
+
+Tried and left out: weighting each element's error by the diagonal of the outputs' Fisher /
+Gauss-Newton matrix (gradients through the reference executor). It predicted single-layer damage
+well (within 1.5x of the measured KL on MobileNetV2) but chose worse: MobileNetV2 KL 0.086-0.11
+against 0.055, and all-MiniLM-L6-v2 collapsed (mean cosine 0.43), its embedding rows that the
+calibration passages never use having zero measured sensitivity.
 """
 
 from __future__ import annotations
@@ -53,10 +63,11 @@ from milcompress.errors import ConfigError, NotCompressible
 from milcompress.lowering import required_target
 from milcompress.ops import compress, describe, snr_db
 from milcompress.ops.allocate import Allocation, allocate
+from milcompress.passes.bias import correct_biases, corrected_bias
 from milcompress.passes.compress import _Plan, _rewrite, _select, _skip, fit_to_shape
 from milcompress.packages import load_arrays
 from milcompress.passes.graph import ProgramGraph
-from milcompress.passes.options import parse_float, parse_int
+from milcompress.passes.options import parse_bool, parse_float, parse_int
 from milcompress.passes.report import SKIPPED, ConstRecord, Report, attach
 from milcompress.passes.skip_rules import SELECTION_RULES, first_reason
 from milcompress.passes.weights import WeightLayout, common_layout
@@ -103,6 +114,7 @@ class SizeReport:
     choices: List[Choice] = field(default_factory=list)
     calibrated: bool = False
     sensitivity_measured: int = 0
+    biases_corrected: int = 0
 
     @property
     def bits_per_weight(self) -> float:
@@ -120,6 +132,7 @@ class SizeReport:
             "lower_bound": self.lower_bound,
             "calibrated": self.calibrated,
             "sensitivity_measured": self.sensitivity_measured,
+            "biases_corrected": self.biases_corrected,
             "choices": [dataclasses.asdict(c) for c in self.choices],
         }
 
@@ -154,15 +167,24 @@ class _Weight:
     record: ConstRecord
     candidate: object
     layout: WeightLayout
-    column_weights: Optional[np.ndarray]
-    menu: List[Tuple[str, AlgorithmConfig, int, float]]  # label, config, bytes, weight NSR
+    column_weights: Optional[np.ndarray] = None  # with calibration: activation mean squares per input channel
+    menu: List[Tuple[str, AlgorithmConfig, int, float]] = field(default_factory=list)  # label, config, bytes, weight NSR
     sensitivity: float = 1.0
+
+    @property
+    def importance(self) -> Optional[np.ndarray]:
+        """What each element's squared error is weighted by in k-means (None: all alike)."""
+        return None if self.column_weights is None else np.broadcast_to(self.column_weights, self.candidate.value.shape)
+
+    def error(self, approximation: np.ndarray) -> float:
+        """The (activation-weighted) noise-to-signal ratio of using `approximation`."""
+        return _weighted_error(self.candidate.value, approximation, self.column_weights)
 
 
 def _menu(weight: _Weight, candidates: Sequence[Tuple[str, AlgorithmConfig]]) -> None:
     candidate, layout = weight.candidate, weight.layout
     value = candidate.value
-    importance = None if weight.column_weights is None else np.broadcast_to(weight.column_weights, value.shape)
+    importance = weight.importance
     weight.menu.append((DENSE, None, candidate.stored, 0.0))
     for label, config in candidates:
         fitted, _ = fit_to_shape(config, value.shape, layout)
@@ -173,7 +195,7 @@ def _menu(weight: _Weight, candidates: Sequence[Tuple[str, AlgorithmConfig]]) ->
         need, _ = required_target(params)
         if opset_of(candidate.const) < need or params.nbytes >= candidate.stored:
             continue
-        weight.menu.append((label, fitted, int(params.nbytes), _weighted_error(value, params.decompress(), weight.column_weights)))
+        weight.menu.append((label, fitted, int(params.nbytes), weight.error(params.decompress())))
 
 
 def compress_program_to_size(
@@ -184,6 +206,7 @@ def compress_program_to_size(
     candidates: Optional[Sequence[Tuple[str, AlgorithmConfig]]] = None,
     calibration=None,
     sensitivity_seconds: float = 0.0,
+    bias_correction: bool = True,
     weight_threshold: int = 2048,
     pass_name: str = "milcompress::compress_to_size",
 ) -> SizeReport:
@@ -220,14 +243,12 @@ def compress_program_to_size(
         layout, _ = common_layout(candidate.weight_uses, candidate.value.ndim)
         if layout is None or layout.output_axis is None:
             layout = WeightLayout(0, min(1, candidate.value.ndim - 1))
-        weights.append(_Weight(record, candidate, layout, None, []))
+        weights.append(_Weight(record, candidate, layout))
 
-    run = _calibrate(prog, calibration) if calibration is not None else None
-    statistics = run.statistics if run is not None else {}
+    run = _calibrate(prog, calibration, weights) if calibration is not None else None
     for weight in weights:
-        weight.column_weights = _column_weights(weight.candidate.value, weight.layout, statistics.get(weight.candidate.const.outputs[0].name))
         _menu(weight, candidates)
-    measured = _measure_sensitivity(run, weights, sensitivity_seconds) if sensitivity_seconds else 0
+    measured = _measure_sensitivity(run, weights, sensitivity_seconds, bias_correction) if sensitivity_seconds else 0
 
     total_elements = fixed_elements + sum(int(w.candidate.value.size) for w in weights)
     budget = int(target_bytes) if target_bytes is not None else int(math.floor(target_bits_per_weight * total_elements / 8))
@@ -252,13 +273,13 @@ def compress_program_to_size(
             _skip(record, f"kept dense by the size allocation: its {len(weight.menu) - 1} compressed forms cost more error per byte saved than other weights'")
             continue
         candidate = weight.candidate
-        importance = None if weight.column_weights is None else np.broadcast_to(weight.column_weights, candidate.value.shape)
-        params = compress(candidate.value, config, output_axis=weight.layout.output_axis, input_axis=weight.layout.input_axis, importance=importance)
+        params = compress(candidate.value, config, output_axis=weight.layout.output_axis, input_axis=weight.layout.input_axis, importance=weight.importance)
         record.form, record.bytes_after = describe(params), int(params.nbytes)
         record.snr_db = snr_db(candidate.value, params.decompress())
         record.notes = [f"chosen by the size allocation: {label}, weighted error {weight.sensitivity * error:.3g}"]
         plans.append(_Plan(candidate, params, record))
     weights.clear()
+    corrected = correct_biases(plans, run.statistics) if run is not None and bias_correction else 0
     _rewrite(plans)
     report = Report(pass_name, records)
     attach(prog, report)
@@ -270,8 +291,9 @@ def compress_program_to_size(
         total_error=allocation.total_error,
         lower_bound=allocation.lower_bound,
         choices=choices,
-        calibrated=bool(statistics),
+        calibrated=run is not None,
         sensitivity_measured=measured,
+        biases_corrected=corrected,
     )
     report.summary = result.summary()
     logger.info("%s: %.3f bits per weight (budget %d bytes)", pass_name, result.bits_per_weight, budget)
@@ -284,8 +306,9 @@ class CompressToSize(AbstractGraphPass):
     Options (objects or strings, as `PassPipeline.set_options` passes them):
     - target_bits_per_weight (averaged over every weight) or target_bytes (their stored total);
     - calibration: inputs for the reference executor (arrays by input name, or an .npz path)
-      for activation-weighted errors and k-means; sensitivity_seconds: time for end-to-end
-      sensitivity measurement (needs calibration);
+      for activation-weighted errors and k-means and bias correction; bias_correction (default
+      true; "false" keeps the biases); sensitivity_seconds: time for end-to-end sensitivity
+      measurement (needs calibration);
     - weight_threshold: weights with at most this many elements stay dense (default 2048);
     - report_path: also write the JSON report there.
     """
@@ -298,6 +321,7 @@ class CompressToSize(AbstractGraphPass):
         self._target_bytes: Optional[int] = None
         self._calibration = None
         self._sensitivity_seconds = 0.0
+        self._bias_correction = True
         self._weight_threshold = 2048
         self._report_path: Optional[str] = None
 
@@ -334,6 +358,14 @@ class CompressToSize(AbstractGraphPass):
         self._sensitivity_seconds = parse_float("sensitivity_seconds", value, 0.0, math.inf)
 
     @property
+    def bias_correction(self) -> bool:
+        return self._bias_correction
+
+    @bias_correction.setter
+    def bias_correction(self, value) -> None:
+        self._bias_correction = parse_bool("bias_correction", value)
+
+    @property
     def weight_threshold(self) -> int:
         return self._weight_threshold
 
@@ -356,6 +388,7 @@ class CompressToSize(AbstractGraphPass):
             target_bytes=self._target_bytes,
             calibration=self._calibration,
             sensitivity_seconds=self._sensitivity_seconds,
+            bias_correction=self._bias_correction,
             weight_threshold=self._weight_threshold,
             pass_name=self.PASS_ID,
         )
@@ -368,8 +401,8 @@ class CompressToSize(AbstractGraphPass):
 
 @dataclass
 class _CalibrationRun:
-    """The calibration inputs run once through the dense program: what fed each weight, the
-    outputs (the reference for sensitivity), and the interpreter, kept for what-if runs."""
+    """The calibration inputs run once through the dense program: the outputs (the reference for
+    measured sensitivity) and the interpreter, kept for what-if runs."""
 
     interpreter: object
     samples: list
@@ -377,7 +410,9 @@ class _CalibrationRun:
     statistics: Dict[str, object]
 
 
-def _calibrate(prog: Program, calibration) -> _CalibrationRun:
+def _calibrate(prog: Program, calibration, weights: List[_Weight]) -> _CalibrationRun:
+    """Run the calibration inputs once, recording what feeds each weight, and weight every
+    weight's errors by it."""
     from milcompress.reference import ChannelStatistics, Interpreter
     from milcompress.reference.verify import samples_of
 
@@ -386,12 +421,15 @@ def _calibrate(prog: Program, calibration) -> _CalibrationRun:
     samples = samples_of(calibration, interpreter)
     outputs = [interpreter.run(sample) for sample in samples]
     interpreter.observers.clear()  # what-if runs must not add to the statistics
+    for weight in weights:
+        weight.column_weights = _column_weights(weight.candidate.value, weight.layout, statistics.records.get(weight.candidate.const.outputs[0].name))
     return _CalibrationRun(interpreter, samples, outputs, statistics.records)
 
 
-def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: float) -> int:
-    """Each weight's output noise-to-signal ratio with it alone compressed (its 4-bit palette),
-    over its own weighted noise-to-signal ratio; largest weights first, within `seconds`."""
+def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: float, bias_correction: bool) -> int:
+    """Each weight's output noise-to-signal ratio with it alone compressed (its 4-bit palette, and
+    its bias corrected where that is on), over its own weighted noise-to-signal ratio; largest
+    weights first, within `seconds`."""
     interpreter, samples, reference = run.interpreter, run.samples, run.outputs
     deadline = time.perf_counter() + seconds
     measured: Dict[int, float] = {}
@@ -402,15 +440,21 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
         value = weight.candidate.value
         fitted, _ = fit_to_shape(_PROBE, value.shape, weight.layout)
         try:
-            probe = compress(value, fitted, output_axis=weight.layout.output_axis, input_axis=weight.layout.input_axis).decompress()
+            probe = compress(value, fitted, output_axis=weight.layout.output_axis, input_axis=weight.layout.input_axis,
+                             importance=weight.importance).decompress()
         except NotCompressible:
             continue
-        own = _weighted_error(value, probe, weight.column_weights)
+        own = weight.error(probe)
         if not own > 0:
             continue
+        replace = {weight.candidate.const.outputs[0].name: probe}
+        if bias_correction:  # measure the damage the probe does once its bias is corrected, as it will be
+            found = corrected_bias(weight.candidate.const, value, probe, run.statistics)
+            if not isinstance(found, str):
+                replace[found[0].name] = found[1]
         noise = signal = 0.0
         for sample, expected in zip(samples, reference):
-            outputs = interpreter.run(sample, replace={weight.candidate.const.outputs[0].name: probe})
+            outputs = interpreter.run(sample, replace=replace)
             for name, value_out in outputs.items():
                 noise += float(np.sum(np.square(value_out.astype(np.float64) - expected[name].astype(np.float64))))
                 signal += float(np.sum(np.square(expected[name].astype(np.float64))))

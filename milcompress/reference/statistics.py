@@ -3,8 +3,10 @@
 For every op that multiplies an activation by a constant weight (conv, conv_transpose, linear,
 matmul with one constant side, lstm/gru/rnn), it accumulates, per input channel of that weight (the
 axis the weight contracts), the sum of squares and the largest magnitude of the activation, over
-every position and every run. `mean_square` is what activation-aware compression weights a
-column's error by: the expected squared input that multiplies it.
+every position and every run, the sum, the sum of squares and the largest magnitude of the
+activation. `mean_square` is what activation-aware compression weights a column's error by: the
+expected squared input that multiplies it; `mean` is what bias correction needs: the expected input,
+whose product with a weight's error is the systematic shift compression adds to each output.
 
 Records are keyed by the name of the weight var the op reads (a const, or the last op of a
 constexpr chain), the name compression reports use.
@@ -29,9 +31,14 @@ class ChannelRecord:
     op_name: str
     op_type: str
     activation: str  # the input name of the op the activation comes in on
+    sums: np.ndarray  # float64, one per input channel
     sum_squares: np.ndarray  # float64, one per input channel
     max_abs: np.ndarray  # float64, one per input channel
     count: int  # activation vectors seen (positions x batch x runs)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sums / max(self.count, 1)
 
     @property
     def mean_square(self) -> np.ndarray:
@@ -76,6 +83,7 @@ class ChannelStatistics:
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             return
         columns = value.movedim(axis, -1).reshape(-1, value.shape[axis]).double()
+        sums = columns.sum(dim=0).numpy()
         sum_squares = columns.square().sum(dim=0).numpy()
         max_abs = columns.abs().amax(dim=0).numpy() if columns.shape[0] else np.zeros(columns.shape[1])
         key = op.inputs[weight].name
@@ -85,8 +93,9 @@ class ChannelStatistics:
             key = f"{key}@{op.name}"
             record = self.records.get(key)
         if record is None:
-            self.records[key] = ChannelRecord(op.name, op.op_type, activation, sum_squares, max_abs, columns.shape[0])
+            self.records[key] = ChannelRecord(op.name, op.op_type, activation, sums, sum_squares, max_abs, columns.shape[0])
         else:
+            record.sums = record.sums + sums
             record.sum_squares = record.sum_squares + sum_squares
             record.max_abs = np.maximum(record.max_abs, max_abs)
             record.count += columns.shape[0]

@@ -145,11 +145,13 @@ def test_channel_statistics_match_a_direct_torch_computation():
     conv_record = statistics.records[program.functions["main"].find_ops(op_type="conv")[0].inputs["weight"].name]
     assert (conv_record.op_type, conv_record.op_name, conv_record.count) == ("conv", "conv", 4 * 36)
     np.testing.assert_allclose(conv_record.mean_square, conv_inputs.square().mean(dim=0).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(conv_record.mean, conv_inputs.mean(dim=0).numpy(), rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(conv_record.max_abs, conv_inputs.abs().amax(dim=0).numpy(), rtol=1e-6)
 
     linear_record = next(r for r in statistics.records.values() if r.op_type == "linear")
     assert linear_record.count == 4
     np.testing.assert_allclose(linear_record.mean_square, pooled.double().square().mean(dim=0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(linear_record.mean, pooled.double().mean(dim=0).numpy(), rtol=1e-5)
 
 
 def test_channel_statistics_follow_the_contracted_axis_of_matmul():
