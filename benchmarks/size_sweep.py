@@ -6,8 +6,9 @@ weights). Then:
   per block of 32, k-means palettes of 2/3/4/6/8 bits per tensor and of 2/4/6 bits per group of
   16) is applied by coremltools and by milcompress, through the same drop-in calls and config
   objects as in compare.py;
-- milcompress's `compress_to_size` is run at each target bits per weight, data-free and with
-  calibration inputs the evaluation never sees.
+- milcompress's `compress_to_size` is run at each target bits per weight, data-free, with
+  calibration inputs the evaluation never sees (activation-weighted errors and k-means, bias
+  correction), and with those plus 30 s of end-to-end sensitivity measurement.
 Each result is scored by the model's own metric on its package's program, run by the reference
 executor with float16 activations, and placed by its bits per weight: the stored bytes of every
 weight (compressed or not) over their count, from the package itself.
@@ -44,6 +45,7 @@ MODELS = {"mobilenet_v2": "benchmarks.models.mobilenet_v2", "minilm": "benchmark
 QUICK_MODELS = ["mobilenet_v2"]
 TARGETS = (2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0)
 QUICK_TARGETS = (3.0, 4.0, 4.5, 6.0)
+SENSITIVITY_SECONDS = 30.0  # the third series' time to measure each weight's end-to-end sensitivity
 
 
 def uniform_configs(quick: bool) -> Dict[str, list]:
@@ -98,7 +100,11 @@ def sweep_model(name: str, quick: bool) -> dict:
                 points.append(point)
                 print(f"  {library:11s}  {label:28s} {point['bits_per_weight']:.2f} bpw  {point['metrics']}", flush=True)
         for target in QUICK_TARGETS if quick else TARGETS:
-            for series, options in (("milcompress compress_to_size", {}), ("milcompress compress_to_size, calibrated", {"calibration": calibration})):
+            for series, options in (
+                ("milcompress compress_to_size", {}),
+                ("milcompress compress_to_size, calibrated", {"calibration": calibration}),
+                ("milcompress compress_to_size, calibrated, sensitivity 30 s", {"calibration": calibration, "sensitivity_seconds": SENSITIVITY_SECONDS}),
+            ):
                 start = time.perf_counter()
                 model = milcompress.compress_to_size(dense, target, **options)
                 point = {"series": series, "label": f"target {target:g}", "target": target, "seconds": time.perf_counter() - start,
@@ -140,6 +146,7 @@ def plot(result: dict, path: Path) -> None:
         "milcompress, one config": dict(marker="o", linestyle="none", color="tab:blue", fillstyle="none"),
         "milcompress compress_to_size": dict(marker="o", linestyle="-", color="tab:blue"),
         "milcompress compress_to_size, calibrated": dict(marker="^", linestyle="-", color="tab:green"),
+        "milcompress compress_to_size, calibrated, sensitivity 30 s": dict(marker="v", linestyle="-", color="tab:red"),
     }
     for series, style in styles.items():
         points = sorted((p for p in result["points"] if p["series"] == series), key=lambda p: p["bits_per_weight"])

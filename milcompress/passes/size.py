@@ -36,7 +36,8 @@ with `bias_correction=False`). On MobileNetV2 at 4.5 bits per weight (198 crops,
 held-out images) this took KL from 0.118 to 0.066 with the data-free errors, to 0.055 with the
 activation-weighted ones. With `sensitivity_seconds`, it also measures, within that time, each
 weight's end-to-end sensitivity: the output noise-to-signal ratio of the model with that one weight
-compressed (its 4-bit palette) over the weight's own; weights it had no time for get the median.
+compressed (its 4-bit palette, its bias corrected) over the weight's own; weights it had no time
+for get the median (MobileNetV2 as above, 30 s: KL 0.044, top-1 0.89).
 
 Tried and left out: weighting each element's error by the diagonal of the outputs' Fisher /
 Gauss-Newton matrix (gradients through the reference executor). It predicted single-layer damage
