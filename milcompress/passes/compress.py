@@ -45,7 +45,7 @@ from milcompress.ops.prune import SparseParams
 from milcompress.ops._arrays import largest_divisor_at_most
 from milcompress.ops.palettize import largest_group_size
 from milcompress.passes.graph import ProgramGraph
-from milcompress.passes.options import parse_bool, parse_choice, parse_compression_config
+from milcompress.passes.options import PassOption, parse_bool, parse_choice, parse_compression_config, parse_path
 from milcompress.passes.report import COMPRESSED, SKIPPED, ConstRecord, Report, attach
 from milcompress.passes.skip_rules import CONFIG_RULES, SELECTION_RULES, Candidate, first_reason
 from milcompress.passes.weights import WeightLayout, common_layout
@@ -326,13 +326,14 @@ class CompressWeights(AbstractGraphPass):
     ACCEPTS: Tuple[type, ...] = ALL_CONFIGS
     DEFAULT: Optional[AlgorithmConfig] = None
 
+    on_unsupported = PassOption(lambda name, value: parse_choice(name, value, ("error", "skip")), default="error")
+    snr_fallback = PassOption(parse_bool, default=False)
+    report_path = PassOption(parse_path)
+    joint_compression = PassOption(parse_bool, default=False)
+
     def __init__(self):
         super().__init__()
         self._config = None if self.DEFAULT is None else CompressionConfig.of(self.DEFAULT)
-        self._on_unsupported = "error"
-        self._snr_fallback = False
-        self._report_path = None
-        self._joint_compression = False
         self.progress: Optional[Callable[[int, int, str], None]] = None  # set by callers that draw progress
 
     @property
@@ -348,52 +349,20 @@ class CompressWeights(AbstractGraphPass):
                 raise ConfigError(f"{self.PASS_ID} accepts {accepted}; got {type(algorithm).__name__}", field="config")
         self._config = config
 
-    @property
-    def on_unsupported(self) -> str:
-        return self._on_unsupported
-
-    @on_unsupported.setter
-    def on_unsupported(self, value) -> None:
-        self._on_unsupported = parse_choice("on_unsupported", value, ("error", "skip"))
-
-    @property
-    def snr_fallback(self) -> bool:
-        return self._snr_fallback
-
-    @snr_fallback.setter
-    def snr_fallback(self, value) -> None:
-        self._snr_fallback = parse_bool("snr_fallback", value)
-
-    @property
-    def report_path(self) -> Optional[str]:
-        return self._report_path
-
-    @report_path.setter
-    def report_path(self, value) -> None:
-        self._report_path = None if value in (None, "") else str(value)
-
-    @property
-    def joint_compression(self) -> bool:
-        return self._joint_compression
-
-    @joint_compression.setter
-    def joint_compression(self, value) -> None:
-        self._joint_compression = parse_bool("joint_compression", value)
-
     def apply(self, prog: Program) -> None:
         if self._config is None:
             raise ConfigError(f"{self.PASS_ID}: no config set (use PassPipeline.set_options(..., {{'config': ...}}))", field="config")
         report = compress_program(
             prog,
             self._config,
-            on_unsupported=self._on_unsupported,
-            snr_fallback=self._snr_fallback,
+            on_unsupported=self.on_unsupported,
+            snr_fallback=self.snr_fallback,
             pass_name=self.PASS_ID,
             progress=self.progress,
-            joint_compression=self._joint_compression,
+            joint_compression=self.joint_compression,
         )
-        if self._report_path:
-            report.write(self._report_path)
+        if self.report_path:
+            report.write(self.report_path)
 
     def __str__(self) -> str:
         return self.PASS_ID

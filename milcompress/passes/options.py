@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Tuple
+from typing import Any, Callable, Tuple
 
 from milcompress.config import CompressionConfig
 from milcompress.errors import ConfigError
@@ -53,3 +53,36 @@ def parse_int(name: str, value: Any, minimum: int) -> int:
     if number is None or number < minimum:
         raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}", field=name)
     return number
+
+
+def parse_path(name: str, value: Any):
+    """A file path, or None for "" / None (the option unset)."""
+    return None if value is None or (isinstance(value, str) and value == "") else str(value)
+
+
+def optional(parse: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """`parse`, with None and "" meaning the option is unset (None)."""
+    return lambda name, value: None if value is None or (isinstance(value, str) and value == "") else parse(name, value)
+
+
+class PassOption:
+    """One option of a graph pass: an attribute that `PassPipeline.set_options` (or a caller) sets
+    with an object or a string, validated by `parse(name, value)` on every assignment; reads give
+    `default` until it is set.
+
+        class MyPass(AbstractGraphPass):
+            report_path = PassOption(parse_path)
+            sensitivity_seconds = PassOption(lambda n, v: parse_float(n, v, 0.0, math.inf), default=0.0)
+    """
+
+    def __init__(self, parse: Callable[[str, Any], Any], default: Any = None):
+        self.parse, self.default = parse, default
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name, self.slot = name, f"_{name}_option"
+
+    def __get__(self, instance, owner=None):
+        return self if instance is None else getattr(instance, self.slot, self.default)
+
+    def __set__(self, instance, value) -> None:
+        setattr(instance, self.slot, self.parse(self.name, value))

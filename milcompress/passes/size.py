@@ -68,7 +68,7 @@ from milcompress.passes.bias import correct_biases, corrected_bias
 from milcompress.passes.compress import _Plan, _rewrite, _select, _skip, fit_to_shape
 from milcompress.packages import load_arrays
 from milcompress.passes.graph import ProgramGraph
-from milcompress.passes.options import parse_bool, parse_float, parse_int
+from milcompress.passes.options import PassOption, optional, parse_bool, parse_float, parse_int, parse_path
 from milcompress.passes.report import SKIPPED, ConstRecord, Report, attach
 from milcompress.passes.skip_rules import SELECTION_RULES, first_reason
 from milcompress.passes.weights import WeightLayout, common_layout
@@ -316,85 +316,27 @@ class CompressToSize(AbstractGraphPass):
 
     PASS_ID = "milcompress::compress_to_size"
 
-    def __init__(self):
-        super().__init__()
-        self._target_bits_per_weight: Optional[float] = None
-        self._target_bytes: Optional[int] = None
-        self._calibration = None
-        self._sensitivity_seconds = 0.0
-        self._bias_correction = True
-        self._weight_threshold = 2048
-        self._report_path: Optional[str] = None
-
-    @property
-    def target_bits_per_weight(self) -> Optional[float]:
-        return self._target_bits_per_weight
-
-    @target_bits_per_weight.setter
-    def target_bits_per_weight(self, value) -> None:
-        self._target_bits_per_weight = None if value in (None, "") else parse_float("target_bits_per_weight", value, 0.0, 32.0)
-
-    @property
-    def target_bytes(self) -> Optional[int]:
-        return self._target_bytes
-
-    @target_bytes.setter
-    def target_bytes(self, value) -> None:
-        self._target_bytes = None if value in (None, "") else parse_int("target_bytes", value, 0)
-
-    @property
-    def calibration(self):
-        return self._calibration
-
-    @calibration.setter
-    def calibration(self, value) -> None:
-        self._calibration = load_arrays(value) if isinstance(value, (str, os.PathLike)) else value
-
-    @property
-    def sensitivity_seconds(self) -> float:
-        return self._sensitivity_seconds
-
-    @sensitivity_seconds.setter
-    def sensitivity_seconds(self, value) -> None:
-        self._sensitivity_seconds = parse_float("sensitivity_seconds", value, 0.0, math.inf)
-
-    @property
-    def bias_correction(self) -> bool:
-        return self._bias_correction
-
-    @bias_correction.setter
-    def bias_correction(self, value) -> None:
-        self._bias_correction = parse_bool("bias_correction", value)
-
-    @property
-    def weight_threshold(self) -> int:
-        return self._weight_threshold
-
-    @weight_threshold.setter
-    def weight_threshold(self, value) -> None:
-        self._weight_threshold = parse_int("weight_threshold", value, 0)
-
-    @property
-    def report_path(self) -> Optional[str]:
-        return self._report_path
-
-    @report_path.setter
-    def report_path(self, value) -> None:
-        self._report_path = None if value in (None, "") else str(value)
+    target_bits_per_weight = PassOption(optional(lambda name, value: parse_float(name, value, 0.0, 32.0)))
+    target_bytes = PassOption(optional(lambda name, value: parse_int(name, value, 0)))
+    calibration = PassOption(lambda name, value: load_arrays(value) if isinstance(value, (str, os.PathLike)) else value)
+    sensitivity_seconds = PassOption(lambda name, value: parse_float(name, value, 0.0, math.inf), default=0.0)
+    bias_correction = PassOption(parse_bool, default=True)
+    weight_threshold = PassOption(lambda name, value: parse_int(name, value, 0), default=2048)
+    report_path = PassOption(parse_path)
 
     def apply(self, prog: Program) -> None:
         result = compress_program_to_size(
             prog,
-            target_bits_per_weight=self._target_bits_per_weight,
-            target_bytes=self._target_bytes,
-            calibration=self._calibration,
-            sensitivity_seconds=self._sensitivity_seconds,
-            bias_correction=self._bias_correction,
-            weight_threshold=self._weight_threshold,
+            target_bits_per_weight=self.target_bits_per_weight,
+            target_bytes=self.target_bytes,
+            calibration=self.calibration,
+            sensitivity_seconds=self.sensitivity_seconds,
+            bias_correction=self.bias_correction,
+            weight_threshold=self.weight_threshold,
             pass_name=self.PASS_ID,
         )
-        if self._report_path:
-            result.report.write(self._report_path)
+        if self.report_path:
+            result.report.write(self.report_path)
 
     def __str__(self) -> str:
         return self.PASS_ID
