@@ -155,6 +155,49 @@ def palettize(
     )
 
 
+@dataclass(frozen=True, eq=False)
+class GroupSample:
+    """A grouped palettization computed on evenly spaced groups only, to estimate the whole one.
+
+    Each group's table depends on that group's weights alone, so the sampled groups' error is an
+    unbiased sample of the whole weight's, and `nbytes` (packed indices plus one table per group)
+    is exactly what palettizing every group would store. `channels` are the positions along
+    `axis` the sample took, in order; `params` palettizes `np.take(weight, channels, axis)`.
+    """
+
+    params: LutParams
+    channels: np.ndarray
+    axis: int
+    nbytes: int
+
+
+def palettize_sample(
+    weight: np.ndarray,
+    config: PalettizeConfig,
+    *,
+    channel_axis: int = 0,
+    importance: Optional[np.ndarray] = None,
+    groups: int = 256,
+) -> Optional[GroupSample]:
+    """`palettize` on at most `groups` evenly spaced groups of a k-means palettization per grouped
+    channel (scalar tables, no per-channel scale); None when the config has no more groups than
+    that or its groups are not independent (then palettize the whole weight)."""
+    if config.granularity != "per_grouped_channel" or config.mode != "kmeans" or config.cluster_dim != 1 or config.enable_per_channel_scale:
+        return None
+    weight = check_weight(weight)
+    axis = normalize_axis(channel_axis if config.channel_axis is None else config.channel_axis, weight.ndim, "channel_axis")
+    channels, size = weight.shape[axis], config.group_size
+    total = channels // size
+    if channels % size or total <= groups:
+        return None
+    picked = np.arange(groups) * total // groups  # evenly spaced, first group included
+    rows = (picked[:, None] * size + np.arange(size)).reshape(-1)
+    part = None if importance is None else np.take(np.broadcast_to(importance, weight.shape), rows, axis=axis)
+    params = palettize(np.take(weight, rows, axis=axis), config, channel_axis=axis, importance=part)
+    nbytes = packed_size(weight.size, params.nbits) + params.lut.nbytes // groups * total
+    return GroupSample(params, rows, axis, nbytes)
+
+
 def _smallest_lossless_layout(weight: np.ndarray, config: PalettizeConfig, axis: int, importance) -> PalettizeConfig:
     """Unique palettization with the group size (one table, or one per group of channels) that
     stores the weight in the fewest bytes; NotCompressible if no layout holds it losslessly."""

@@ -164,6 +164,9 @@ def _print_summary(reports) -> None:
                 f"and the small ones kept dense ({summary['total_bytes']:,} of {summary['budget_bytes']:,} budget bytes)"
                 + ("; activation-weighted" if summary["calibrated"] else "")
             )
+            stages = summary.get("seconds") or {}
+            if stages:
+                print("time: " + ", ".join(f"{stage} {t:.1f} s" for stage, t in stages.items()))
 
 
 def _labeller(functions):

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from milcompress.config import PalettizeConfig
 from milcompress.errors import ConfigError, NotCompressible
-from milcompress.ops.palettize import LutParams, palettize
+from milcompress.ops.palettize import LutParams, palettize, palettize_sample
 from milcompress.ops._arrays import unique_values
 from tests.strategies import weights
 
@@ -182,3 +182,52 @@ def test_nbytes():
     w = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float16)
     params = palettize(w, PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=16))
     assert params.nbytes == 64 * 64 // 2 + 4 * 16 * 2
+
+
+@given(
+    nbits=st.sampled_from([1, 2, 3, 4]),
+    group=st.sampled_from([1, 2, 3, 6]),
+    groups=st.integers(5, 40),
+    rest=st.sampled_from([(7,), (3, 5), (1, 1, 4)]),
+    sample=st.integers(1, 4),
+    axis_last=st.booleans(),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_a_sample_of_groups_is_exactly_those_groups_of_the_whole_and_sizes_the_whole(
+    nbits, group, groups, rest, sample, axis_last, weighted, seed
+):
+    """Each group's table depends on its own weights only: the sampled groups' tables and indices
+    are those of palettizing the whole weight, and the sample's nbytes is the whole's."""
+    rng = np.random.default_rng(seed)
+    shape = (groups * group, *rest)
+    w = rng.standard_normal(shape).astype(np.float16)
+    importance = rng.random(shape) if weighted else None
+    if axis_last:
+        w = np.moveaxis(w, 0, -1)
+        importance = None if importance is None else np.moveaxis(importance, 0, -1)
+    axis = w.ndim - 1 if axis_last else 0
+    config = PalettizeConfig(nbits=nbits, granularity="per_grouped_channel", group_size=group)
+    sampled = palettize_sample(w, config, channel_axis=axis, importance=importance, groups=sample)
+    whole = palettize(w, config, channel_axis=axis, importance=importance)
+    assert sampled is not None and sampled.axis == axis
+    assert sampled.nbytes == whole.nbytes
+    picked = sampled.channels.reshape(sample, group)[:, 0] // group
+    assert len(set(picked)) == sample and picked[0] == 0 and np.all(np.diff(sampled.channels.reshape(sample, group), axis=1) == 1)
+    np.testing.assert_array_equal(sampled.params.indices, np.take(whole.indices, sampled.channels, axis=axis))
+    np.testing.assert_array_equal(sampled.params.lut, np.take(whole.lut, picked, axis=axis))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PalettizeConfig(nbits=4),
+        PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=2, mode="uniform"),
+        PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=2, cluster_dim=2),
+        PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=2, enable_per_channel_scale=True),
+        PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=8),  # 4 groups: no more than asked
+    ],
+)
+def test_no_sample_where_groups_are_few_or_not_independent(config):
+    w = np.random.default_rng(0).standard_normal((32, 6)).astype(np.float16)
+    assert palettize_sample(w, config, groups=4) is None

@@ -8,6 +8,7 @@ import pytest
 
 import milcompress  # noqa: F401  (registers the passes)
 from milcompress._coremltools import IOS18, PASS_REGISTRY, Function, Program, mb
+from milcompress.config import PalettizeConfig
 from milcompress.errors import ConfigError
 from milcompress.lowering import read_back
 from milcompress.ops.allocate import allocate
@@ -62,6 +63,30 @@ def test_the_budget_holds_and_the_choice_is_the_allocations_optimum(bits):
             assert back.is_compressed and int(back.form.nbytes) == choice.bytes
             assert _weighted_error(dense[choice.name], back.dense, None) == pytest.approx(choice.error, rel=1e-6)
     assert stored == result.total_bytes
+
+
+def test_grouped_palettes_of_many_groups_are_estimated_on_a_sample_and_computed_whole(monkeypatch):
+    """With more groups than SAMPLE_GROUPS, a grouped palette's error is estimated on that many
+    groups; its size is exact, so the budget still holds, and the chosen form is computed whole."""
+    import milcompress.passes.size as size
+
+    monkeypatch.setattr(size, "SAMPLE_GROUPS", 4)
+    program = network()
+    dense = weight_values(program)
+    result = compress_program_to_size(program, target_bits_per_weight=3.0, candidates=[
+        (f"palette {n}-bit groups of 16", PalettizeConfig(nbits=n, granularity="per_grouped_channel", group_size=16, weight_threshold=0))
+        for n in (2, 3, 4)
+    ])
+    assert result.total_bytes <= result.budget_bytes
+    records = {r.name: r for r in result.report.records}
+    for choice in result.choices:
+        assert choice.form != DENSE
+        back = read_back(program.functions["main"].find_ops(op_type="linear")[int(choice.name[1:])].inputs["weight"])
+        assert int(back.form.nbytes) == choice.bytes
+        exact = _weighted_error(dense[choice.name], back.dense, None)
+        sampled = choice.name in ("w0", "w1")  # 8 and 16 groups of 16 rows; w2 has 2
+        assert ("estimated on 4 evenly spaced groups" in records[choice.name].notes[0]) == sampled
+        assert choice.error == pytest.approx(exact, rel=0.15 if sampled else 1e-6)
 
 
 def test_more_bits_never_cost_more_error():

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -332,8 +333,10 @@ def test_run_to_a_target_size(models, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "passes: milcompress::compress_to_size{target_bits_per_weight=5}" in result.stdout
     assert "size allocation: " in result.stdout
+    assert re.search(r"time: calibration \d+\.\d s, evaluation \d+\.\d s, sensitivity \d+\.\d s, allocation \d+\.\d s, rewrite \d+\.\d s", result.stdout)
     summary = json.loads(report.read_text())[0]["summary"]
     assert summary["bits_per_weight"] <= 5.0 and len(summary["choices"]) == 2
+    assert set(summary["seconds"]) == {"calibration", "evaluation", "sensitivity", "allocation", "rewrite"}
 
     inputs = tmp_path / "calibration.npz"
     np.savez(inputs, x=np.random.default_rng(0).standard_normal((4, 1, 64)).astype(np.float16))
