@@ -90,14 +90,16 @@ def compress_to_size(
     calibration=None,
     sensitivity_seconds: float = 0.0,
     bias_correction: bool = True,
+    error_feedback: bool = False,
     weight_threshold: int = 2048,
 ):
     """One compressed form per weight, chosen so the weights average `target_bits_per_weight` (or
     take `target_bytes`) with the least total error; see `milcompress.passes.size`. `calibration`:
     inputs (arrays by input name, stacked along a new first axis, or a list of dicts) for
     activation-aware errors and k-means and, unless `bias_correction=False`, for correcting each
-    compressed layer's bias by the mean output shift its compression adds; `sensitivity_seconds`
-    > 0 also measures end-to-end sensitivity.
+    compressed layer's bias by the mean output shift its compression adds and, with
+    `error_feedback=True`, for re-encoding each matrix-like weight's chosen form by error feedback
+    (GPTQ); `sensitivity_seconds` > 0 also measures end-to-end sensitivity.
     The returned model's `report_of(...).summary` holds the choice made for every weight."""
     from milcompress.passes.size import compress_program_to_size
 
@@ -110,6 +112,7 @@ def compress_to_size(
         calibration=calibration,
         sensitivity_seconds=sensitivity_seconds,
         bias_correction=bias_correction,
+        error_feedback=error_feedback,
         weight_threshold=weight_threshold,
     )
     return ct_private.mlmodel_from_program(prog, like=mlmodel)

@@ -8,6 +8,11 @@ activation. `mean_square` is what activation-aware compression weights a column'
 expected squared input that multiplies it; `mean` is what bias correction needs: the expected input,
 whose product with a weight's error is the systematic shift compression adds to each output.
 
+With `gram_limit` > 0 it also accumulates, for weights that act as a matrix on one input vector
+at a time (linear, matmul, 1x1 convolutions with stride 1 and one group) of at most that many
+input channels, the sum of the outer products of those vectors: `second_moment` = E[x x^T] is
+what error feedback (`ops/feedback.py`) needs.
+
 Records are keyed by the name of the weight var the op reads (a const, or the last op of a
 constexpr chain), the name compression reports use.
 """
@@ -35,10 +40,15 @@ class ChannelRecord:
     sum_squares: np.ndarray  # float64, one per input channel
     max_abs: np.ndarray  # float64, one per input channel
     count: int  # activation vectors seen (positions x batch x runs)
+    gram: Optional[np.ndarray] = None  # float64 [inputs, inputs]: sum of x x^T, where recorded
 
     @property
     def mean(self) -> np.ndarray:
         return self.sums / max(self.count, 1)
+
+    @property
+    def second_moment(self) -> Optional[np.ndarray]:
+        return None if self.gram is None else self.gram / max(self.count, 1)
 
     @property
     def mean_square(self) -> np.ndarray:
@@ -68,11 +78,28 @@ def _contraction(op: Operation, args: OpArgs) -> Optional[Tuple[str, str, int]]:
     return None
 
 
-class ChannelStatistics:
-    """An executor observer: `Interpreter(program, observers=[stats])`, run, then `stats.records`."""
+def _acts_as_matrix(op: Operation, args: OpArgs, weight: str) -> bool:
+    """Whether each output vector of `op` is the weight times one input vector (no kernel window)."""
+    if op.op_type != "conv":
+        return op.op_type in ("linear", "matmul")
+    kernel = args[weight]
+    return (
+        args.int("groups", 1) == 1
+        and all(int(d) == 1 for d in tuple(kernel.shape)[2:])
+        and all(s == 1 for s in args.ints("strides", [1]))
+        and all(p == 0 for p in args.ints("pad", [0]))
+    )
 
-    def __init__(self):
+
+class ChannelStatistics:
+    """An executor observer: `Interpreter(program, observers=[stats])`, run, then `stats.records`.
+
+    `gram_limit`: also record the second moment of the input vectors of matrix-like weights with at
+    most this many input channels (0: never)."""
+
+    def __init__(self, gram_limit: int = 0):
         self.records: Dict[str, ChannelRecord] = {}
+        self.gram_limit = gram_limit
 
     def __call__(self, op: Operation, args: OpArgs, outputs) -> None:
         found = _contraction(op, args)
@@ -86,6 +113,9 @@ class ChannelStatistics:
         sums = columns.sum(dim=0).numpy()
         sum_squares = columns.square().sum(dim=0).numpy()
         max_abs = columns.abs().amax(dim=0).numpy() if columns.shape[0] else np.zeros(columns.shape[1])
+        gram = None
+        if 0 < columns.shape[1] <= self.gram_limit and _acts_as_matrix(op, args, weight):
+            gram = (columns.T @ columns).numpy()
         key = op.inputs[weight].name
         record = self.records.get(key)
         if record is not None and record.sum_squares.shape != sum_squares.shape:
@@ -93,8 +123,9 @@ class ChannelStatistics:
             key = f"{key}@{op.name}"
             record = self.records.get(key)
         if record is None:
-            self.records[key] = ChannelRecord(op.name, op.op_type, activation, sums, sum_squares, max_abs, columns.shape[0])
+            self.records[key] = ChannelRecord(op.name, op.op_type, activation, sums, sum_squares, max_abs, columns.shape[0], gram)
         else:
+            record.gram = None if record.gram is None or gram is None else record.gram + gram
             record.sums = record.sums + sums
             record.sum_squares = record.sum_squares + sum_squares
             record.max_abs = np.maximum(record.max_abs, max_abs)

@@ -80,14 +80,18 @@ def _specs(args) -> list:
     chosen = [flag for flag in ("pipeline", "config", "passes", "target_bpw") if getattr(args, flag) is not None]
     if len(chosen) != 1:
         raise ConfigError("give exactly one of --pipeline, --config, --passes, --target-bpw", field="run")
-    if (args.calibration or args.sensitivity_seconds) and not args.target_bpw:
-        raise ConfigError("--calibration and --sensitivity-seconds go with --target-bpw", field="run")
+    if (args.calibration or args.sensitivity_seconds or args.error_feedback) and not args.target_bpw:
+        raise ConfigError("--calibration, --sensitivity-seconds and --error-feedback go with --target-bpw", field="run")
+    if args.error_feedback and not args.calibration:
+        raise ConfigError("--error-feedback needs --calibration", field="run")
     if args.target_bpw is not None:
         options = {"target_bits_per_weight": args.target_bpw}
         if args.calibration:
             options["calibration"] = args.calibration
         if args.sensitivity_seconds:
             options["sensitivity_seconds"] = args.sensitivity_seconds
+        if args.error_feedback:
+            options["error_feedback"] = "true"
         specs = [PassSpec("milcompress::compress_to_size", options)]
     elif args.pipeline:
         specs = [PassSpec(p) for p in compression_passes(args.pipeline)]
@@ -317,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target-bpw", help="one form per weight, chosen to average this many bits per weight with least error")
     run.add_argument("--calibration", help="with --target-bpw: an .npz of inputs for activation-aware errors and bias correction")
     run.add_argument("--sensitivity-seconds", help="with --target-bpw and --calibration: time to measure each weight's end-to-end sensitivity")
+    run.add_argument("--error-feedback", action="store_true",
+                     help="with --target-bpw and --calibration: re-encode matrix-like weights by error feedback (GPTQ) where held-out calibration inputs confirm it helps")
     run.add_argument("--on-unsupported", choices=["error", "skip"], help="forms the model's opset cannot hold: fail (default) or skip")
     run.add_argument("--dry-run", action="store_true", help="select and report only; write nothing")
     run.add_argument("--report", help="write the JSON report here")

@@ -3,6 +3,8 @@ read back, errors are clear, calibration weights the errors, and every way in wo
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -136,6 +138,7 @@ def test_target_bytes_and_small_weights_counted_dense():
         ({"target_bytes": -1}, "target_bytes must be a non-negative integer"),
         ({"target_bits_per_weight": 1.0}, "below the smallest size the candidate forms reach"),
         ({"target_bits_per_weight": 4, "sensitivity_seconds": 1}, "sensitivity_seconds needs calibration inputs"),
+        ({"target_bits_per_weight": 4, "error_feedback": True}, "error_feedback needs calibration inputs"),
     ],
 )
 def test_bad_targets_name_the_field_and_leave_the_program_alone(options, message):
@@ -170,6 +173,56 @@ def test_sensitivity_measurement_scales_errors_by_each_weights_effect_on_the_out
     result = compress_program_to_size(program, target_bits_per_weight=4.0, calibration={"x": inputs}, sensitivity_seconds=60)
     assert result.sensitivity_measured == 3
     assert all(c.sensitivity > 0 and c.sensitivity != 1.0 for c in result.choices)
+
+
+def correlated(samples: int, seed: int, mixing_seed: int = 7) -> np.ndarray:
+    """Network inputs [samples, 4, 64] whose 64 channels are strongly correlated."""
+    mixing = np.random.default_rng(mixing_seed).standard_normal((8, 64))
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((samples, 4, 8)) @ mixing + 0.3 * rng.standard_normal((samples, 4, 64))).astype(np.float32)
+
+
+def output_noise(program: Program, reference: Program, inputs: np.ndarray) -> float:
+    ours, theirs = Interpreter(program), Interpreter(reference)
+    noise = signal = 0.0
+    for x in inputs:
+        expected = theirs.run({"x": x})["out"].astype(np.float64)
+        noise += float(np.sum(np.square(ours.run({"x": x})["out"].astype(np.float64) - expected)))
+        signal += float(np.sum(np.square(expected)))
+    return noise / signal
+
+
+def test_error_feedback_keeps_the_choice_and_lowers_the_output_error_on_unseen_inputs():
+    calibration, unseen = correlated(24, seed=1), correlated(8, seed=2)
+    plain, fed = network(), network()
+    without = compress_program_to_size(plain, target_bits_per_weight=3.0, calibration={"x": calibration})
+    with_feedback = compress_program_to_size(fed, target_bits_per_weight=3.0, calibration={"x": calibration}, error_feedback=True)
+    assert [(c.form, c.bytes) for c in with_feedback.choices] == [(c.form, c.bytes) for c in without.choices]
+    assert with_feedback.total_bytes == without.total_bytes
+    applied = {r.name: note for r in with_feedback.report.records for note in r.notes or [] if note.startswith("error feedback (GPTQ)")}
+    assert "w0" in applied  # the layer that sees the correlated inputs themselves
+    for note in applied.values():
+        before, after = (float(v) for v in re.search(r"samples (\S+) -> (\S+)$", note).groups())
+        assert after < before
+    assert not any("feedback" in note for r in without.report.records for note in r.notes or [])
+    assert output_noise(fed, network(), unseen) < 0.8 * output_noise(plain, network(), unseen)
+
+
+def test_error_feedback_that_does_not_hold_up_on_held_out_samples_is_not_applied():
+    """The two halves of the calibration samples have different channel correlations: fitted on
+    the first, feedback raises the second's output error, so w0 keeps its rounded form."""
+    calibration = np.concatenate([correlated(6, seed=1, mixing_seed=7), correlated(6, seed=2, mixing_seed=8)])
+    program = network()
+    result = compress_program_to_size(program, target_bits_per_weight=3.0, calibration={"x": calibration}, error_feedback=True)
+    (note,) = [n for n in next(r for r in result.report.records if r.name == "w0").notes if "feedback" in n]
+    assert note.startswith("no error feedback: fitted on half the calibration samples it raised the other half's output error")
+
+
+def test_error_feedback_needs_two_calibration_samples():
+    result = compress_program_to_size(network(), target_bits_per_weight=3.0, calibration={"x": correlated(1, seed=1)[0]}, error_feedback=True)
+    for record in result.report.records:
+        if record.action == "compressed":
+            assert "no error feedback: it needs two calibration samples or more (half to fit, half to check)" in record.notes
 
 
 def test_interpreter_replace_runs_a_what_if_without_touching_the_program():

@@ -164,6 +164,41 @@ def test_channel_statistics_follow_the_contracted_axis_of_matmul():
     np.testing.assert_allclose(record.mean_square, (x.astype(np.float64) ** 2).mean(axis=1), rtol=1e-6)
 
 
+def test_second_moments_are_recorded_for_matrix_like_weights_within_the_limit():
+    """linear and 1x1 convolutions get E[x x^T] of their input vectors; a 3x3 convolution (its
+    inputs are windows, not vectors) and weights with more inputs than the limit do not."""
+    generator = np.random.default_rng(0)
+    pointwise = generator.standard_normal((6, 3, 1, 1)).astype(np.float32)
+    window = generator.standard_normal((4, 6, 3, 3)).astype(np.float32)
+    linear_weight = generator.standard_normal((5, 4)).astype(np.float32)
+
+    def body(image):
+        expanded = mb.conv(x=image, weight=pointwise, name="pointwise")
+        features = mb.conv(x=mb.relu(x=expanded), weight=window, pad_type="same", name="window")
+        pooled = mb.reduce_mean(x=features, axes=[2, 3], keep_dims=False)
+        return [mb.linear(x=pooled, weight=linear_weight, name="classifier")]
+
+    program = _program({"main": ({"image": mb.placeholder(shape=(2, 3, 6, 6))}, body)}, IOS18)
+    images = [np.random.default_rng(seed).standard_normal((2, 3, 6, 6)).astype(np.float32) for seed in (1, 2)]
+    statistics = ChannelStatistics(gram_limit=4)
+    interpreter = Interpreter(program, observers=[statistics])
+    for image in images:
+        interpreter.run({"image": image})
+    by_op = {record.op_name: record for record in statistics.records.values()}
+
+    stacked = torch.from_numpy(np.concatenate(images)).double()
+    vectors = stacked.permute(0, 2, 3, 1).reshape(-1, 3)
+    np.testing.assert_allclose(by_op["pointwise"].second_moment, (vectors.T @ vectors / len(vectors)).numpy(), rtol=1e-6)
+    expanded = torch.nn.functional.conv2d(stacked, torch.from_numpy(pointwise).double()).relu()
+    pooled = torch.nn.functional.conv2d(expanded, torch.from_numpy(window).double(), padding=1).mean(dim=(2, 3))
+    np.testing.assert_allclose(by_op["classifier"].second_moment, (pooled.T @ pooled / len(pooled)).numpy(), rtol=1e-4)
+    assert by_op["window"].gram is None  # 3x3 windows
+    plain, small = ChannelStatistics(), ChannelStatistics(gram_limit=3)
+    Interpreter(program, observers=[plain, small]).run({"image": images[0]})
+    assert len(plain.records) == 3 and all(r.gram is None for r in plain.records.values())  # off by default
+    assert {r.op_name for r in small.records.values() if r.gram is not None} == {"pointwise"}  # the classifier has 4 inputs
+
+
 def test_verify_of_a_model_against_itself_is_perfect_and_against_a_changed_one_is_not():
     program, _, _ = _small_network()
     changed, _, _ = _small_network(linear_scale=1.01)

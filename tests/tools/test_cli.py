@@ -340,11 +340,16 @@ def test_run_to_a_target_size(models, tmp_path):
 
     inputs = tmp_path / "calibration.npz"
     np.savez(inputs, x=np.random.default_rng(0).standard_normal((4, 1, 64)).astype(np.float16))
-    result = cli("run", models["ios18"], "-o", tmp_path / "calibrated.mlpackage", "--target-bpw", "5", "--calibration", inputs)
+    result = cli("run", models["ios18"], "-o", tmp_path / "calibrated.mlpackage", "--target-bpw", "5", "--calibration", inputs,
+                 "--error-feedback", "--report", report)
     assert result.returncode == 0, result.stderr
-    assert "activation-weighted" in result.stdout
+    assert "activation-weighted" in result.stdout and "error_feedback=true" in result.stdout
+    notes = [note for record in json.loads(report.read_text())[0]["consts"] for note in record.get("notes") or []]
+    assert any("error feedback" in note for note in notes)
 
     result = cli("run", models["ios18"], "-o", tmp_path / "x.mlpackage", "--target-bpw", "0.5")
     assert result.returncode == 2 and "below the smallest size the candidate forms reach" in result.stderr
     result = cli("run", models["ios18"], "-o", tmp_path / "x.mlpackage", "--pipeline", "INT8", "--calibration", inputs)
-    assert result.returncode == 2 and "--calibration and --sensitivity-seconds go with --target-bpw" in result.stderr
+    assert result.returncode == 2 and "--calibration, --sensitivity-seconds and --error-feedback go with --target-bpw" in result.stderr
+    result = cli("run", models["ios18"], "-o", tmp_path / "x.mlpackage", "--target-bpw", "5", "--error-feedback")
+    assert result.returncode == 2 and "--error-feedback needs --calibration" in result.stderr
