@@ -119,8 +119,7 @@ def _stored_mask(mask: np.ndarray) -> np.ndarray:
 
 def _sparse(params: SparseParams, const: Operation, name: str, ios18: bool) -> Var:
     mask = _stored_mask(params.mask)
-    dense = params.decompress()
-    nonzero = dense[mask]
+    nonzero = params.nonzero_data if mask is params.mask else params.decompress()[mask]
     if ios18:
         return mb.constexpr_sparse_to_dense(
             nonzero_data=nonzero, mask=mask.astype(unsigned_dtype(1)), before_op=const, name=name

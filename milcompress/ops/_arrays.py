@@ -40,7 +40,8 @@ def select_smallest(scores: np.ndarray, count: int) -> np.ndarray:
     """Boolean mask of the `count` smallest entries of `scores`; ties go to the lowest flat index.
 
     O(n): a partition finds the count-th smallest score, then ties at that score are taken in
-    index order. `scores` must not be float16 (callers pass float32 or float64 magnitudes).
+    index order. `scores` must not be float16 (numpy partitions it slowly): callers pass float32,
+    float64 or integer magnitudes.
     """
     flat = scores.reshape(-1)
     chosen = np.zeros(flat.shape, dtype=bool)
@@ -57,11 +58,12 @@ def select_smallest(scores: np.ndarray, count: int) -> np.ndarray:
 
 
 def expand_blocks(per_block: np.ndarray, shape) -> np.ndarray:
-    """Repeat a per-block array (same rank as `shape`, each dim dividing it) up to `shape`."""
+    """Repeat a per-block array (same rank as `shape`, each dim dividing it) up to `shape`: a
+    read-only view where a dim has one block (broadcast), repeated where it has several."""
     for axis, (size, count) in enumerate(zip(shape, per_block.shape)):
-        if count != size:
+        if 1 < count != size:
             per_block = np.repeat(per_block, size // count, axis=axis)
-    return per_block
+    return np.broadcast_to(per_block, tuple(shape))
 
 
 def sortable(x: np.ndarray) -> np.ndarray:

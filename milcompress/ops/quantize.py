@@ -57,10 +57,14 @@ class AffineParams:
     def decompress(self) -> np.ndarray:
         """scale * (data - zero_point), in the scale's dtype, as Core ML's iOS18 op computes it."""
         dtype = self.scale.dtype
-        q = self.data.astype(dtype)
+        # In float32, then rounded once to the dtype: exact for float16 (an 11-bit by 11-bit
+        # product fits float32's 24 bits, and small integers and their differences are exact),
+        # so the same values as float16 arithmetic, which numpy computes far more slowly.
+        q = self.data.astype(np.float32)
         if self.zero_point is not None:
-            q = q - expand_blocks(self.zero_point.astype(dtype), self.shape)
-        return expand_blocks(self.scale, self.shape) * q
+            q -= expand_blocks(self.zero_point.astype(np.float32), self.shape)
+        q *= expand_blocks(self.scale.astype(np.float32), self.shape)
+        return q.astype(dtype, copy=False)
 
 
 def integer_range(nbits: int, signed: bool, mode: str) -> Tuple[int, int]:
@@ -128,7 +132,8 @@ def quantize_blocks(
     split = []
     for dim, size in zip(weight.shape, block_sizes):
         split += [dim // size, size]
-    x = weight.reshape(split)
+    # float16 widened to float32 is exact, and numpy reduces float32 many times faster.
+    x = weight.astype(np.float32, copy=False).reshape(split)
     inner = tuple(range(1, len(split), 2))
     # Extremes are exact in the weight's own dtype; everything after them is float64.
     low = np.minimum(x.min(axis=inner, keepdims=True).astype(np.float64), 0.0)
@@ -153,7 +158,7 @@ def quantize_blocks(
         if not short.any():
             break
         scale = np.where(short, np.nextafter(scale, np.array(np.inf, dtype=weight.dtype)), scale)
-    data = np.divide(x, scale.astype(np.float64), dtype=np.float64)  # the one full-size temporary
+    data = np.divide(x, scale.astype(np.float64), dtype=np.float64)  # full-size temporaries: this and x (float16 weights)
     np.rint(data, out=data)
     data += zero
     np.clip(data, qmin, qmax, out=data)
