@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from milcompress.config import JointConfig, LinearQuantizeConfig, MagnitudePruneConfig, PalettizeConfig
 from milcompress.errors import ConfigError
 from milcompress.ops import compress
 from milcompress.ops.joint import SparseAffineParams, SparseLutParams
+from milcompress.ops.palettize import palettize
 from milcompress.ops._arrays import unique_values
 from tests.strategies import weights
 
@@ -59,3 +60,18 @@ def test_vector_and_custom_joint_configs_are_rejected():
         JointConfig(MagnitudePruneConfig(target_sparsity=0.5), PalettizeConfig(nbits=2, cluster_dim=2))
     with pytest.raises(ConfigError, match="then.mode"):
         JointConfig(MagnitudePruneConfig(target_sparsity=0.5), PalettizeConfig(mode="custom", lut_function=lambda w: w))
+
+
+@given(w=weights(), target=st.sampled_from([0.5, 0.75]), nbits=st.sampled_from([1, 2, 4]), mode=st.sampled_from(["kmeans", "uniform"]))
+def test_a_per_tensor_table_after_pruning_is_the_survivors_own_table(w, target, nbits, mode):
+    config = JointConfig(MagnitudePruneConfig(target_sparsity=target), PalettizeConfig(nbits=nbits, mode=mode))
+    params = compress(w, config)
+    assume(params.mask.any())
+    own = palettize(w[params.mask], PalettizeConfig(nbits=nbits, mode=mode))
+    np.testing.assert_array_equal(params.lut.lut.reshape(-1), own.lut.reshape(-1))
+    np.testing.assert_array_equal(params.decompress()[params.mask], own.decompress())
+    # As good on the survivors as the whole tensor clustered with the pruned zeros weighted 0.
+    pruned = np.where(params.mask, w, np.zeros((), w.dtype))
+    weighted = palettize(pruned, PalettizeConfig(nbits=nbits, mode=mode), importance=params.mask.astype(np.float64))
+    error = lambda dense: float(np.sum(np.square(dense.astype(np.float64) - w.astype(np.float64))[params.mask]))  # noqa: E731
+    assert error(params.decompress()) <= error(weighted.decompress()) * (1 + 1e-6) + 1e-12
