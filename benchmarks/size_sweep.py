@@ -22,6 +22,7 @@ not use. A model's first metric decides "at or above"; the others are in the tab
 
     python benchmarks/size_sweep.py --quick   # MobileNetV2, 33 crops, fewer configs and targets
     python benchmarks/size_sweep.py           # MobileNetV2 (198 crops) and all-MiniLM-L6-v2
+    python benchmarks/size_sweep.py --models minilm   # one model: size_sweep_minilm_tables.{md,json}
 """
 
 from __future__ import annotations
@@ -204,8 +205,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for result in results:
         plot(result, args.out / f"size_sweep{suffix}_{result['model']}.png")
     text = report(results, "python benchmarks/size_sweep.py" + " ".join([""] + argv), suffix)
-    (args.out / f"size_sweep{suffix}.md").write_text(text)
-    (args.out / f"size_sweep{suffix}.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    # A run of some models writes its own tables, so it never overwrites another run's.
+    stem = f"size_sweep{suffix}" + ("".join(f"_{name}" for name in names) + "_tables" if args.models else "")
+    (args.out / f"{stem}.md").write_text(text)
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     print(text)
     return 0
 
