@@ -16,10 +16,9 @@ from typing import Optional
 import numpy as np
 
 from milcompress.config import JointConfig, LinearQuantizeConfig
-from milcompress.ops._arrays import check_weight
 from milcompress.ops.packing import packed_size
 from milcompress.ops.palettize import LutParams, palettize
-from milcompress.ops.prune import prune_mask
+from milcompress.ops.prune import prune
 from milcompress.ops.quantize import AffineParams, quantize
 
 
@@ -91,20 +90,18 @@ def prune_then_compress(
     importance: Optional[np.ndarray] = None,
 ):
     """Prune `weight` with `config.prune`, then compress the survivors with `config.then`."""
-    weight = check_weight(weight)
-    pruned = np.where(prune_mask(weight, config.prune), np.zeros((), weight.dtype), weight)
-    keep = pruned != 0
+    sparse = prune(weight, config.prune)  # checks the weight
+    keep = sparse.mask
     if isinstance(config.then, LinearQuantizeConfig):
-        return SparseAffineParams(keep, quantize(pruned, config.then, output_axis=output_axis, input_axis=input_axis))
+        return SparseAffineParams(keep, quantize(sparse.decompress(), config.then, output_axis=output_axis, input_axis=input_axis))
     then = config.then
     if importance is None and then.granularity == "per_tensor" and not then.enable_per_channel_scale and keep.any():
         # One table for the survivors alone: the same table as weighting the pruned zeros by 0,
         # from a quarter of the values (at 75%) and without a float64 importance per weight.
-        stored = np.flatnonzero(keep)
-        survivors = palettize(pruned.reshape(-1)[stored], then)
-        indices = np.zeros(weight.shape, dtype=survivors.indices.dtype)
-        indices.reshape(-1)[stored] = survivors.indices
-        table = survivors.lut.reshape((1,) * weight.ndim + survivors.lut.shape[-2:])
+        survivors = palettize(sparse.nonzero_data, then)
+        indices = np.zeros(keep.shape, dtype=survivors.indices.dtype)
+        indices.reshape(-1)[np.flatnonzero(keep)] = survivors.indices
+        table = survivors.lut.reshape((1,) * keep.ndim + survivors.lut.shape[-2:])
         return SparseLutParams(keep, LutParams(indices=indices, lut=table))
     weights = keep.astype(np.float64) if importance is None else np.where(keep, importance, 0.0)
-    return SparseLutParams(keep, palettize(pruned, then, channel_axis=output_axis, importance=weights))
+    return SparseLutParams(keep, palettize(sparse.decompress(), then, channel_axis=output_axis, importance=weights))

@@ -61,11 +61,6 @@ class SparseParams:
         return dense
 
 
-def sparse_from_dense(pruned: np.ndarray) -> SparseParams:
-    """The sparse form of a tensor whose pruned positions are already zero."""
-    return _keep(pruned, _nonzero(pruned))
-
-
 def _nonzero(x: np.ndarray) -> np.ndarray:
     """x != 0 (-0.0 included), on float16's bits, which numpy compares many times faster."""
     if x.dtype == np.float16:
