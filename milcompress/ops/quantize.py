@@ -135,7 +135,7 @@ def quantize_blocks(
     x = weight.reshape(split)
     inner = tuple(range(1, len(split), 2))
     # Extremes are exact in the weight's own dtype (taken on a float32 copy of float16 weights,
-    # exact and many times faster for numpy, freed at once); everything after them is float64.
+    # exact and many times faster for numpy, freed at once); scales are chosen in float64.
     extremes = x.astype(np.float32, copy=False)
     low = np.minimum(extremes.min(axis=inner, keepdims=True).astype(np.float64), 0.0)
     high = np.maximum(extremes.max(axis=inner, keepdims=True).astype(np.float64), 0.0)
@@ -160,7 +160,11 @@ def quantize_blocks(
         if not short.any():
             break
         scale = np.where(short, np.nextafter(scale, np.array(np.inf, dtype=weight.dtype)), scale)
-    data = np.divide(x, scale.astype(np.float64), dtype=np.float64)  # the one full-size temporary
+    # The one full-size temporary. Float32 suffices for float16 weights and scales: a quotient that
+    # is not a half-integer lies at least ulp(x) / s or ulp(s) / 2s away from one, far more than
+    # float32's rounding of it (at most |x / s| * 2**-24), so it rounds to the same integer.
+    work = np.float32 if weight.dtype == np.float16 else np.float64
+    data = np.divide(x, scale.astype(work), dtype=work)
     np.rint(data, out=data)
     data += zero
     np.clip(data, qmin, qmax, out=data)

@@ -116,6 +116,40 @@ def test_block_sizes_follow_the_op_layout():
         block_sizes_for((64,), config, 0, 1)
 
 
+def _exact_integers(w: np.ndarray, params: AffineParams, mode: str) -> np.ndarray:
+    """The integers of `params`' scales and zero points, from quotients computed in float64."""
+    qmin, qmax = integer_range(params.nbits, params.signed, mode)
+    scale = expand_blocks(params.scale.astype(np.float64), w.shape)
+    zero = 0.0 if params.zero_point is None else expand_blocks(params.zero_point.astype(np.float64), w.shape)
+    return np.clip(np.rint(w.astype(np.float64) / scale) + zero, qmin, qmax)
+
+
+@given(w=weights(min_rank=2), mode=MODES, dtype=DTYPES)
+def test_integers_are_the_exactly_rounded_quotients(w, mode, dtype):
+    params = quantize(w, LinearQuantizeConfig(mode=mode, dtype=dtype, granularity="per_channel"))
+    assert np.array_equal(params.data, _exact_integers(w, params, mode))
+
+
+@pytest.mark.parametrize("mode", ["linear_symmetric", "linear"])
+@pytest.mark.parametrize("dtype", ["int8", "uint4"])
+def test_float16_quotients_next_to_half_integers_round_as_exact_ones(mode, dtype):
+    """Float16 weights are divided in float32: each row holds its peak (which fixes the row's
+    scale) and, for every level, the float16 values nearest to and either side of the midpoint
+    to the next level, where a rounding of the quotient could change the integer."""
+    config = LinearQuantizeConfig(mode=mode, dtype=dtype, granularity="per_channel")
+    peaks = np.random.default_rng(0).uniform(-7.0, 2.0, 96)
+    rows = []
+    for peak in (10.0 ** peaks).astype(np.float16):
+        scale = float(quantize(np.array([[peak, 0.0]], np.float16), config).scale.reshape(()))
+        levels = np.arange(int(peak / scale))
+        middles = ((levels + 0.5) * scale).astype(np.float16)
+        near = np.concatenate([middles, np.nextafter(middles, np.float16(0)), np.nextafter(middles, np.float16(np.inf))])
+        rows.append(np.concatenate([[peak], np.minimum(near, peak)]))
+    w = np.stack([np.resize(row, max(map(len, rows))) for row in rows]).astype(np.float16)
+    params = quantize(w, config)
+    assert np.array_equal(params.data, _exact_integers(w, params, mode))
+
+
 def test_tiny_scales_survive_float16_rounding():
     w = np.full((2, 4), 1e-6, np.float16)
     params = quantize(w, LinearQuantizeConfig())
