@@ -90,31 +90,44 @@ def _round_down_f32(values: np.ndarray) -> np.ndarray:
 def assign_nearest(values: np.ndarray, tables: np.ndarray) -> np.ndarray:
     """Index of the nearest entry of each group's sorted table, for every value (ties go low).
 
-    `values` [G, n] (float16 or float32 precision), `tables` [G, K] sorted ascending. Exact: each
-    value is compared with the midpoints between entries on float32 keys, in one search for all
-    groups of a chunk. Float16 values of groups larger than their range of codes are looked up per
-    distinct code instead, which is cheaper.
+    `values` [G, n] (float16 or float32 precision), `tables` [G, K] sorted ascending; uint8
+    indices for tables of up to 256 entries (every palette), else int64. Exact: each value is
+    compared with the midpoints between entries on float32 keys, in one search per chunk of
+    values. Float16 values of groups larger than their range of codes are looked up per distinct
+    code instead, which is cheaper. Work arrays stay within `_CHUNK_ELEMENTS` elements: a group
+    larger than that (a per-tensor table of a big weight) is searched in slices.
     """
     groups, size = tables.shape
+    result = np.zeros(values.shape, dtype=np.uint8 if size <= 256 else np.int64)
     if size == 1:
-        return np.zeros(values.shape, dtype=np.int64)
-    result = np.empty(values.shape, dtype=np.int64)
-    per_chunk = max(1, _CHUNK_ELEMENTS // max(1, values.shape[1]))
+        return result
+    n = values.shape[1]
+    per_chunk = max(1, _CHUNK_ELEMENTS // max(1, n))
+    width = max(1, min(n, _CHUNK_ELEMENTS))
     for first in range(0, groups, per_chunk):
-        part = slice(first, first + per_chunk)
-        result[part] = _assign_chunk(values[part], tables[part])
+        rows = slice(first, first + per_chunk)
+        part, table = values[rows], tables[rows]
+        lookup = _per_code_lookup(part, table, width)
+        for start in range(0, n, width):
+            columns = part[:, start : start + width]
+            result[rows, start : start + width] = _assign_sorted(columns, table) if lookup is None else lookup(columns)
     return result
 
 
-def _assign_chunk(values: np.ndarray, tables: np.ndarray) -> np.ndarray:
-    if values.dtype == np.float16:
-        keys = _ordered_key16(values)
-        low, high = int(keys.min()), int(keys.max())
-        if high - low < values.shape[1]:
-            codes = _key16_to_value(np.arange(low, high + 1))
-            per_code = _assign_sorted(np.broadcast_to(codes, (len(tables), codes.size)), tables)
-            return np.take_along_axis(per_code, keys.astype(np.int64) - low, axis=1)
-    return _assign_sorted(values, tables)
+def _per_code_lookup(values: np.ndarray, tables: np.ndarray, width: int):
+    """For float16 groups with more values than codes between their extremes: a function giving
+    the nearest entry of values of these groups from a table of every such code; else None."""
+    if values.dtype != np.float16:
+        return None
+    low, high = 0xFFFF, 0
+    for start in range(0, values.shape[1], width):
+        keys = _ordered_key16(values[:, start : start + width])
+        low, high = min(low, int(keys.min())), max(high, int(keys.max()))
+    if high - low >= values.shape[1]:
+        return None
+    codes = _key16_to_value(np.arange(low, high + 1))
+    per_code = _assign_sorted(np.broadcast_to(codes, (len(tables), codes.size)), tables)
+    return lambda part: np.take_along_axis(per_code, _ordered_key16(part).astype(np.int64) - low, axis=1)
 
 
 def _assign_sorted(values: np.ndarray, tables: np.ndarray) -> np.ndarray:
@@ -263,18 +276,32 @@ def _prefix(stat: np.ndarray) -> np.ndarray:
 
 
 def _histogram_by_code(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bins:
-    """Bins by float16 code (up to 65,536 slots per row), for rows too large to sort cheaply."""
+    """Bins by float16 code (up to 65,536 slots per row), for rows too large to sort cheaply.
+
+    The rows are read in slices of columns, so that no work array holds more than
+    `_CHUNK_ELEMENTS` elements whatever the rows' length (a per-tensor table of a large weight)."""
     groups, n = values.shape
-    rows = np.arange(groups, dtype=np.int64)[:, None]
-    in_range = values if values.dtype == np.float16 else np.clip(values, -_F16_MAX, _F16_MAX)
-    keys = _ordered_key16(in_range).astype(np.int64)
-    low = int(keys.min())
-    width = int(keys.max()) - low + 1
-    slot = (rows * width + (keys - low)).reshape(-1)
-    slot_value = _key16_to_value(np.arange(groups * width) % width + low)
     exact = values.dtype == np.float16
+    step = max(1, _CHUNK_ELEMENTS // groups)
+    parts = [slice(first, first + step) for first in range(0, n, step)]
+
+    def keys(part: slice) -> np.ndarray:
+        chunk = values[:, part]
+        return _ordered_key16(chunk if exact else np.clip(chunk, -_F16_MAX, _F16_MAX))
+
+    extremes = [(int(k.min()), int(k.max())) for k in map(keys, parts)]
+    low = min(e[0] for e in extremes)
+    width = max(e[1] for e in extremes) - low + 1
     nslots = groups * width
-    count = np.bincount(slot, minlength=nslots)
+    base = np.arange(groups, dtype=np.int64)[:, None] * width - low
+
+    def slots(part: slice) -> np.ndarray:
+        return (base + keys(part)).reshape(-1)
+
+    slot_value = _key16_to_value(np.arange(nslots) % width + low)
+    count = np.zeros(nslots, dtype=np.int64)
+    for part in parts:
+        count += np.bincount(slots(part), minlength=nslots)
     if weights is None and exact:
         # An exact bin holds a single value: its statistics follow from the counts.
         w = count.astype(np.float64)
@@ -283,15 +310,26 @@ def _histogram_by_code(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bi
         centred = (slot_value.reshape(groups, width) - mean[:, None]).reshape(-1)
         sc, qc = w * centred, w * centred * centred
     else:
-        x = values.astype(np.float64)
-        wt = np.ones_like(x) if weights is None else weights.astype(np.float64)
-        total = wt.sum(1, keepdims=True)
-        mean = (wt * x).sum(1, keepdims=True) / np.where(total > 0, total, 1.0)
-        flat_w, centred = wt.reshape(-1), (x - mean).reshape(-1)
-        w = np.bincount(slot, flat_w, nslots)
-        s = np.bincount(slot, flat_w * x.reshape(-1), nslots)
-        sc = np.bincount(slot, flat_w * centred, nslots)
-        qc = np.bincount(slot, flat_w * centred * centred, nslots)
+
+        def weighted(part: slice) -> Tuple[np.ndarray, np.ndarray]:
+            x = values[:, part].astype(np.float64)
+            return x, (np.ones_like(x) if weights is None else weights[:, part].astype(np.float64))
+
+        total = np.zeros((groups, 1))
+        moment = np.zeros((groups, 1))
+        for part in parts:
+            x, wt = weighted(part)
+            total += wt.sum(1, keepdims=True)
+            moment += (wt * x).sum(1, keepdims=True)
+        mean = moment / np.where(total > 0, total, 1.0)
+        w, s, sc, qc = (np.zeros(nslots) for _ in range(4))
+        for part in parts:
+            x, wt = weighted(part)
+            slot, centred = slots(part), x - mean
+            w += np.bincount(slot, wt.reshape(-1), nslots)
+            s += np.bincount(slot, (wt * x).reshape(-1), nslots)
+            sc += np.bincount(slot, (wt * centred).reshape(-1), nslots)
+            qc += np.bincount(slot, (wt * centred * centred).reshape(-1), nslots)
         if not exact:
             slot_value = np.where(w > 0, s / np.where(w > 0, w, 1.0), slot_value)
     present = (count > 0).reshape(groups, width)

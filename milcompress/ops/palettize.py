@@ -261,7 +261,7 @@ def _from_groups(index: np.ndarray, shape: Tuple[int, ...], axis: int, vector: i
     """Inverse of `_to_groups` for one index per vector: the indices tensor (uint8)."""
     moved_shape = list(np.moveaxis(np.empty(shape, dtype=np.bool_), axis, 0).shape)
     moved_shape[0] //= vector
-    return np.moveaxis(index.astype(np.uint8).reshape(moved_shape), 0, axis)
+    return np.moveaxis(index.astype(np.uint8, copy=False).reshape(moved_shape), 0, axis)
 
 
 def _finish_scalar(values: np.ndarray, tables: np.ndarray, dtype: np.dtype) -> Tuple[np.ndarray, np.ndarray]:

@@ -160,3 +160,37 @@ def test_assign_nearest_is_exact_for_many_large_float16_groups(spread):
     distance = np.abs(x.astype(np.float64)[..., None] - tables.astype(np.float64)[:, None, :])
     chosen = np.take_along_axis(distance, index[..., None], axis=-1)[..., 0]
     assert (chosen <= distance.min(-1)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_groups_longer_than_a_chunk_are_assigned_in_slices(monkeypatch, dtype):
+    """A per-tensor table of a big weight is searched in slices of columns: the same indices."""
+    from milcompress.ops import kmeans
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_t(3, (2, 30_000)).astype(dtype) * dtype(0.05)
+    tables = np.sort(rng.normal(0, 0.1, (2, 16)), axis=1).astype(dtype)
+    whole = assign_nearest(x, tables)
+    monkeypatch.setattr(kmeans, "_CHUNK_ELEMENTS", 4096)
+    sliced = assign_nearest(x, tables)
+    assert sliced.dtype == np.uint8
+    np.testing.assert_array_equal(sliced, whole)
+    distance = np.abs(x.astype(np.float64)[..., None] - tables.astype(np.float64)[:, None, :])
+    assert (np.take_along_axis(distance, sliced[..., None].astype(np.intp), axis=-1)[..., 0] <= distance.min(-1)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_code_histogram_in_slices_matches_the_whole(monkeypatch, dtype, weighted):
+    from milcompress.ops import kmeans
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_t(3, (3, 20_000)) * 0.05).astype(dtype)
+    w = rng.integers(0, 3, x.shape).astype(np.float64) if weighted else None
+    whole = kmeans._histogram_by_code(x, w)
+    monkeypatch.setattr(kmeans, "_CHUNK_ELEMENTS", 3000)
+    sliced = kmeans._histogram_by_code(x, w)
+    np.testing.assert_array_equal(sliced.count, whole.count)
+    for field in ("w", "s", "sc", "qc", "value"):
+        want = getattr(whole, field)
+        np.testing.assert_allclose(getattr(sliced, field), want, rtol=0, atol=1e-12 * (np.abs(want).max() + 1e-300))
