@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Iterator, Tuple
+
 import numpy as np
 
 from milcompress.errors import NotCompressible
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+WORK_ELEMENTS = 1 << 20
+"""The most elements of a full-precision temporary that a whole-tensor computation (quantization,
+decompression) holds at once: beyond it, it works through the tensor in slices (`block_slices`)."""
 
 
 def check_weight(weight: np.ndarray) -> np.ndarray:
@@ -64,6 +69,45 @@ def expand_blocks(per_block: np.ndarray, shape) -> np.ndarray:
         if 1 < count != size:
             per_block = np.repeat(per_block, size // count, axis=axis)
     return np.broadcast_to(per_block, tuple(shape))
+
+
+def block_view(x: np.ndarray, blocks: Tuple[int, ...]) -> np.ndarray:
+    """`x` [d0, d1, ...] viewed as [n0, d0 / n0, n1, d1 / n1, ...] for `blocks` (n0, n1, ...) along
+    its axes (each dividing its dim); a per-block array [n0, n1, ...] then broadcasts against it
+    once reshaped to [n0, 1, n1, 1, ...] (`per_block_view`), with nothing repeated."""
+    split = []
+    for dim, count in zip(x.shape, blocks):
+        split += [count, dim // count]
+    return x.reshape(split)
+
+
+def per_block_view(per_block: np.ndarray) -> np.ndarray:
+    return per_block.reshape([n for count in per_block.shape for n in (count, 1)])
+
+
+def row_slices(shape: Tuple[int, ...]) -> Iterator[slice]:
+    """Slices of axis 0 of a tensor of `shape` with at most `WORK_ELEMENTS` elements each (or one row)."""
+    step = max(1, WORK_ELEMENTS // max(1, int(np.prod(shape[1:], dtype=np.int64))))
+    for first in range(0, shape[0], step):
+        yield slice(first, first + step)
+
+
+def block_slices(shape: Tuple[int, ...], blocks: Tuple[int, ...]) -> Iterator[Tuple[slice, slice]]:
+    """Index pairs for the first two axes of a `block_view`: whole blocks along axis 0 or, where one
+    block-row of the view already holds more than `WORK_ELEMENTS` elements, slices of its rows; each
+    piece has at most that many elements (or one row)."""
+    limit = WORK_ELEMENTS
+    count, rows = blocks[0], shape[0] // blocks[0]
+    row_elements = int(np.prod(shape[1:], dtype=np.int64))
+    if rows * row_elements <= limit:
+        step = max(1, limit // max(1, rows * row_elements))
+        for first in range(0, count, step):
+            yield slice(first, first + step), slice(None)
+        return
+    step = max(1, limit // max(1, row_elements))
+    for block in range(count):
+        for first in range(0, rows, step):
+            yield slice(block, block + 1), slice(first, first + step)
 
 
 def sortable(x: np.ndarray) -> np.ndarray:

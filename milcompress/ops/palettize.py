@@ -30,7 +30,7 @@ import numpy as np
 
 from milcompress.config import PALETTE_NBITS, PalettizeConfig
 from milcompress.errors import ConfigError, NotCompressible
-from milcompress.ops._arrays import check_weight, expand_blocks, normalize_axis, sortable, unique_values
+from milcompress.ops._arrays import check_weight, expand_blocks, normalize_axis, row_slices, sortable, unique_values
 from milcompress.ops.kmeans import assign_nearest, kmeans_1d, kmeans_vectors, nearest_vectors
 from milcompress.ops.packing import packed_size
 
@@ -84,8 +84,11 @@ class LutParams:
         return self.lut[table_index(self.indices.shape, self.lut.shape[:-2])]
 
     def decompress(self) -> np.ndarray:
+        # Slice by slice: the gather needs its indices as intp, 8 bytes each.
         blocks = table_index(self.indices.shape, self.lut.shape[:-2])
-        values = self.lut[blocks + (self.indices.astype(np.intp),)]  # [*indices.shape, cluster_dim]
+        values = np.empty(self.indices.shape + (self.cluster_dim,), dtype=self.lut.dtype)
+        for rows in row_slices(self.indices.shape):
+            values[rows] = self.lut[(blocks[0][rows],) + blocks[1:] + (self.indices[rows].astype(np.intp),)]
         if self.cluster_dim > 1:
             values = np.moveaxis(values, -1, self.vector_axis + 1).reshape(self.shape)
         else:

@@ -22,7 +22,7 @@ import numpy as np
 
 from milcompress.config import LinearQuantizeConfig
 from milcompress.errors import NotCompressible
-from milcompress.ops._arrays import check_weight, expand_blocks, largest_divisor_at_most, normalize_axis
+from milcompress.ops._arrays import block_slices, block_view, check_weight, largest_divisor_at_most, normalize_axis, per_block_view
 from milcompress.ops.packing import packed_size
 
 
@@ -56,15 +56,22 @@ class AffineParams:
 
     def decompress(self) -> np.ndarray:
         """scale * (data - zero_point), in the scale's dtype, as Core ML's iOS18 op computes it."""
-        dtype = self.scale.dtype
         # In float32, then rounded once to the dtype: exact for float16 (an 11-bit by 11-bit
         # product fits float32's 24 bits, and small integers and their differences are exact),
-        # so the same values as float16 arithmetic, which numpy computes far more slowly.
-        q = self.data.astype(np.float32)
-        if self.zero_point is not None:
-            q -= expand_blocks(self.zero_point.astype(np.float32), self.shape)
-        q *= expand_blocks(self.scale.astype(np.float32), self.shape)
-        return q.astype(dtype, copy=False)
+        # so the same values as float16 arithmetic, which numpy computes far more slowly. Slice by
+        # slice, so the float32 temporaries stay small whatever the tensor's size.
+        blocks = self.scale.shape
+        result = np.empty(self.shape, dtype=self.scale.dtype)
+        data, out = block_view(self.data, blocks), block_view(result, blocks)
+        scale = per_block_view(self.scale.astype(np.float32))
+        zero = None if self.zero_point is None else per_block_view(self.zero_point.astype(np.float32))
+        for block, rows in block_slices(self.shape, blocks):
+            q = data[block, rows].astype(np.float32)
+            if zero is not None:
+                q -= zero[block]
+            q *= scale[block]
+            out[block, rows] = q
+        return result
 
 
 def integer_range(nbits: int, signed: bool, mode: str) -> Tuple[int, int]:
@@ -129,17 +136,17 @@ def quantize_blocks(
     """
     weight = check_weight(weight)
     qmin, qmax = integer_range(nbits, signed, mode)
-    split = []
-    for dim, size in zip(weight.shape, block_sizes):
-        split += [dim // size, size]
-    x = weight.reshape(split)
-    inner = tuple(range(1, len(split), 2))
-    # Extremes are exact in the weight's own dtype (taken on a float32 copy of float16 weights,
-    # exact and many times faster for numpy, freed at once); scales are chosen in float64.
-    extremes = x.astype(np.float32, copy=False)
-    low = np.minimum(extremes.min(axis=inner, keepdims=True).astype(np.float64), 0.0)
-    high = np.maximum(extremes.max(axis=inner, keepdims=True).astype(np.float64), 0.0)
-    del extremes
+    blocks = tuple(dim // size for dim, size in zip(weight.shape, block_sizes))
+    x = block_view(weight, blocks)
+    # Extremes are exact in the weight's own dtype (taken slice by slice on float32 copies of
+    # float16 weights, exact and many times faster for numpy); scales are chosen in float64.
+    inner = tuple(range(1, 2 * len(blocks), 2))
+    low = np.zeros(per_block_view(np.empty(blocks)).shape)
+    high = np.zeros(low.shape)
+    for block, rows in block_slices(weight.shape, blocks):
+        part = x[block, rows].astype(np.float32, copy=False)
+        low[block] = np.minimum(low[block], part.min(axis=inner, keepdims=True))
+        high[block] = np.maximum(high[block], part.max(axis=inner, keepdims=True))
     if mode == "linear_symmetric":
         half = (qmax - qmin) // 2
         zero = np.full(low.shape, qmin + half, dtype=np.float64)
@@ -160,20 +167,23 @@ def quantize_blocks(
         if not short.any():
             break
         scale = np.where(short, np.nextafter(scale, np.array(np.inf, dtype=weight.dtype)), scale)
-    # The one full-size temporary. Float32 suffices for float16 weights and scales: a quotient that
-    # is not a half-integer lies at least ulp(x) / s or ulp(s) / 2s away from one, far more than
-    # float32's rounding of it (at most |x / s| * 2**-24), so it rounds to the same integer.
+    # Slice by slice. Float32 suffices for float16 weights and scales: a quotient that is not a
+    # half-integer lies at least ulp(x) / s or ulp(s) / 2s away from one, far more than float32's
+    # rounding of it (at most |x / s| * 2**-24), so it rounds to the same integer.
     work = np.float32 if weight.dtype == np.float16 else np.float64
-    data = np.divide(x, scale.astype(work), dtype=work)
-    np.rint(data, out=data)
-    data += zero
-    np.clip(data, qmin, qmax, out=data)
     container = np.int8 if signed else np.uint8
-    keep = tuple(np.array(low.shape)[list(range(0, len(split), 2))])
-    zero_point = None if signed and mode == "linear_symmetric" else zero.reshape(keep).astype(container)
+    data = np.empty(weight.shape, dtype=container)
+    out, divisor = block_view(data, blocks), scale.astype(work)
+    for block, rows in block_slices(weight.shape, blocks):
+        q = np.divide(x[block, rows], divisor[block], dtype=work)
+        np.rint(q, out=q)
+        q += zero[block]
+        np.clip(q, qmin, qmax, out=q)
+        out[block, rows] = q
+    zero_point = None if signed and mode == "linear_symmetric" else zero.reshape(blocks).astype(container)
     return AffineParams(
-        data=data.reshape(weight.shape).astype(container),
-        scale=scale.reshape(keep),
+        data=data,
+        scale=scale.reshape(blocks),
         zero_point=zero_point,
         nbits=nbits,
         signed=signed,

@@ -231,3 +231,15 @@ def test_a_sample_of_groups_is_exactly_those_groups_of_the_whole_and_sizes_the_w
 def test_no_sample_where_groups_are_few_or_not_independent(config):
     w = np.random.default_rng(0).standard_normal((32, 6)).astype(np.float16)
     assert palettize_sample(w, config, groups=4) is None
+
+
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_grouped_channel"])
+def test_large_tensors_decompress_slice_by_slice_alike(monkeypatch, granularity):
+    from milcompress.ops import _arrays
+
+    w = (np.random.default_rng(4).normal(size=(16, 12, 3)) * 0.1).astype(np.float16)
+    params = palettize(w, PalettizeConfig(nbits=3, granularity=granularity, group_size=4), channel_axis=0)
+    dense = params.decompress()
+    monkeypatch.setattr(_arrays, "WORK_ELEMENTS", 50)
+    np.testing.assert_array_equal(params.decompress(), dense)
+    assert dense.dtype == w.dtype and dense.shape == w.shape

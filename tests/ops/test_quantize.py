@@ -180,3 +180,21 @@ def test_weights_already_on_a_grid_come_back_exactly(seed, mode, dtype):
     step = 2.0 ** rng.integers(-12, -4, (6, 1))
     w = (q * step).astype(np.float32)
     np.testing.assert_array_equal(quantize(w, config).decompress(), w)
+
+
+@pytest.mark.parametrize("granularity,block", [("per_tensor", 0), ("per_channel", 0), ("per_block", 4)])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_large_tensors_quantize_and_decompress_slice_by_slice_alike(monkeypatch, granularity, block, dtype):
+    """Beyond WORK_ELEMENTS, quantization and decompression go slice by slice: the same result."""
+    from milcompress.ops import _arrays
+
+    w = (np.random.default_rng(3).standard_t(3, (24, 16, 3)) * 0.02).astype(dtype)
+    config = LinearQuantizeConfig(mode="linear", dtype="int4", granularity=granularity, block_size=block or 32)
+    whole = quantize(w, config)
+    dense = whole.decompress()
+    for limit in (100, 40, 7):  # whole blocks of rows, then slices of rows within a block
+        monkeypatch.setattr(_arrays, "WORK_ELEMENTS", limit)
+        sliced = quantize(w, config)
+        for field in ("data", "scale", "zero_point"):
+            np.testing.assert_array_equal(getattr(sliced, field), getattr(whole, field))
+        np.testing.assert_array_equal(sliced.decompress(), dense)
