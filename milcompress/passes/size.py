@@ -92,6 +92,7 @@ from milcompress.config import AlgorithmConfig, CompressionConfig, LinearQuantiz
 from milcompress.errors import ConfigError, NotCompressible
 from milcompress.lowering import required_target
 from milcompress.ops import compress, describe, snr_db
+from milcompress.ops.metrics import noise_to_signal
 from milcompress.ops.allocate import Allocation, allocate
 from milcompress.ops.feedback import feedback, output_error
 from milcompress.ops.palettize import palettize_sample
@@ -179,13 +180,7 @@ class SizeReport:
 
 def _weighted_error(value: np.ndarray, approximation: np.ndarray, column_weights: Optional[np.ndarray]) -> float:
     """||(W - W') * c||^2 / ||W * c||^2, c broadcasting over W (1 when None); 0 for an all-zero W."""
-    reference = value.astype(np.float64)
-    noise = np.square(approximation.astype(np.float64) - reference)
-    signal = np.square(reference)
-    if column_weights is not None:
-        noise, signal = noise * column_weights, signal * column_weights
-    total = float(signal.sum())
-    return float(noise.sum()) / total if total > 0 else (0.0 if float(noise.sum()) == 0 else math.inf)
+    return noise_to_signal(value, approximation, column_weights)
 
 
 def _column_weights(value: np.ndarray, layout: Optional[WeightLayout], statistics) -> Optional[np.ndarray]:
