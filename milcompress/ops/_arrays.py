@@ -11,7 +11,8 @@ from milcompress.errors import NotCompressible
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 WORK_ELEMENTS = 1 << 20
 """The most elements of a full-precision temporary that a whole-tensor computation (quantization,
-decompression) holds at once: beyond it, it works through the tensor in slices (`block_slices`)."""
+decompression, errors) holds at once: beyond it, it works through the tensor in slices
+(`row_slices`, `block_slices`)."""
 
 
 def check_weight(weight: np.ndarray) -> np.ndarray:
@@ -82,6 +83,7 @@ def block_view(x: np.ndarray, blocks: Tuple[int, ...]) -> np.ndarray:
 
 
 def per_block_view(per_block: np.ndarray) -> np.ndarray:
+    """[n0, n1, ...] -> [n0, 1, n1, 1, ...]: broadcasts against a `block_view`."""
     return per_block.reshape([n for count in per_block.shape for n in (count, 1)])
 
 

@@ -141,8 +141,7 @@ def quantize_blocks(
     # Extremes are exact in the weight's own dtype (taken slice by slice on float32 copies of
     # float16 weights, exact and many times faster for numpy); scales are chosen in float64.
     inner = tuple(range(1, 2 * len(blocks), 2))
-    low = np.zeros(per_block_view(np.empty(blocks)).shape)
-    high = np.zeros(low.shape)
+    low, high = per_block_view(np.zeros(blocks)), per_block_view(np.zeros(blocks))
     for block, rows in block_slices(weight.shape, blocks):
         part = x[block, rows].astype(np.float32, copy=False)
         low[block] = np.minimum(low[block], part.min(axis=inner, keepdims=True))
