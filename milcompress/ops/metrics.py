@@ -10,24 +10,11 @@ import numpy as np
 from milcompress.ops._arrays import row_slices
 
 
-_CHUNK = 1 << 18  # float64 temporaries stay a few MB, whatever the tensor's size
-
-
 def snr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
-    """Signal-to-noise ratio in dB: 10 log10(sum(x^2) / sum((x - y)^2)); inf when exact."""
-    x, y = np.ravel(reference), np.ravel(approximation)
-    error = signal = 0.0
-    for start in range(0, x.size, _CHUNK):
-        xs = x[start : start + _CHUNK].astype(np.float64)
-        ys = y[start : start + _CHUNK].astype(np.float64)
-        signal += float(np.dot(xs, xs))
-        ys -= xs
-        error += float(np.dot(ys, ys))
-    if error == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / error)
+    """Signal-to-noise ratio in dB: 10 log10(sum(x^2) / sum((x - y)^2)); inf when exact, -inf
+    for an all-zero x that y misses (see `noise_to_signal`)."""
+    ratio = noise_to_signal(reference, approximation)
+    return math.inf if ratio == 0 else -math.inf if math.isinf(ratio) else -10.0 * math.log10(ratio)
 
 
 def bits_per_weight(nbytes: int, count: int) -> float:
@@ -44,7 +31,8 @@ def noise_to_signal(reference: np.ndarray, approximation: np.ndarray, weights: O
     2**-24 in float32 (no float16 square under- or overflows it), and w is scaled to at most 1
     first (the ratio does not change), so the result is within about 1e-6 of the float64 one.
     """
-    x, y = np.asarray(reference), np.asarray(approximation)
+    x = np.asarray(reference).reshape(np.shape(reference) or (1,))
+    y = np.asarray(approximation).reshape(x.shape)
     work = np.float32 if x.dtype == np.float16 else np.float64
     w = None
     if weights is not None:

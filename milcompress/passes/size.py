@@ -92,9 +92,9 @@ from milcompress.config import AlgorithmConfig, CompressionConfig, LinearQuantiz
 from milcompress.errors import ConfigError, NotCompressible
 from milcompress.lowering import required_target
 from milcompress.ops import compress, describe, snr_db
-from milcompress.ops.metrics import noise_to_signal
 from milcompress.ops.allocate import Allocation, allocate
 from milcompress.ops.feedback import feedback, output_error
+from milcompress.ops.metrics import noise_to_signal
 from milcompress.ops.palettize import palettize_sample
 from milcompress.passes.bias import correct_biases, corrected_bias
 from milcompress.passes.compress import _Plan, _rewrite, _select, _skip, fit_to_shape
