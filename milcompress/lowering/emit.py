@@ -29,6 +29,7 @@ from milcompress._coremltools import IOS16, IOS18, Operation, Var, building_in, 
 from milcompress.errors import PreconditionError
 from milcompress.ops import AffineParams, CompressedForm, LutParams, SparseAffineParams, SparseLutParams, SparseParams
 from milcompress.ops.packing import pack_bits
+from milcompress.ops.palettize import PaletteEstimate
 
 IOS16_LUT_NBITS = (1, 2, 4, 6, 8)
 
@@ -43,10 +44,11 @@ SUFFIX = {
 
 
 def required_target(params: CompressedForm):
-    """The oldest deployment target whose constexpr ops can hold `params`, and why if not iOS16."""
+    """The oldest deployment target whose constexpr ops can hold `params` (or the palette a
+    `PaletteEstimate` stands for), and why if not iOS16."""
     if isinstance(params, (SparseLutParams, SparseAffineParams)):
         return IOS18, "joint sparse + palettized or quantized weights"
-    if isinstance(params, LutParams):
+    if isinstance(params, (LutParams, PaletteEstimate)):
         if params.tables > 1:
             return IOS18, f"a LUT with {params.tables} tables (per-group palettization)"
         if params.cluster_dim > 1:

@@ -1,6 +1,6 @@
 """Allocation: choose one compressed form per weight tensor so that the model meets a byte budget.
 
-"Compress to a size" offers every weight tensor a few forms (dense fp16, int8, 6/4/3/2-bit
+"Compress to a size" offers every weight tensor a few forms (dense fp16, int8, 8/6/4/3/2-bit
 palettes, ...), each with a stored size in bytes and a weighted error, and picks one form per tensor
 so that the total size is at most the budget and the total error is as small as possible: a
 multiple-choice knapsack. `allocate(options, budget_bytes)` solves it and returns an `Allocation`.

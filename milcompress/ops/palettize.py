@@ -23,15 +23,16 @@ Pure numpy: this module never sees a MIL program.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from milcompress.config import PALETTE_NBITS, PalettizeConfig
 from milcompress.errors import ConfigError, NotCompressible
 from milcompress.ops._arrays import check_weight, expand_blocks, normalize_axis, row_slices, sortable, unique_values
-from milcompress.ops.kmeans import assign_nearest, kmeans_1d, kmeans_vectors, nearest_vectors
+from milcompress.ops.kmeans import assign_nearest, kmeans_1d, kmeans_vectors, nearest_vectors, table_errors
 from milcompress.ops.packing import packed_size
 
 
@@ -158,47 +159,90 @@ def palettize(
     )
 
 
-@dataclass(frozen=True, eq=False)
-class GroupSample:
-    """A grouped palettization computed on evenly spaced groups only, to estimate the whole one.
+MIN_SAMPLE_GROUPS = 32  # the fewest groups `estimate_palettes` measures a sampled palette on
 
-    Each group's table depends on that group's weights alone, so the sampled groups' error is an
-    unbiased sample of the whole weight's, and `nbytes` (packed indices plus one table per group)
-    is exactly what palettizing every group would store. `channels` are the positions along
-    `axis` the sample took, in order; `params` palettizes `np.take(weight, channels, axis)`.
+
+@dataclass(frozen=True)
+class PaletteEstimate:
+    """What `palettize` would store for a k-means config, and its error, without building it.
+
+    `error` is the importance-weighted noise-to-signal ratio sum(w (W - W')^2) / sum(w W^2) of the
+    whole weight, or of `sampled` evenly spaced groups of it: each group's table depends on its
+    own weights only, so their error estimates the whole's. `nbytes` is exact either way. The
+    layout attributes (`nbits`, `tables`, `cluster_dim`, `scale`) are those of the `LutParams`
+    it stands for, so `lowering.required_target` reads either.
     """
 
-    params: LutParams
-    channels: np.ndarray
-    axis: int
+    nbits: int
+    tables: int
     nbytes: int
+    error: float
+    sampled: Optional[int] = None  # groups the error was measured on; None: every group
+    cluster_dim: int = 1
+    scale: None = None
 
 
-def palettize_sample(
+def estimate_layout(config: PalettizeConfig) -> Optional[Tuple[str, Optional[int], Optional[int]]]:
+    """The layout key (granularity, group size, channel axis) under which `estimate_palettes`
+    takes `config` together with others of the same key; None for configs it does not take
+    (other modes, vectors, channel scales, "auto" granularity)."""
+    if config.mode != "kmeans" or config.cluster_dim != 1 or config.enable_per_channel_scale:
+        return None
+    if config.granularity == "per_tensor":
+        return ("per_tensor", None, config.channel_axis)
+    if config.granularity == "per_grouped_channel":
+        return ("per_grouped_channel", config.group_size, config.channel_axis)
+    return None
+
+
+def estimate_palettes(
     weight: np.ndarray,
-    config: PalettizeConfig,
+    configs: Sequence[PalettizeConfig],
     *,
     channel_axis: int = 0,
     importance: Optional[np.ndarray] = None,
-    groups: int = 256,
-) -> Optional[GroupSample]:
-    """`palettize` on at most `groups` evenly spaced groups of a k-means palettization per grouped
-    channel (scalar tables, no per-channel scale); None when the config has no more groups than
-    that or its groups are not independent (then palettize the whole weight)."""
-    if config.granularity != "per_grouped_channel" or config.mode != "kmeans" or config.cluster_dim != 1 or config.enable_per_channel_scale:
-        return None
+    sample_values: Optional[int] = None,
+) -> List[PaletteEstimate]:
+    """`PaletteEstimate`s of palettes of `weight` whose configs share one `estimate_layout` (any
+    numbers of bits), at the estimate effort of `kmeans.table_errors`: one histogram of each group
+    serves every size, and the errors come from it, not from indices and a decompressed copy.
+    With `sample_values`, grouped palettes of more values than that are measured on evenly
+    spaced groups (the first included) that hold about that many values, and at least
+    `MIN_SAMPLE_GROUPS` groups.
+
+    For the size allocation, which needs every candidate's size and error but keeps one form.
+    """
+    configs = list(configs)
+    layouts = {estimate_layout(c) for c in configs}
+    if len(layouts) != 1 or None in layouts:
+        raise ValueError("estimate_palettes takes k-means scalar palettes without channel scales that share one layout")
+    config = configs[0]
     weight = check_weight(weight)
     axis = normalize_axis(channel_axis if config.channel_axis is None else config.channel_axis, weight.ndim, "channel_axis")
-    channels, size = weight.shape[axis], config.group_size
-    total = channels // size
-    if channels % size or total <= groups:
-        return None
-    picked = np.arange(groups) * total // groups  # evenly spaced, first group included
-    rows = (picked[:, None] * size + np.arange(size)).reshape(-1)
-    part = None if importance is None else np.take(np.broadcast_to(importance, weight.shape), rows, axis=axis)
-    params = palettize(np.take(weight, rows, axis=axis), config, channel_axis=axis, importance=part)
-    nbytes = packed_size(weight.size, params.nbits) + params.lut.nbytes // groups * total
-    return GroupSample(params, rows, axis, nbytes)
+    channels = weight.shape[axis]
+    size = channels if config.granularity == "per_tensor" else config.group_size
+    if channels % size:
+        raise NotCompressible(f"{channels} channels on axis {axis} are not divisible by group_size {size}")
+    total, elements = channels // size, weight.size
+    if importance is not None:
+        importance = np.broadcast_to(importance, weight.shape)
+    groups = total if sample_values is None else max(MIN_SAMPLE_GROUPS, sample_values // (elements // total))
+    sampled = total > groups
+    if sampled:
+        rows = ((np.arange(groups) * total // groups)[:, None] * size + np.arange(size)).reshape(-1)
+        weight = np.take(weight, rows, axis=axis)
+        importance = None if importance is None else np.take(importance, rows, axis=axis)
+    count = groups if sampled else total
+    values = _to_groups(weight, axis, count, 1)[..., 0]
+    weights = None if importance is None else _to_groups(importance, axis, count, 1)[..., 0]
+    errors, energy = table_errors(values, [1 << c.nbits for c in configs], weights, dtype=weight.dtype)
+    signal = float(energy.sum())
+    result = []
+    for c, error in zip(configs, errors.sum(1)):
+        ratio = float(error) / signal if signal > 0 else (0.0 if error == 0 else math.inf)
+        nbytes = packed_size(elements, c.nbits) + total * (1 << c.nbits) * weight.itemsize
+        result.append(PaletteEstimate(c.nbits, total, nbytes, ratio, groups if sampled else None))
+    return result
 
 
 def _smallest_lossless_layout(weight: np.ndarray, config: PalettizeConfig, axis: int, importance) -> PalettizeConfig:

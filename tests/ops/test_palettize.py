@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from milcompress.config import PalettizeConfig
 from milcompress.errors import ConfigError, NotCompressible
-from milcompress.ops.palettize import LutParams, palettize, palettize_sample
+from milcompress.ops.palettize import LutParams, palettize
 from milcompress.ops._arrays import unique_values
 from tests.strategies import weights
 
@@ -185,52 +185,83 @@ def test_nbytes():
 
 
 @given(
-    nbits=st.sampled_from([1, 2, 3, 4]),
-    group=st.sampled_from([1, 2, 3, 6]),
-    groups=st.integers(5, 40),
-    rest=st.sampled_from([(7,), (3, 5), (1, 1, 4)]),
-    sample=st.integers(1, 4),
+    w=weights(min_rank=2, max_rank=3, max_side=7),  # at most 343 values: the exact DP's size for 16 entries
+    bits=st.lists(st.sampled_from([1, 2, 3, 4]), min_size=1, max_size=3, unique=True),
+    grouped=st.booleans(),
     axis_last=st.booleans(),
     weighted=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_a_sample_of_groups_is_exactly_those_groups_of_the_whole_and_sizes_the_whole(
-    nbits, group, groups, rest, sample, axis_last, weighted, seed
-):
-    """Each group's table depends on its own weights only: the sampled groups' tables and indices
-    are those of palettizing the whole weight, and the sample's nbytes is the whole's."""
+def test_estimates_are_the_size_and_error_of_the_palettes_where_kmeans_is_exact(w, bits, grouped, axis_last, weighted, seed):
+    """Groups this small get the exact DP at either effort: each estimate's bytes, tables and
+    (importance-weighted) noise-to-signal ratio are those of `palettize`'s form."""
+    from milcompress.lowering import required_target
+    from milcompress.ops.metrics import noise_to_signal
+    from milcompress.ops.palettize import estimate_palettes
+
     rng = np.random.default_rng(seed)
-    shape = (groups * group, *rest)
-    w = rng.standard_normal(shape).astype(np.float16)
-    importance = rng.random(shape) if weighted else None
+    axis = w.ndim - 1 if axis_last else 0
+    group = next(d for d in (3, 2, 1) if w.shape[axis] % d == 0) if grouped else None
+    configs = [PalettizeConfig(nbits=n, **({"granularity": "per_grouped_channel", "group_size": group} if grouped else {})) for n in bits]
+    importance = rng.random(w.shape) if weighted else None
+    estimates = estimate_palettes(w, configs, channel_axis=axis, importance=importance)
+    for config, estimate in zip(configs, estimates):
+        params = palettize(w, config, channel_axis=axis, importance=importance)
+        assert (estimate.nbytes, estimate.tables, estimate.nbits, estimate.sampled) == (params.nbytes, params.tables, params.nbits, None)
+        assert required_target(estimate) == required_target(params)
+        exact = noise_to_signal(w, params.decompress(), importance)
+        assert estimate.error == pytest.approx(exact, rel=1e-6, abs=1e-12)
+
+
+@given(
+    nbits=st.sampled_from([2, 4]),
+    groups=st.integers(40, 90),
+    rest=st.sampled_from([(7,), (3, 5)]),
+    axis_last=st.booleans(),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_a_palette_of_many_groups_is_estimated_on_evenly_spaced_groups_and_sized_whole(nbits, groups, rest, axis_last, weighted, seed):
+    """Past `sample_values`, the error is that of MIN_SAMPLE_GROUPS evenly spaced groups (each
+    group's table depends on its own weights only), and the size is the whole palette's."""
+    from milcompress.ops.palettize import MIN_SAMPLE_GROUPS, estimate_palettes
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((groups * 2, *rest)).astype(np.float16)
+    importance = rng.random(w.shape) if weighted else None
     if axis_last:
         w = np.moveaxis(w, 0, -1)
         importance = None if importance is None else np.moveaxis(importance, 0, -1)
     axis = w.ndim - 1 if axis_last else 0
-    config = PalettizeConfig(nbits=nbits, granularity="per_grouped_channel", group_size=group)
-    sampled = palettize_sample(w, config, channel_axis=axis, importance=importance, groups=sample)
-    whole = palettize(w, config, channel_axis=axis, importance=importance)
-    assert sampled is not None and sampled.axis == axis
-    assert sampled.nbytes == whole.nbytes
-    picked = sampled.channels.reshape(sample, group)[:, 0] // group
-    assert len(set(picked)) == sample and picked[0] == 0 and np.all(np.diff(sampled.channels.reshape(sample, group), axis=1) == 1)
-    np.testing.assert_array_equal(sampled.params.indices, np.take(whole.indices, sampled.channels, axis=axis))
-    np.testing.assert_array_equal(sampled.params.lut, np.take(whole.lut, picked, axis=axis))
+    config = PalettizeConfig(nbits=nbits, granularity="per_grouped_channel", group_size=2)
+    (sampled,) = estimate_palettes(w, [config], channel_axis=axis, importance=importance, sample_values=1)
+    assert sampled.sampled == MIN_SAMPLE_GROUPS and sampled.tables == groups
+    assert sampled.nbytes == palettize(w, config, channel_axis=axis).nbytes
+    rows = ((np.arange(MIN_SAMPLE_GROUPS) * groups // MIN_SAMPLE_GROUPS)[:, None] * 2 + np.arange(2)).reshape(-1)
+    part = None if importance is None else np.take(importance, rows, axis=axis)
+    (alone,) = estimate_palettes(np.take(w, rows, axis=axis), [config], channel_axis=axis, importance=part)
+    assert sampled.error == alone.error
 
 
 @pytest.mark.parametrize(
-    "config",
+    "configs",
     [
-        PalettizeConfig(nbits=4),
-        PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=2, mode="uniform"),
-        PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=2, cluster_dim=2),
-        PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=2, enable_per_channel_scale=True),
-        PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=8),  # 4 groups: no more than asked
+        [PalettizeConfig(nbits=4, mode="uniform")],
+        [PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=2, cluster_dim=2)],
+        [PalettizeConfig(nbits=4, enable_per_channel_scale=True)],
+        [PalettizeConfig(nbits=4, mode="unique", granularity="auto")],
+        [PalettizeConfig(nbits=4), PalettizeConfig(nbits=2, granularity="per_grouped_channel", group_size=2)],
+        [],
     ],
 )
-def test_no_sample_where_groups_are_few_or_not_independent(config):
+def test_estimates_take_only_kmeans_scalar_palettes_of_one_layout(configs):
+    from milcompress.ops.palettize import estimate_layout, estimate_palettes
+
     w = np.random.default_rng(0).standard_normal((32, 6)).astype(np.float16)
-    assert palettize_sample(w, config, groups=4) is None
+    if len(configs) == 1:
+        assert estimate_layout(configs[0]) is None
+    with pytest.raises(ValueError):
+        estimate_palettes(w, configs)
 
 
 @pytest.mark.parametrize("granularity", ["per_tensor", "per_grouped_channel"])

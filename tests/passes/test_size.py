@@ -53,7 +53,8 @@ def test_the_budget_holds_and_the_choice_is_the_allocations_optimum(bits):
     options = [[(size, error) for _, size, error in choice.menu] for choice in result.choices]
     best = allocate(options, result.budget_bytes, resolution_bytes=1)
     assert result.total_error == pytest.approx(best.total_error, rel=1e-9, abs=1e-15)
-    # What the program now holds is what the report says, and reads back to the reported error.
+    # What the program now holds is what the report says, and reads back to the reported error:
+    # exactly for quantization, within the estimate effort's tolerance for k-means palettes.
     stored = 0
     for choice in result.choices:
         consumer = program.functions["main"].find_ops(op_type="linear")[int(choice.name[1:])]
@@ -63,16 +64,21 @@ def test_the_budget_holds_and_the_choice_is_the_allocations_optimum(bits):
             assert not back.is_compressed
         else:
             assert back.is_compressed and int(back.form.nbytes) == choice.bytes
-            assert _weighted_error(dense[choice.name], back.dense, None) == pytest.approx(choice.error, rel=1e-6)
+            palette = choice.form.startswith("palette")
+            assert _weighted_error(dense[choice.name], back.dense, None) == pytest.approx(choice.error, rel=0.03 if palette else 1e-6)
     assert stored == result.total_bytes
 
 
 def test_grouped_palettes_of_many_groups_are_estimated_on_a_sample_and_computed_whole(monkeypatch):
-    """With more groups than SAMPLE_GROUPS, a grouped palette's error is estimated on that many
-    groups; its size is exact, so the budget still holds, and the chosen form is computed whole."""
+    """With more values than SAMPLE_VALUES, a grouped palette's error is estimated on some groups
+    (here the fewest, MIN_SAMPLE_GROUPS); its size is exact, so the budget still holds, and the
+    chosen form is computed whole."""
+    import importlib
+
     import milcompress.passes.size as size
 
-    monkeypatch.setattr(size, "SAMPLE_GROUPS", 4)
+    monkeypatch.setattr(size, "SAMPLE_VALUES", 1)
+    monkeypatch.setattr(importlib.import_module("milcompress.ops.palettize"), "MIN_SAMPLE_GROUPS", 4)  # the module, not ops.palettize()
     program = network()
     dense = weight_values(program)
     result = compress_program_to_size(program, target_bits_per_weight=3.0, candidates=[
@@ -87,8 +93,8 @@ def test_grouped_palettes_of_many_groups_are_estimated_on_a_sample_and_computed_
         assert int(back.form.nbytes) == choice.bytes
         exact = _weighted_error(dense[choice.name], back.dense, None)
         sampled = choice.name in ("w0", "w1")  # 8 and 16 groups of 16 rows; w2 has 2
-        assert ("estimated on 4 evenly spaced groups" in records[choice.name].notes[0]) == sampled
-        assert choice.error == pytest.approx(exact, rel=0.15 if sampled else 1e-6)
+        assert ("estimated on 4 evenly spaced groups of" in records[choice.name].notes[0]) == sampled
+        assert choice.error == pytest.approx(exact, rel=0.15 if sampled else 0.03)
 
 
 def test_more_bits_never_cost_more_error():
@@ -164,7 +170,7 @@ def test_calibration_weights_errors_by_the_activations_each_weight_multiplies():
     live = np.zeros((1, 64))
     live[0, :32] = np.square(inputs[..., :32].astype(np.float64)).mean(axis=(0, 1))
     expected = _weighted_error(w0, back.dense, live) if choice.form != DENSE else 0.0
-    assert choice.error == pytest.approx(expected, rel=1e-6)
+    assert choice.error == pytest.approx(expected, rel=0.03 if choice.form.startswith("palette") else 1e-6)
 
 
 def test_sensitivity_measurement_scales_errors_by_each_weights_effect_on_the_output():
