@@ -1,33 +1,39 @@
-"""The size sweep's verdict: ours against the best single config that is no larger."""
+"""The size sweep's verdict: every single config against our point of the same or smaller size."""
 
 from benchmarks.size_sweep import beats_uniform
 
 
-def _point(series, label, bits, value, target=None):
-    point = {"series": series, "label": label, "bits_per_weight": bits, "metrics": {"top1_agreement": value}}
+def _point(series, label, bits, value, target=None, metric="top1_agreement"):
+    point = {"series": series, "label": label, "bits_per_weight": bits, "metrics": {metric: value}}
     if target is not None:
         point["target"] = target
     return point
 
 
-def test_ours_is_compared_with_the_best_single_config_that_fits():
+def test_each_single_config_meets_our_largest_point_not_above_its_size():
     result = {
         "metrics": ["top1_agreement"],
         "higher_is_better": {"top1_agreement": True},
         "points": [
-            _point("coremltools, one config", "int4 per block 32", 4.6, 0.67),
-            _point("coremltools, one config", "palettize 4-bit per tensor", 4.0, 0.18),
-            _point("milcompress, one config", "palettize 4-bit per tensor", 4.0, 0.36),
-            _point("coremltools, one config", "int8 per channel", 8.1, 1.0),
-            _point("milcompress compress_to_size", "target 4.5", 4.5, 0.85, target=4.5),
-            _point("milcompress compress_to_size", "target 4", 4.0, 0.30, target=4.0),
+            _point("coremltools, one config", "palettize 2-bit per tensor", 2.0, 0.01),  # below our smallest point
+            _point("coremltools, one config", "palettize 4-bit per tensor", 4.04, 0.18),
+            _point("milcompress, one config", "palettize 4-bit groups of 16", 4.12, 0.90),
+            _point("coremltools, one config", "int4 per block 32", 4.77, 0.67),
+            _point("coremltools, one config", "int8 per channel", 8.1, 0.95),
+            _point("coremltools, one config", "palettize 6-bit groups of 16", 10.0, 0.99),  # beyond the sweep
+            _point("milcompress compress_to_size", "target 4", 3.99, 0.70, target=4.0),
+            _point("milcompress compress_to_size", "target 4.5", 4.49, 0.85, target=4.5),
+            _point("milcompress compress_to_size", "target 8", 7.98, 0.96, target=8.0),
         ],
     }
-    by_target = {row["target"]: row for row in beats_uniform(result)}
-    # At 4.5 bpw, int4 (4.6) and int8 do not fit; the best that fits is our own 4-bit palette.
-    assert by_target[4.5]["best_uniform"] == "milcompress palettize 4-bit per tensor"
-    assert by_target[4.5]["at_or_above"]
-    assert by_target[4.0]["best_uniform_value"] == 0.36 and not by_target[4.0]["at_or_above"]
+    rows = {row["config"]: row for row in beats_uniform(result)}
+    assert set(rows) == {"coremltools palettize 4-bit per tensor", "milcompress palettize 4-bit groups of 16",
+                         "coremltools int4 per block 32", "coremltools int8 per channel"}
+    # A config is met by our point of the largest size not above its own: 4.12 by target 4 (3.99).
+    assert rows["milcompress palettize 4-bit groups of 16"]["target"] == 4.0
+    assert not rows["milcompress palettize 4-bit groups of 16"]["at_or_above"]
+    assert rows["coremltools int4 per block 32"]["target"] == 4.5 and rows["coremltools int4 per block 32"]["at_or_above"]
+    assert rows["coremltools int8 per channel"]["target"] == 8.0 and rows["coremltools int8 per channel"]["at_or_above"]
 
 
 def test_lower_is_better_metrics_flip_the_comparison():
@@ -35,9 +41,9 @@ def test_lower_is_better_metrics_flip_the_comparison():
         "metrics": ["kl_divergence"],
         "higher_is_better": {"kl_divergence": False},
         "points": [
-            {"series": "coremltools, one config", "label": "a", "bits_per_weight": 3.0, "metrics": {"kl_divergence": 0.5}},
-            {"series": "milcompress compress_to_size", "label": "t", "target": 3.0, "bits_per_weight": 3.0, "metrics": {"kl_divergence": 0.4}},
+            _point("coremltools, one config", "a", 3.0, 0.5, metric="kl_divergence"),
+            _point("milcompress compress_to_size", "t", 3.0, 0.4, target=3.0, metric="kl_divergence"),
         ],
     }
     (row,) = beats_uniform(result)
-    assert row["at_or_above"] and row["best_uniform_value"] == 0.5
+    assert row["at_or_above"] and row["config_value"] == 0.5
