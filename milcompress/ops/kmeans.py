@@ -610,8 +610,8 @@ def _lloyd(bins: _Bins, cuts: np.ndarray, iterations: int = 200) -> np.ndarray:
 
 def _improve(bins: _Bins, cuts: np.ndarray, coarse: bool, fine_sweeps: int = _MAX_FINE_SWEEPS) -> np.ndarray:
     """Sweep until no group improves: with a coarse grid (cheap, finds large moves) if `coarse`,
-    then with a fine grid plus moves of +-1, 2, 4, ... bins up to its spacing. Each sweep works
-    only on the groups the previous sweep improved."""
+    then with a fine grid plus moves of +-1, 2, 4, ... bins up to its spacing (at most
+    `fine_sweeps` times). Each sweep works only on the groups the previous sweep improved."""
     cuts = cuts.copy()
     cost = bins.total_cost(cuts)
     phases = ((_SWEEP_GRID_COARSE, False, _MAX_SWEEPS),) if coarse else ()
