@@ -226,13 +226,12 @@ def estimate_palettes(
     total, elements = channels // size, weight.size
     if importance is not None:
         importance = np.broadcast_to(importance, weight.shape)
-    groups = total if sample_values is None else max(MIN_SAMPLE_GROUPS, sample_values // (elements // total))
-    sampled = total > groups
+    count = total if sample_values is None else min(total, max(MIN_SAMPLE_GROUPS, sample_values // (elements // total)))
+    sampled = count < total
     if sampled:
-        rows = ((np.arange(groups) * total // groups)[:, None] * size + np.arange(size)).reshape(-1)
+        rows = ((np.arange(count) * total // count)[:, None] * size + np.arange(size)).reshape(-1)
         weight = np.take(weight, rows, axis=axis)
         importance = None if importance is None else np.take(importance, rows, axis=axis)
-    count = groups if sampled else total
     values = _to_groups(weight, axis, count, 1)[..., 0]
     weights = None if importance is None else _to_groups(importance, axis, count, 1)[..., 0]
     errors, energy = table_errors(values, [1 << c.nbits for c in configs], weights, dtype=weight.dtype)
@@ -241,7 +240,7 @@ def estimate_palettes(
     for c, error in zip(configs, errors.sum(1)):
         ratio = float(error) / signal if signal > 0 else (0.0 if error == 0 else math.inf)
         nbytes = packed_size(elements, c.nbits) + total * (1 << c.nbits) * weight.itemsize
-        result.append(PaletteEstimate(c.nbits, total, nbytes, ratio, groups if sampled else None))
+        result.append(PaletteEstimate(c.nbits, total, nbytes, ratio, count if sampled else None))
     return result
 
 

@@ -239,20 +239,20 @@ def _menu(weight: _Weight, candidates: Sequence[Tuple[str, AlgorithmConfig]]) ->
         key = estimate_layout(config) if isinstance(config, PalettizeConfig) else None
         if key is not None:
             layouts.setdefault(key, []).append((label, config))
-    estimates = {}
+    estimates = {}  # label -> its PaletteEstimate, or None where its layout does not fit the weight
     for members in layouts.values():
         try:
             found = estimate_palettes(value, [config for _, config in members], channel_axis=layout.output_axis,
                                       importance=weight.importance, sample_values=SAMPLE_VALUES)
         except NotCompressible:
-            continue
-        estimates.update((label, estimate) for (label, _), estimate in zip(members, found))
+            found = [None] * len(members)
+        estimates.update(zip((label for label, _ in members), found))
     weight.menu.append((DENSE, None, candidate.stored, 0.0))
     for label, config in fitted:
         if label in estimates:
             form = estimates[label]
-        elif isinstance(config, PalettizeConfig) and estimate_layout(config) is not None:
-            continue  # its layout does not fit the weight
+            if form is None:
+                continue
         else:
             try:
                 form = compress(value, config, output_axis=layout.output_axis, input_axis=layout.input_axis, importance=weight.importance)
