@@ -42,6 +42,7 @@ Pure numpy: this module never sees a MIL program.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -203,6 +204,22 @@ class _Bins:
 
     def total_cost(self, cuts: np.ndarray, rows: Optional[np.ndarray] = None) -> np.ndarray:
         return self.cost(cuts[:, :-1], cuts[:, 1:], rows).sum(1)
+
+    @functools.cached_property
+    def _value_keys(self) -> np.ndarray:
+        """The bin values' float32 order keys, row g shifted by g << 33 so all rows search as one."""
+        return (_ordered_key32(self.value) + (np.arange(self.groups, dtype=np.int64)[:, None] << 33)).reshape(-1)
+
+    def nearest_cuts(self, table: np.ndarray) -> np.ndarray:
+        """Cuts [G, K + 1] that give every bin the nearest entry of its group's sorted `table`
+        [G, K], ties low (as `assign_nearest`): a value at or below the float32-rounded-down
+        midpoint between two entries takes the lower. O(K log n) per group."""
+        groups, n = self.groups, self.n
+        mids = _round_down_f32((table[:, :-1] + table[:, 1:]) / 2)
+        offsets = np.arange(groups, dtype=np.int64)[:, None] << 33
+        inner = np.searchsorted(self._value_keys, (_ordered_key32(mids) + offsets).reshape(-1), side="right")
+        inner = inner.reshape(groups, -1) - np.arange(groups)[:, None] * n
+        return np.concatenate([np.zeros((groups, 1), np.int64), inner, np.full((groups, 1), n)], axis=1)
 
     def centroids(self, cuts: np.ndarray) -> np.ndarray:
         """Weighted mean of each cluster; an empty cluster copies its nearest non-empty neighbour."""
@@ -592,16 +609,8 @@ def _lloyd(bins: _Bins, cuts: np.ndarray, iterations: int = 200) -> np.ndarray:
     Each iteration costs O(k log n) per group (a search of the midpoints among the bin values),
     not O(n); it never raises the error.
     """
-    groups, n = bins.groups, bins.n
-    offsets = np.arange(groups, dtype=np.int64)[:, None] << 33
-    value_keys = (_ordered_key32(bins.value) + offsets).reshape(-1)
-    row_start = np.arange(groups)[:, None] * n
     for _ in range(iterations):
-        c = bins.centroids(cuts)
-        mids = _round_down_f32((c[:, :-1] + c[:, 1:]) / 2)
-        inner = np.searchsorted(value_keys, (_ordered_key32(mids) + offsets).reshape(-1), side="right")
-        inner = inner.reshape(groups, -1) - row_start
-        new = np.concatenate([cuts[:, :1], inner, cuts[:, -1:]], axis=1)
+        new = bins.nearest_cuts(bins.centroids(cuts))
         if np.array_equal(new, cuts):
             break
         cuts = new
@@ -720,16 +729,8 @@ def table_errors(
 
 
 def _error_of_table(bins: _Bins, table: np.ndarray) -> np.ndarray:
-    """sum(w (x - t(x))^2) per group, t(x) the nearest entry of the sorted `table` [G, K] (ties
-    low): each value x <= the (float32-rounded-down) midpoint between two entries takes the lower."""
-    groups, n = bins.groups, bins.n
-    offsets = np.arange(groups, dtype=np.int64)[:, None] << 33
-    value_keys = (_ordered_key32(bins.value) + offsets).reshape(-1)
-    mids = _round_down_f32((table[:, :-1] + table[:, 1:]) / 2)
-    inner = np.searchsorted(value_keys, (_ordered_key32(mids) + offsets).reshape(-1), side="right")
-    inner = inner.reshape(groups, -1) - np.arange(groups)[:, None] * n
-    cuts = np.concatenate([np.zeros((groups, 1), np.int64), inner, np.full((groups, 1), n)], axis=1)
-    w, sc, qc = (np.diff(p, axis=1) for p in bins.at(cuts))
+    """sum(w (x - t(x))^2) per group, t(x) the nearest entry of the sorted `table` [G, K]."""
+    w, sc, qc = (np.diff(p, axis=1) for p in bins.at(bins.nearest_cuts(table)))
     # A cluster's error about its entry t: its error about its mean, plus its weight times the
     # entry's squared distance from that mean (sc is centred on the group's centre).
     off_mean = np.where(w > 0, bins.centre[:, None] + sc / np.where(w > 0, w, 1.0) - table, 0.0)
