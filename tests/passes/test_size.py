@@ -15,7 +15,7 @@ from milcompress.errors import ConfigError
 from milcompress.lowering import read_back
 from milcompress.ops.allocate import allocate
 from milcompress.passes import compress_program_to_size
-from milcompress.passes.size import DENSE, _weighted_error
+from milcompress.passes.size import DENSE, MIN_SENSITIVITY_SAMPLES, _weighted_error, sensitivity_samples
 from milcompress.reference import Interpreter, verify
 
 
@@ -178,7 +178,24 @@ def test_sensitivity_measurement_scales_errors_by_each_weights_effect_on_the_out
     inputs = np.random.default_rng(2).standard_normal((2, 4, 64)).astype(np.float32)
     result = compress_program_to_size(program, target_bits_per_weight=4.0, calibration={"x": inputs}, sensitivity_seconds=60)
     assert result.sensitivity_measured == 3
+    assert result.sensitivity_samples == 2  # both samples: the network is quick to run
+    assert result.summary()["sensitivity_samples"] == 2
     assert all(c.sensitivity > 0 and c.sensitivity != 1.0 for c in result.choices)
+
+
+@pytest.mark.parametrize(
+    "samples, weights, seconds, per_run, expected",
+    [
+        (32, 38, 30.0, 0.01, 32),  # every weight on every sample fits
+        (32, 38, 30.0, 0.1, 7),  # 38 weights x 7 samples x 0.1 s = 26.6 s
+        (32, 38, 30.0, 1.0, MIN_SENSITIVITY_SAMPLES),  # not even that fits: the largest weights on a few samples
+        (2, 38, 30.0, 1.0, 2),  # fewer samples than the minimum: all of them
+        (32, 38, 30.0, 0.0, 32),
+        (0, 38, 30.0, 0.1, 0),
+    ],
+)
+def test_sensitivity_samples_are_thinned_so_every_weight_can_be_measured(samples, weights, seconds, per_run, expected):
+    assert sensitivity_samples(samples, weights, seconds, per_run) == expected
 
 
 def correlated(samples: int, seed: int, mixing_seed: int = 7) -> np.ndarray:
