@@ -8,7 +8,8 @@ weights). Then:
   objects as in compare.py;
 - milcompress's `compress_to_size` is run at each target bits per weight, data-free, with
   calibration inputs the evaluation never sees (activation-weighted errors and k-means, bias
-  correction), and with those plus 30 s of end-to-end sensitivity measurement.
+  correction), with those plus 30 s of end-to-end sensitivity measurement, and with those plus
+  error feedback (GPTQ, `error_feedback=True`).
 Each result is scored by the model's own metric on its package's program, run by the reference
 executor with float16 activations, and placed by its bits per weight: the stored bytes of every
 weight (compressed or not) over their count, from the package itself.
@@ -105,6 +106,8 @@ def sweep_model(name: str, quick: bool) -> dict:
                 ("milcompress compress_to_size", {}),
                 ("milcompress compress_to_size, calibrated", {"calibration": calibration}),
                 ("milcompress compress_to_size, calibrated, sensitivity 30 s", {"calibration": calibration, "sensitivity_seconds": SENSITIVITY_SECONDS}),
+                ("milcompress compress_to_size, calibrated, sensitivity 30 s, error feedback",
+                 {"calibration": calibration, "sensitivity_seconds": SENSITIVITY_SECONDS, "error_feedback": True}),
             ):
                 start = time.perf_counter()
                 model = milcompress.compress_to_size(dense, target, **options)
@@ -159,6 +162,7 @@ def plot(result: dict, path: Path) -> None:
         "milcompress compress_to_size": dict(marker="o", linestyle="-", color="tab:blue"),
         "milcompress compress_to_size, calibrated": dict(marker="^", linestyle="-", color="tab:green"),
         "milcompress compress_to_size, calibrated, sensitivity 30 s": dict(marker="v", linestyle="-", color="tab:red"),
+        "milcompress compress_to_size, calibrated, sensitivity 30 s, error feedback": dict(marker="D", linestyle="--", color="tab:purple"),
     }
     for series, style in styles.items():
         points = sorted((p for p in result["points"] if p["series"] == series), key=lambda p: p["bits_per_weight"])
