@@ -155,7 +155,7 @@ def plot(result: dict, path: Path) -> None:
     from matplotlib import pyplot
 
     metric = result["metrics"][0]
-    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    figure, axes = pyplot.subplots(figsize=(7, 5.5))
     styles = {
         "coremltools, one config": dict(marker="s", linestyle="none", color="tab:gray"),
         "milcompress, one config": dict(marker="o", linestyle="none", color="tab:blue", fillstyle="none"),
@@ -172,7 +172,7 @@ def plot(result: dict, path: Path) -> None:
     axes.set_ylabel(f"{metric} (package run by the reference executor)")
     axes.set_title(f"{result['model']}: accuracy against size")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: no point hidden
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     pyplot.close(figure)
