@@ -522,9 +522,9 @@ def _with_feedback(params, weight: _Weight, folds) -> Tuple[object, Optional[str
 
 def sensitivity_samples(samples: int, weights: int, seconds: float, seconds_per_run: float) -> int:
     """How many calibration samples each weight's sensitivity is measured on: all of them where
-    every weight fits in `seconds` so, else as many as let every weight fit, and never fewer than
-    `MIN_SENSITIVITY_SAMPLES` (or all, if there are fewer): weights measured on a few samples rank
-    better than weights left at the median."""
+    every weight on every sample fits in `seconds`, else as many as let every weight fit, and
+    never fewer than `MIN_SENSITIVITY_SAMPLES` (or all, if there are fewer): weights measured on a
+    few samples rank better than weights left at the median."""
     if samples <= 0 or weights <= 0:
         return 0
     affordable = math.floor(seconds / (weights * seconds_per_run)) if seconds_per_run > 0 else samples
@@ -547,7 +547,8 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
     start = time.perf_counter()
     deadline = start + seconds
     interpreter.run(samples[0])
-    count = sensitivity_samples(len(samples), len(weights), seconds - (time.perf_counter() - start), time.perf_counter() - start)
+    per_run = time.perf_counter() - start
+    count = sensitivity_samples(len(samples), len(weights), seconds - per_run, per_run)
     chosen = sorted({int(i) for i in np.linspace(0, len(samples) - 1, count).round()})
     measured: Dict[int, float] = {}
     for index in sorted(range(len(weights)), key=lambda i: -weights[i].candidate.value.size):
