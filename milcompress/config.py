@@ -185,7 +185,11 @@ class PalettizeConfig:
     `auto`: whichever lossless layout (one table, or one per group of any size) is smallest. `cluster_dim` > 1 makes
     table entries vectors of that many consecutive channels. `enable_per_channel_scale`, as in
     coremltools, divides the weight by its largest magnitude across the channel axis (one scale per
-    input position) before clustering and stores the scales.
+    input position) before clustering and stores the scales. `outlier_aware` (kmeans mode,
+    default on) weighs the squared error of weights beyond 4 times the tensor's RMS more when the
+    table is fitted, so the few far-out weights a model may depend on (an LLM's super weights)
+    keep entries of their own instead of being clipped; False gives the plain least-squares
+    table, as coremltools fits it (see `ops.kmeans.kmeans_1d`).
     """
 
     nbits: Optional[int] = None
@@ -198,6 +202,7 @@ class PalettizeConfig:
     enable_per_channel_scale: bool = False
     weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD
     min_snr_db: Optional[float] = None
+    outlier_aware: bool = True
 
     def __post_init__(self) -> None:
         mode = _choice("mode", self.mode, PALETTE_MODES)
@@ -225,8 +230,9 @@ class PalettizeConfig:
             raise _fail("cluster_dim", "vector palettization (cluster_dim > 1) needs kmeans, unique or custom mode")
         if granularity == "per_grouped_channel" and group_size % cluster_dim:
             raise _fail("group_size", f"must be a multiple of cluster_dim ({cluster_dim}), got {group_size}")
-        if not isinstance(self.enable_per_channel_scale, (bool, np.bool_)):
-            raise _fail("enable_per_channel_scale", f"must be true or false, got {self.enable_per_channel_scale!r}")
+        for flag in ("enable_per_channel_scale", "outlier_aware"):
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
+                raise _fail(flag, f"must be true or false, got {getattr(self, flag)!r}")
         _set(
             self,
             mode=mode,
@@ -236,6 +242,7 @@ class PalettizeConfig:
             channel_axis=channel_axis,
             cluster_dim=cluster_dim,
             enable_per_channel_scale=bool(self.enable_per_channel_scale),
+            outlier_aware=bool(self.outlier_aware),
             weight_threshold=_weight_threshold(self.weight_threshold),
             min_snr_db=_min_snr_db(self.min_snr_db),
         )

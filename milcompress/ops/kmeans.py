@@ -221,6 +221,22 @@ class _Bins:
         inner = inner.reshape(groups, -1) - np.arange(groups)[:, None] * n
         return np.concatenate([np.zeros((groups, 1), np.int64), inner, np.full((groups, 1), n)], axis=1)
 
+    def outlier_aware(self, scale) -> "_Bins":
+        """These bins with every value's weight multiplied by `outlier_factor(x, scale)` (`scale`
+        > 0, a number or one per group): the objective of outlier-aware k-means (`kmeans_1d`).
+
+        A bin's values share one float16 code, so the factor is taken at the bin's mean; exact
+        for float16 values and for groups binned by exact value."""
+        dw, ds, dsc, dqc = (np.diff(p, axis=1) for p in (self.w, self.s, self.sc, self.qc))
+        mean = np.where(dw > 0, ds / np.where(dw > 0, dw, 1.0), self.value)
+        factor = outlier_factor(mean, np.reshape(np.asarray(scale, dtype=np.float64), (-1, 1)))
+        w = dw * factor
+        total = w.sum(1, keepdims=True)
+        centre = (ds * factor).sum(1, keepdims=True) / np.where(total > 0, total, 1.0)
+        shift = self.centre[:, None] - centre  # x - centre = (x - old centre) + shift
+        stats = (w, ds * factor, factor * (dsc + dw * shift), factor * (dqc + 2 * shift * dsc + dw * shift * shift))
+        return _Bins(*(_prefix(x) for x in stats), self.value, self.count, centre[:, 0])
+
     def centroids(self, cuts: np.ndarray) -> np.ndarray:
         """Weighted mean of each cluster; an empty cluster copies its nearest non-empty neighbour."""
         w = np.diff(self.gather(self.w, cuts), axis=1)
@@ -676,12 +692,25 @@ def _chunks(values: np.ndarray):
     return [slice(first, min(groups, first + per_chunk)) for first in range(0, groups, per_chunk)]
 
 
-def kmeans_1d(values: np.ndarray, k: int, weights: Optional[np.ndarray] = None) -> np.ndarray:
+def kmeans_1d(values: np.ndarray, k: int, weights: Optional[np.ndarray] = None, outlier_scale=None) -> np.ndarray:
     """Cluster each row of `values` [G, n] into `k` clusters: sorted centroids [G, k] (float64).
 
     `weights` [G, n] (>= 0) weight each value's squared error; zero-weight values do not pull any
     centroid. Rows with fewer than k distinct (binned) values get each value as a centroid and
     repeats. Deterministic.
+
+    `outlier_scale` (a number, or one per row: the tensor's mean square, `outlier_scale()`), when
+    given, multiplies each value's weight by `outlier_factor`: 1 below `OUTLIER_RMS` times the
+    root of the scale, growing with the square of the distance beyond it. So a few values far
+    out in the tails (an LLM's "super weights", 15 or more RMS out) get table entries instead of
+    being clipped to the outermost entry the bulk wants, and ordinary weights keep their
+    least-squares table (Gaussian weights: +0.3% squared error at 4 bits). The plain squared
+    error spends no entry on a handful of values among a million: on SmolLM2-135M (stored as
+    Q4_1) that clipping took 4-bit palettes of its down projections alone from perplexity 30 to
+    255,000 (outlier-aware: 53), of the whole model to 566,000 (863), and groups of 16 to 1,047
+    (225); MobileNetV2's 6-bit palettes gain too (top-1 agreement 0.838 -> 0.874, 198 crops).
+    Tried: weighing every value by 1 + x^2 / scale (SmolLM2 per tensor 270, but MobileNetV2's
+    4-bit top-1 0.38 -> 0.13), and pinning the extremes as entries (SmolLM2 699).
     """
     values = _check_rows(values)
     if k < 1:
@@ -693,12 +722,14 @@ def kmeans_1d(values: np.ndarray, k: int, weights: Optional[np.ndarray] = None) 
         return result
     for chunk in _chunks(values):
         bins = _histogram(values[chunk], None if weights is None else weights[chunk])
+        if outlier_scale is not None:
+            bins = bins.outlier_aware(_rows_of(outlier_scale, groups)[chunk])
         result[chunk] = _cluster_bins(bins, k)
     return np.sort(result, axis=1)
 
 
 def table_errors(
-    values: np.ndarray, ks: Sequence[int], weights: Optional[np.ndarray] = None, dtype=np.float16
+    values: np.ndarray, ks: Sequence[int], weights: Optional[np.ndarray] = None, dtype=np.float16, outlier_scale=None
 ) -> Tuple[np.ndarray, np.ndarray]:
     """What k-means tables of each size in `ks` would cost each row of `values` [G, n], without
     building them: ([len(ks), G] errors, [G] energies).
@@ -706,7 +737,9 @@ def table_errors(
     The error of a row is sum(w (x - t(x))^2), t(x) the nearest entry of the row's k-means table
     rounded to `dtype` (ties low, as `assign_nearest` maps them); its energy is sum(w x^2)
     (`weights` w default to 1). One histogram per chunk of rows serves every k, and the errors
-    come from its prefix sums, not from a pass over the values.
+    come from its prefix sums, not from a pass over the values. With `outlier_scale`, the tables
+    are `kmeans_1d`'s outlier-aware ones and w includes their factor 1 + x^2 / outlier_scale, in
+    the errors and in the energies alike.
 
     This is the estimate effort: less polish than `kmeans_1d` (the 1-D problems of the sizes in
     tests/ops/test_kmeans.py: within about 1% of its error, mostly within 0.3%). Exact for
@@ -720,6 +753,8 @@ def table_errors(
         return errors, energy
     for chunk in _chunks(values):
         bins = _histogram(values[chunk], None if weights is None else weights[chunk])
+        if outlier_scale is not None:
+            bins = bins.outlier_aware(_rows_of(outlier_scale, groups)[chunk])
         total_w, total_sc, total_qc = (p[:, -1] for p in (bins.w, bins.sc, bins.qc))
         energy[chunk] = np.maximum(total_qc + bins.centre * (2 * total_sc + bins.centre * total_w), 0.0)
         for row, k in enumerate(ks):
@@ -735,6 +770,35 @@ def _error_of_table(bins: _Bins, table: np.ndarray) -> np.ndarray:
     # entry's squared distance from that mean (sc is centred on the group's centre).
     off_mean = np.where(w > 0, bins.centre[:, None] + sc / np.where(w > 0, w, 1.0) - table, 0.0)
     return (_squared_error(w, sc, qc) + w * off_mean * off_mean).sum(1)
+
+
+OUTLIER_RMS = 4.0  # outlier-aware k-means weighs values beyond this many RMS of their tensor more
+
+
+def outlier_factor(values: np.ndarray, scale) -> np.ndarray:
+    """The weight outlier-aware k-means gives a value's squared error: 1 + max(0, x^2 / scale -
+    OUTLIER_RMS^2), `scale` the tensor's mean square (`outlier_scale`)."""
+    values = np.asarray(values, dtype=np.float64)
+    return 1.0 + np.maximum(values * values / scale - OUTLIER_RMS * OUTLIER_RMS, 0.0)
+
+
+def outlier_scale(values: np.ndarray, weights: Optional[np.ndarray] = None) -> float:
+    """The scale of outlier-aware k-means for a tensor: the (weighted) mean square of its values,
+    summed slice by slice in float64; 1 for an all-zero tensor."""
+    values = np.asarray(values)
+    flat = values.reshape(-1)
+    w = None if weights is None else np.broadcast_to(weights, values.shape).reshape(-1)
+    energy = total = 0.0
+    for start in range(0, flat.size, _CHUNK_ELEMENTS):
+        x = flat[start : start + _CHUNK_ELEMENTS].astype(np.float64)
+        ws = 1.0 if w is None else w[start : start + _CHUNK_ELEMENTS].astype(np.float64)
+        energy += float((ws * x * x).sum())
+        total += float(np.sum(ws)) if w is not None else x.size
+    return energy / total if energy > 0 and total > 0 else 1.0
+
+
+def _rows_of(scale, groups: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(scale, dtype=np.float64).reshape(-1), (groups,))
 
 
 def _check_rows(values) -> np.ndarray:

@@ -32,7 +32,7 @@ import numpy as np
 from milcompress.config import PALETTE_NBITS, PalettizeConfig
 from milcompress.errors import ConfigError, NotCompressible
 from milcompress.ops._arrays import check_weight, expand_blocks, normalize_axis, row_slices, sortable, unique_values
-from milcompress.ops.kmeans import assign_nearest, kmeans_1d, kmeans_vectors, nearest_vectors, table_errors
+from milcompress.ops.kmeans import assign_nearest, kmeans_1d, kmeans_vectors, nearest_vectors, outlier_factor, outlier_scale, table_errors
 from milcompress.ops.packing import packed_size
 
 
@@ -167,7 +167,8 @@ class PaletteEstimate:
     """What `palettize` would store for a k-means config, and its error, without building it.
 
     `error` is the importance-weighted noise-to-signal ratio sum(w (W - W')^2) / sum(w W^2) of the
-    whole weight, or of `sampled` evenly spaced groups of it: each group's table depends on its
+    whole weight (for outlier-aware configs, w includes their `kmeans.outlier_factor`, as
+    `ops.metrics.noise_to_signal` with `outlier_scale` counts it), or of `sampled` evenly spaced groups of it: each group's table depends on its
     own weights only, so their error estimates the whole's. `nbytes` is exact either way. The
     layout attributes (`nbits`, `tables`, `cluster_dim`, `scale`) are those of the `LutParams`
     it stands for, so `lowering.required_target` reads either.
@@ -183,15 +184,15 @@ class PaletteEstimate:
 
 
 def estimate_layout(config: PalettizeConfig) -> Optional[Tuple[str, Optional[int], Optional[int]]]:
-    """The layout key (granularity, group size, channel axis) under which `estimate_palettes`
+    """The layout key (granularity, group size, channel axis, objective) under which `estimate_palettes`
     takes `config` together with others of the same key; None for configs it does not take
     (other modes, vectors, channel scales, "auto" granularity)."""
     if config.mode != "kmeans" or config.cluster_dim != 1 or config.enable_per_channel_scale:
         return None
     if config.granularity == "per_tensor":
-        return ("per_tensor", None, config.channel_axis)
+        return ("per_tensor", None, config.channel_axis, config.outlier_aware)
     if config.granularity == "per_grouped_channel":
-        return ("per_grouped_channel", config.group_size, config.channel_axis)
+        return ("per_grouped_channel", config.group_size, config.channel_axis, config.outlier_aware)
     return None
 
 
@@ -226,6 +227,7 @@ def estimate_palettes(
     total, elements = channels // size, weight.size
     if importance is not None:
         importance = np.broadcast_to(importance, weight.shape)
+    scale = outlier_scale(weight, importance) if config.outlier_aware else None  # of the whole, before sampling
     count = total if sample_values is None else min(total, max(MIN_SAMPLE_GROUPS, sample_values // (elements // total)))
     sampled = count < total
     if sampled:
@@ -234,7 +236,7 @@ def estimate_palettes(
         importance = None if importance is None else np.take(importance, rows, axis=axis)
     values = _to_groups(weight, axis, count, 1)[..., 0]
     weights = None if importance is None else _to_groups(importance, axis, count, 1)[..., 0]
-    errors, energy = table_errors(values, [1 << c.nbits for c in configs], weights, dtype=weight.dtype)
+    errors, energy = table_errors(values, [1 << c.nbits for c in configs], weights, dtype=weight.dtype, outlier_scale=scale)
     signal = float(energy.sum())
     result = []
     for c, error in zip(configs, errors.sum(1)):
@@ -317,10 +319,17 @@ def _finish_scalar(values: np.ndarray, tables: np.ndarray, dtype: np.dtype) -> T
 
 
 def _kmeans(values: np.ndarray, config: PalettizeConfig, dtype: np.dtype, weights: Optional[np.ndarray]):
+    """k-means tables, outlier-aware unless the config says not (`kmeans.kmeans_1d`): a value
+    beyond `OUTLIER_RMS` times the whole tensor's RMS (a vector: its norm against the RMS norm)
+    weighs more, so one scale decides what an outlier is in every group."""
     k = 1 << config.nbits
+    scale = outlier_scale(values, weights[..., None] if weights is not None else None) * values.shape[-1] if config.outlier_aware else None
     if values.shape[-1] == 1:
         scalars = values[..., 0]
-        return _finish_scalar(scalars, kmeans_1d(scalars, k, weights), dtype)
+        return _finish_scalar(scalars, kmeans_1d(scalars, k, weights, outlier_scale=scale), dtype)
+    if scale is not None:
+        norm = (values.astype(np.float64) ** 2).sum(-1)
+        weights = (1.0 if weights is None else weights) * outlier_factor(np.sqrt(norm), scale)
     lut = kmeans_vectors(values, k, weights).astype(dtype)
     return lut, nearest_vectors(values, lut)
 

@@ -41,6 +41,7 @@ from milcompress.config import (
 from milcompress.errors import ConfigError, NotCompressible, PassError, PreconditionError
 from milcompress.lowering import is_constexpr, lower, read_back, required_target
 from milcompress.ops import CompressedForm, compress, describe, snr_db
+from milcompress.ops.metrics import clipped_outlier
 from milcompress.ops.prune import SparseParams
 from milcompress.ops._arrays import largest_divisor_at_most
 from milcompress.ops.palettize import largest_group_size
@@ -201,16 +202,28 @@ def _compute(candidate: Candidate, record: ConstRecord, on_unsupported: str, snr
             now = "sparse" if candidate.is_sparse else "dense"
             _skip(record, f"{describe(params)} ({params.nbytes:,} bytes) would not be smaller than {now} ({candidate.stored:,} bytes)")
             return None
-        snr = snr_db(value, params.decompress())
+        dense = params.decompress()
+        snr = snr_db(value, dense)
         if minimum is not None and snr < minimum:
             continue
         if attempt is not config:
             notes.append(f"fell back to {describe(params)} to reach min_snr_db {minimum:g}")
         record.form, record.notes, record.snr_db, record.bytes_after = describe(params), notes, snr, int(params.nbytes)
+        record.warnings = outlier_warnings(value, dense)
         return _Plan(candidate, params, record)
     tried = "" if len(attempts) == 1 else f" (and with {len(attempts) - 1} gentler forms)"
     _skip(record, f"SNR {snr:.1f} dB < min_snr_db {minimum:g}{tried}")
     return None
+
+
+def outlier_warnings(value: np.ndarray, dense: np.ndarray) -> List[str]:
+    """A warning naming the element a compressed form clipped, if it clipped an outlier
+    (`ops.metrics.clipped_outlier`): the weight's SNR does not show it."""
+    clipped = clipped_outlier(value, dense)
+    if clipped is None:
+        return []
+    index, original, back = clipped
+    return [f"clipped outlier: element {list(index)} = {original:.6g} came back as {back:.6g}"]
 
 
 def _rewrite(plans: List[_Plan]) -> None:

@@ -31,6 +31,7 @@ class ConstRecord:
     bytes_before: int = 0
     bytes_after: int = 0
     snr_db: Optional[float] = None
+    warnings: List[str] = field(default_factory=list)  # what the compressed form did that its SNR hides
 
     @property
     def elements(self) -> int:

@@ -91,6 +91,7 @@ one or two crops between allocations of equal KL, so KL decides), none kept:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -107,10 +108,11 @@ from milcompress.lowering import required_target
 from milcompress.ops import compress, describe, snr_db
 from milcompress.ops.allocate import Allocation, allocate
 from milcompress.ops.feedback import feedback, output_error
+from milcompress.ops.kmeans import outlier_scale
 from milcompress.ops.metrics import noise_to_signal
 from milcompress.ops.palettize import estimate_layout, estimate_palettes
 from milcompress.passes.bias import correct_biases, corrected_bias
-from milcompress.passes.compress import _Plan, _rewrite, _select, _skip, fit_to_shape
+from milcompress.passes.compress import _Plan, _rewrite, _select, _skip, fit_to_shape, outlier_warnings
 from milcompress.packages import load_arrays
 from milcompress.passes.graph import ProgramGraph
 from milcompress.passes.options import PassOption, optional, parse_bool, parse_float, parse_int, parse_path
@@ -197,11 +199,6 @@ class SizeReport:
         }
 
 
-def _weighted_error(value: np.ndarray, approximation: np.ndarray, column_weights: Optional[np.ndarray]) -> float:
-    """||(W - W') * c||^2 / ||W * c||^2, c broadcasting over W (1 when None); 0 for an all-zero W."""
-    return noise_to_signal(value, approximation, column_weights)
-
-
 def _column_weights(value: np.ndarray, layout: Optional[WeightLayout], statistics) -> Optional[np.ndarray]:
     """The activation mean squares broadcast over the weight's input-channel axis (depthwise
     convolutions: its output-channel axis, each output reading its own input channel)."""
@@ -231,9 +228,17 @@ class _Weight:
         """What each element's squared error is weighted by in k-means (None: all alike)."""
         return None if self.column_weights is None else np.broadcast_to(self.column_weights, self.candidate.value.shape)
 
+    @functools.cached_property
+    def outlier_scale(self) -> float:
+        """The mean square the outlier-aware error measure is relative to (`ops.kmeans.outlier_scale`)."""
+        return outlier_scale(self.candidate.value, self.column_weights)
+
     def error(self, approximation: np.ndarray) -> float:
-        """The (activation-weighted) noise-to-signal ratio of using `approximation`."""
-        return _weighted_error(self.candidate.value, approximation, self.column_weights)
+        """The (activation-weighted) noise-to-signal ratio of using `approximation`, outlier-aware:
+        each element's squared error also weighed by 1 + w^2 / E[w^2], as the palettes' k-means
+        and their estimated errors weigh it, so a form that clips the few far-out weights an LLM
+        depends on (its super weights) shows that damage."""
+        return noise_to_signal(self.candidate.value, approximation, self.column_weights, outlier_scale=self.outlier_scale)
 
 
 def _menu(weight: _Weight, candidates: Sequence[Tuple[str, AlgorithmConfig]]) -> None:
@@ -379,7 +384,10 @@ def compress_program_to_size(
             params, note = _with_feedback(params, weight, run.folds)
             notes += [note] if note else []
         record.form, record.bytes_after = describe(params), int(params.nbytes)
-        record.snr_db = snr_db(candidate.value, params.decompress())
+        dense = params.decompress()
+        record.snr_db = snr_db(candidate.value, dense)
+        record.warnings = outlier_warnings(candidate.value, dense)
+        del dense
         assert params.nbytes == size, f"{record.name}: {label} stores {params.nbytes} bytes, the allocation counted {size}"
         estimated = f" ({weight.sampled[label]})" if label in weight.sampled else ""
         record.notes = [f"chosen by the size allocation: {label}, weighted error {weight.sensitivity * error:.3g}{estimated}", *notes]

@@ -161,6 +161,9 @@ def _print_summary(reports) -> None:
             f"compressed {totals['compressed']} of {len(weights)} weights; weight bytes {_kb(before)} -> {_kb(after)} ({ratio}); "
             f"mean SNR {_snr(totals['mean_snr_db'])} dB"
         )
+        for r in weights:
+            for warning in r.warnings:
+                print(f"warning: {label(r.function, r.name)}: {warning}")
         if report.summary is not None:
             summary = report.summary
             print(

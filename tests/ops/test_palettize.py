@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -196,6 +198,7 @@ def test_estimates_are_the_size_and_error_of_the_palettes_where_kmeans_is_exact(
     """Groups this small get the exact DP at either effort: each estimate's bytes, tables and
     (importance-weighted) noise-to-signal ratio are those of `palettize`'s form."""
     from milcompress.lowering import required_target
+    from milcompress.ops.kmeans import outlier_scale
     from milcompress.ops.metrics import noise_to_signal
     from milcompress.ops.palettize import estimate_palettes
 
@@ -209,7 +212,7 @@ def test_estimates_are_the_size_and_error_of_the_palettes_where_kmeans_is_exact(
         params = palettize(w, config, channel_axis=axis, importance=importance)
         assert (estimate.nbytes, estimate.tables, estimate.nbits, estimate.sampled) == (params.nbytes, params.tables, params.nbits, None)
         assert required_target(estimate) == required_target(params)
-        exact = noise_to_signal(w, params.decompress(), importance)
+        exact = noise_to_signal(w, params.decompress(), importance, outlier_scale=outlier_scale(w, importance))
         assert estimate.error == pytest.approx(exact, rel=1e-6, abs=1e-12)
 
 
@@ -223,8 +226,10 @@ def test_estimates_are_the_size_and_error_of_the_palettes_where_kmeans_is_exact(
 )
 def test_a_palette_of_many_groups_is_estimated_on_evenly_spaced_groups_and_sized_whole(nbits, groups, rest, axis_last, weighted, seed):
     """Past `sample_values`, the error is that of MIN_SAMPLE_GROUPS evenly spaced groups (each
-    group's table depends on its own weights only), and the size is the whole palette's."""
-    from milcompress.ops.palettize import MIN_SAMPLE_GROUPS, estimate_palettes
+    group's table depends on its own weights and, outlier-aware, on the whole tensor's mean
+    square), and the size is the whole palette's."""
+    from milcompress.ops.kmeans import outlier_scale, table_errors
+    from milcompress.ops.palettize import MIN_SAMPLE_GROUPS, _to_groups, estimate_palettes
 
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((groups * 2, *rest)).astype(np.float16)
@@ -239,8 +244,14 @@ def test_a_palette_of_many_groups_is_estimated_on_evenly_spaced_groups_and_sized
     assert sampled.nbytes == palettize(w, config, channel_axis=axis).nbytes
     rows = ((np.arange(MIN_SAMPLE_GROUPS) * groups // MIN_SAMPLE_GROUPS)[:, None] * 2 + np.arange(2)).reshape(-1)
     part = None if importance is None else np.take(importance, rows, axis=axis)
-    (alone,) = estimate_palettes(np.take(w, rows, axis=axis), [config], channel_axis=axis, importance=part)
-    assert sampled.error == alone.error
+    plain = dataclasses.replace(config, outlier_aware=False)
+    (alone,) = estimate_palettes(np.take(w, rows, axis=axis), [plain], channel_axis=axis, importance=part)
+    assert estimate_palettes(w, [plain], channel_axis=axis, importance=importance, sample_values=1)[0].error == alone.error
+    # Outlier-aware: the sampled groups' errors relative to the whole tensor's mean square.
+    values = _to_groups(np.take(w, rows, axis=axis), axis, MIN_SAMPLE_GROUPS, 1)[..., 0]
+    weights = None if part is None else _to_groups(part, axis, MIN_SAMPLE_GROUPS, 1)[..., 0]
+    errors, energy = table_errors(values, [1 << nbits], weights, outlier_scale=outlier_scale(w, importance))
+    assert sampled.error == pytest.approx(errors.sum() / energy.sum(), rel=1e-12)
 
 
 @pytest.mark.parametrize(

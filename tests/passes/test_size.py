@@ -15,8 +15,15 @@ from milcompress.errors import ConfigError
 from milcompress.lowering import read_back
 from milcompress.ops.allocate import allocate
 from milcompress.passes import compress_program_to_size
-from milcompress.passes.size import DENSE, MIN_SENSITIVITY_SAMPLES, _weighted_error, sensitivity_samples
+from milcompress.ops.kmeans import outlier_scale
+from milcompress.ops.metrics import noise_to_signal
+from milcompress.passes.size import DENSE, MIN_SENSITIVITY_SAMPLES, sensitivity_samples
 from milcompress.reference import Interpreter, verify
+
+
+def allocation_error(value, approximation, column_weights):
+    """The error the allocation weighs: activation-weighted and outlier-aware (passes/size.py)."""
+    return noise_to_signal(value, approximation, column_weights, outlier_scale=outlier_scale(value, column_weights))
 
 
 def network(scales=(1.0, 0.02, 1.0), seed=0) -> Program:
@@ -65,7 +72,7 @@ def test_the_budget_holds_and_the_choice_is_the_allocations_optimum(bits):
         else:
             assert back.is_compressed and int(back.form.nbytes) == choice.bytes
             palette = choice.form.startswith("palette")
-            assert _weighted_error(dense[choice.name], back.dense, None) == pytest.approx(choice.error, rel=0.03 if palette else 1e-6)
+            assert allocation_error(dense[choice.name], back.dense, None) == pytest.approx(choice.error, rel=0.03 if palette else 1e-6)
     assert stored == result.total_bytes
 
 
@@ -91,7 +98,7 @@ def test_grouped_palettes_of_many_groups_are_estimated_on_a_sample_and_computed_
         assert choice.form != DENSE
         back = read_back(program.functions["main"].find_ops(op_type="linear")[int(choice.name[1:])].inputs["weight"])
         assert int(back.form.nbytes) == choice.bytes
-        exact = _weighted_error(dense[choice.name], back.dense, None)
+        exact = allocation_error(dense[choice.name], back.dense, None)
         sampled = choice.name in ("w0", "w1")  # 8 and 16 groups of 16 rows; w2 has 2
         assert ("estimated on 4 evenly spaced groups of" in records[choice.name].notes[0]) == sampled
         assert choice.error == pytest.approx(exact, rel=0.15 if sampled else 0.03)
@@ -169,7 +176,7 @@ def test_calibration_weights_errors_by_the_activations_each_weight_multiplies():
     back = read_back(program.functions["main"].find_ops(op_type="linear")[0].inputs["weight"])
     live = np.zeros((1, 64))
     live[0, :32] = np.square(inputs[..., :32].astype(np.float64)).mean(axis=(0, 1))
-    expected = _weighted_error(w0, back.dense, live) if choice.form != DENSE else 0.0
+    expected = allocation_error(w0, back.dense, live) if choice.form != DENSE else 0.0
     assert choice.error == pytest.approx(expected, rel=0.03 if choice.form.startswith("palette") else 1e-6)
 
 
