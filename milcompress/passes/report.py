@@ -54,6 +54,8 @@ class Report:
     records: List[ConstRecord] = field(default_factory=list)
     # What a whole-program pass decided beyond each const (the size allocation's choices).
     summary: Optional[dict] = None
+    # What the user most likely did not mean (a config entry that matches nothing).
+    warnings: List[str] = field(default_factory=list)
 
     @property
     def compressed(self) -> List[ConstRecord]:
@@ -90,6 +92,8 @@ class Report:
         data = {"pass": self.pass_name, "totals": self.totals(), "consts": [r.to_dict() for r in self.records]}
         if self.summary is not None:
             data["summary"] = self.summary
+        if self.warnings:
+            data["warnings"] = list(self.warnings)
         return data
 
     def to_json(self, indent: int = 2) -> str:
