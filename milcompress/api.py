@@ -15,7 +15,7 @@ import numpy as np
 
 from milcompress import _coremltools as ct_private
 from milcompress.config import CompressionConfig
-from milcompress.errors import InputError
+from milcompress.errors import InputError, OutputError
 from milcompress.lowering import read_back
 from milcompress.ops import describe
 from milcompress.ops._arrays import unique_values
@@ -50,9 +50,20 @@ def program_of(mlmodel):
 def _derived(prog, mlmodel):
     """The model holding `prog`, made from `mlmodel`; it remembers which package `mlmodel` came
     from, so `save_model` refuses to write over it."""
-    from milcompress.packages import remember_source
+    import tempfile
 
-    new_model = ct_private.mlmodel_from_program(prog, like=mlmodel)
+    from milcompress.packages import remember_source, write_failure
+
+    failure = None
+    try:
+        new_model = ct_private.mlmodel_from_program(prog, like=mlmodel)
+    except (OSError, RuntimeError) as error:  # writing coremltools' temporary package
+        cause = write_failure(error)
+        if cause is None:
+            raise
+        failure = OutputError(tempfile.gettempdir(), cause)
+    if failure is not None:  # raised here, without the original's frames: their temporary files go now
+        raise failure
     remember_source(new_model, mlmodel)
     return new_model
 

@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Tuple
 
-from milcompress.errors import InputError
+from milcompress.errors import InputError, OutputError
 
 _MANIFEST = "Manifest.json"
 _NAMESPACE = uuid.UUID("9b7c6a2e-2f0c-4d4e-9a55-6d696c636f6d")  # fixed: identifiers derive from item paths
@@ -98,7 +98,8 @@ def unreadable_program(path, error: Exception) -> InputError:
     path = Path(path)
     weights = sorted(p for p in (path / "Data").rglob("*.bin") if p.is_file()) if path.is_dir() else []
     cause = _first_line(error)
-    if isinstance(error, FileNotFoundError) or "No such file" in cause:
+    named = [Path(word) for word in cause.split() if word.startswith("/")]
+    if isinstance(error, FileNotFoundError) or any(not p.exists() for p in named):
         return InputError(f"{path}: its weights are missing ({cause})")
     if weights and ("out of bounds" in cause or "offset" in cause.lower() or isinstance(error, (EOFError, IndexError))):
         sizes = ", ".join(f"{p.relative_to(path)} {p.stat().st_size:,} bytes" for p in weights)
@@ -153,12 +154,13 @@ def check_output(path, *, force: bool = False, sources: Iterable = ()) -> Path:
 
 
 def check_report_path(path, sources: Iterable = ()) -> Path:
-    """Refuse `path` as a report before any work starts: a directory, one of the `sources` (the
-    input, the output package), or in a directory that is missing or cannot be written."""
+    """Refuse `path` as a report before any work starts: a directory, one of the `sources` (paths
+    of inputs, or (path, "input" / "output") pairs) or inside or around one, or in a directory that
+    is missing or cannot be written."""
     path = Path(path)
-    _refuse_overlap(path, sources, "report")
     if path.is_dir():
         raise InputError(f"{path}: is a directory; give a file name for the report")
+    _refuse_overlap(path, sources, "report")
     parent = path.parent
     if not parent.exists():
         raise InputError(f"{parent}: no such directory for the report {path.name}")
@@ -171,21 +173,24 @@ def check_report_path(path, sources: Iterable = ()) -> Path:
 
 
 def _refuse_overlap(path: Path, sources: Iterable, what: str) -> None:
+    """`sources`: paths of the input, or (path, "input" / "output") pairs."""
     target = path.resolve()
     for source in sources:
+        source, role = source if isinstance(source, tuple) else (source, "input")
         if source is None:
             continue
         source_path = Path(source)
         resolved = source_path.resolve()
         if target == resolved:
-            relation = "is the input"
+            relation = "is"
         elif resolved in target.parents:
-            relation = "lies inside the input"
+            relation = "lies inside"
         elif target in resolved.parents:
-            relation = "holds the input"
+            relation = "holds"
         else:
             continue
-        raise InputError(f"{path}: the {what} {relation} {source_path}; milcompress never modifies its input: choose another {what} path")
+        why = "; milcompress never modifies its input" if role == "input" else ""
+        raise InputError(f"{path}: the {what} {relation} the {role} {source_path}{why}: choose another {what} path")
 
 
 def write_text_atomically(path, text: str) -> None:
@@ -319,16 +324,23 @@ def _signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def output_error(path, error: BaseException) -> InputError:
+def output_error(path, error: BaseException) -> OutputError:
     """An output-side I/O failure as one line: the path and the cause (a read-only or full disk)."""
+    return OutputError(path, write_failure(error) or _first_line(error))
+
+
+def write_failure(error: BaseException) -> Optional[str]:
+    """The cause, in a few words, if `error` says a file could not be written: an OSError,
+    shutil's copytree error, or the filesystem error coremltools' C++ package writer raises as a
+    RuntimeError ("filesystem error: cannot copy: No space left on device [from] [to]")."""
     if isinstance(error, shutil.Error):  # copytree: a list of (source, destination, why)
         details = error.args[0] if error.args and isinstance(error.args[0], list) else []
-        cause = str(details[0][2]) if details and len(details[0]) == 3 else _first_line(error)
-    elif isinstance(error, OSError) and error.strerror:
-        cause = error.strerror
-    else:
-        cause = _first_line(error)
-    return InputError(f"{path}: cannot write: {cause}")
+        return str(details[0][2]) if details and len(details[0]) == 3 else _first_line(error)
+    if isinstance(error, OSError):
+        return error.strerror or _first_line(error)
+    if isinstance(error, RuntimeError) and str(error).startswith("filesystem error:"):
+        return str(error).split(" [", 1)[0].rsplit(": ", 1)[-1]
+    return None
 
 
 def package_size(path) -> int:

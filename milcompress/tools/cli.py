@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
-from milcompress.errors import ConfigError, InputError, MilcompressError, PassError, PreconditionError
+from milcompress.errors import ConfigError, InputError, MilcompressError, OutputError, PassError, PreconditionError
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE, EXIT_PASS_FAILED = 0, 1, 2, 3
 
@@ -148,7 +148,7 @@ def _check_destinations(args) -> None:
     if not args.dry_run:
         check_output(args.output, force=args.force, sources=[args.model])
     if args.report:
-        check_report_path(args.report, sources=[args.model] + ([] if args.dry_run else [args.output]))
+        check_report_path(args.report, sources=[(args.model, "input")] + ([] if args.dry_run else [(args.output, "output")]))
 
 
 def _compress(args, specs, staging) -> int:
@@ -156,7 +156,10 @@ def _compress(args, specs, staging) -> int:
     from milcompress.packages import load_model, package_size, save_model, write_text_atomically
 
     model, _ = load_model(args.model)
-    new_model, reports = run_passes(model, specs, progress=_Progress("compressing"), save=not args.dry_run)
+    try:
+        new_model, reports = run_passes(model, specs, progress=_Progress("compressing"), save=not args.dry_run)
+    except OutputError as error:  # coremltools' temporary package, in the staging directory next to the output
+        raise OutputError(args.output, error.cause) from None
     size_in = package_size(args.model)
     _print_summary(reports)
     if not args.dry_run:
