@@ -58,7 +58,7 @@ def _derived(prog, mlmodel):
     try:
         new_model = ct_private.mlmodel_from_program(prog, like=mlmodel)
     except (OSError, RuntimeError) as error:  # writing coremltools' temporary package
-        cause = write_failure(error)
+        cause = write_failure(error, tempfile.gettempdir())
         if cause is None:
             raise
         failure = OutputError(tempfile.gettempdir(), cause)

@@ -138,13 +138,14 @@ def remember_source(new_model, like) -> None:
         new_model._milcompress_source = str(source)
 
 
-def check_output(path, *, force: bool = False, sources: Iterable = ()) -> Path:
+def check_output(path, *, force: bool = False, sources: Iterable = (), force_flag: str = "force=True") -> Path:
     """Refuse `path` as an output before any work starts: it is (or holds, or lies inside) one of
-    the `sources`, it exists and `force` is not set, or its directory does not exist."""
+    the `sources`, it exists and `force` is not set (`force_flag` says how to set it), or its
+    directory does not exist."""
     path = Path(path)
     _refuse_overlap(path, sources, "output")
     if path.exists() and not force:
-        raise InputError(f"{path}: already exists (pass --force / force=True to replace it)")
+        raise InputError(f"{path}: already exists (pass {force_flag} to replace it)")
     parent = path.parent
     if not parent.exists():
         raise InputError(f"{parent}: no such directory for the output {path.name}")
@@ -329,10 +330,12 @@ def output_error(path, error: BaseException) -> OutputError:
     return OutputError(path, write_failure(error) or _first_line(error))
 
 
-def write_failure(error: BaseException) -> Optional[str]:
+def write_failure(error: BaseException, directory=None) -> Optional[str]:
     """The cause, in a few words, if `error` says a file could not be written: an OSError,
-    shutil's copytree error, or the filesystem error coremltools' C++ package writer raises as a
-    RuntimeError ("filesystem error: cannot copy: No space left on device [from] [to]")."""
+    shutil's copytree error, or what coremltools' C++ writers raise as a RuntimeError: its package
+    writer's "filesystem error: cannot copy: No space left on device [from] [to]", or its weight
+    file writer's "[MIL FileWriter]: Unknown error ...", which says no more, so the free space of
+    `directory` (where it was writing) is given instead."""
     if isinstance(error, shutil.Error):  # copytree: a list of (source, destination, why)
         details = error.args[0] if error.args and isinstance(error.args[0], list) else []
         return str(details[0][2]) if details and len(details[0]) == 3 else _first_line(error)
@@ -340,6 +343,12 @@ def write_failure(error: BaseException) -> Optional[str]:
         return error.strerror or _first_line(error)
     if isinstance(error, RuntimeError) and str(error).startswith("filesystem error:"):
         return str(error).split(" [", 1)[0].rsplit(": ", 1)[-1]
+    if isinstance(error, RuntimeError) and str(error).startswith("[MIL FileWriter]") and directory is not None:
+        try:
+            free = shutil.disk_usage(directory).free
+        except OSError:
+            return "coremltools could not write the weight file"
+        return f"coremltools could not write the weight file ({free:,} bytes free on that disk)"
     return None
 
 

@@ -34,13 +34,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _quiet_coremltools() -> None:
-    """coremltools' progress bars, logs and warnings would bury our output."""
+    """coremltools' progress bars, logs and warnings would bury our output; milcompress' own
+    warnings (config entries that match nothing) are printed with the summary instead."""
     from functools import partialmethod
 
     import tqdm
 
     tqdm.tqdm.__init__ = partialmethod(tqdm.tqdm.__init__, disable=True)
     logging.getLogger("coremltools").setLevel(logging.ERROR)
+    logging.getLogger("milcompress").setLevel(logging.ERROR)  # its warnings are in the summary and the report
     warnings.filterwarnings("ignore")
 
 
@@ -146,7 +148,7 @@ def _check_destinations(args) -> None:
     from milcompress.packages import check_output, check_report_path
 
     if not args.dry_run:
-        check_output(args.output, force=args.force, sources=[args.model])
+        check_output(args.output, force=args.force, sources=[args.model], force_flag="--force")
     if args.report:
         check_report_path(args.report, sources=[(args.model, "input")] + ([] if args.dry_run else [(args.output, "output")]))
 

@@ -219,6 +219,28 @@ def test_output_io_errors_exit_2_with_one_line_naming_the_path_and_the_cause(cap
     assert not out.exists() and _ours(tmp_path) == []
 
 
+def test_coremltools_writers_failing_on_a_full_disk_exit_2(capsys, tmp_path, model, monkeypatch):
+    """What coremltools' C++ writers raise when the disk is full (RuntimeErrors) while it writes
+    the compressed model's temporary package, inside the staging directory next to the output."""
+    import milcompress._coremltools as private
+
+    for failure, cause in [
+        (RuntimeError("filesystem error: cannot copy: No space left on device [/a/b.mlmodel] [/c/d.mlmodel]"), "No space left on device"),
+        (RuntimeError("[MIL FileWriter]: Unknown error occurred while writing data to the file."), "coremltools could not write the weight file ("),
+    ]:
+        def failing(prog, like, failure=failure):
+            raise failure
+
+        monkeypatch.setattr(private, "mlmodel_from_program", failing)
+        out = tmp_path / "out.mlpackage"
+        code, _, err = cli(capsys, "run", model, "-o", out, "--pipeline", "INT8")
+        assert code == 2 and _one_line(err).startswith(f"milcompress: error: {out}: cannot write: {cause}")
+        assert _ours(tmp_path) == []
+    monkeypatch.setattr(private, "mlmodel_from_program", lambda prog, like: (_ for _ in ()).throw(RuntimeError("a bug")))
+    code, _, err = cli(capsys, "run", model, "-o", tmp_path / "out.mlpackage", "--pipeline", "INT8")
+    assert code == 3 and "a pass failed: RuntimeError: a bug" in err  # other errors are not disguised as I/O
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """mount(options) -> a fresh tmpfs directory; skipped where mounting is not allowed."""
@@ -238,10 +260,14 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", str(where)], capture_output=True)
 
 
-def test_a_full_disk_and_a_read_only_disk_exit_2_and_leave_nothing(capsys, tmp_path, model, tmpfs):
+def test_a_full_disk_and_a_read_only_disk_exit_2_and_leave_nothing(capsys, tmp_path, model, slow_model, tmpfs):
     full = tmpfs("size=16k")  # room for the staging directory, not for the package
     code, _, err = cli(capsys, "run", model, "-o", full / "out.mlpackage", "--pipeline", "INT8")
     assert code == 2 and _one_line(err) == f"milcompress: error: {full / 'out.mlpackage'}: cannot write: No space left on device"
+    assert list(full.iterdir()) == []
+    # A larger model fills the disk while coremltools writes its weight file, whose error says no more.
+    code, _, err = cli(capsys, "run", slow_model, "-o", full / "out.mlpackage", "--pipeline", "INT8")
+    assert code == 2 and _one_line(err).startswith(f"milcompress: error: {full / 'out.mlpackage'}: cannot write: coremltools could not write the weight file (")
     assert list(full.iterdir()) == []
     read_only = tmpfs("ro,size=1m")
     code, out, err = cli(capsys, "run", model, "-o", read_only / "out.mlpackage", "--pipeline", "INT8")
