@@ -196,3 +196,15 @@ def op_config_from_dict(type_name: str, fields: dict):
 def dtype_name(dtype) -> str:
     """A MIL dtype (types.int8, ...) by name ("int8")."""
     return types.builtin_to_string(dtype)
+
+
+def uses_op_selector(optimization_config) -> bool:
+    """Whether a coremltools OptimizationConfig is the deprecated `ct.compression_utils` form (an
+    op_selector function instead of per-name and per-type configs)."""
+    return bool(getattr(optimization_config, "_is_deprecated", False)) or getattr(optimization_config, "_op_selector", None) is not None
+
+
+def attached_program(model):
+    """The MIL program an MLModel made by `ct.convert` keeps (None for one loaded from disk); any
+    other object is returned as it is (it may be a Program)."""
+    return getattr(model, "_mil_program", model)

@@ -179,7 +179,7 @@ def inspect_model(mlmodel):
 
 def report_of(model):
     """The report of the last milcompress pass run on a model (or program); None if none ran."""
-    prog = getattr(model, "_mil_program", model)
+    prog = ct_private.attached_program(model)
     reports = reports_of(prog) if prog is not None else []
     return reports[-1] if reports else None
 

@@ -585,7 +585,9 @@ def _entry_to_dict(field: str, config: Optional[AlgorithmConfig]) -> Optional[di
 def from_coremltools(config: Any) -> CompressionConfig:
     """Translate a coremltools OptimizationConfig (its op configs: OpPalettizerConfig,
     OpLinearQuantizerConfig, OpMagnitudePrunerConfig, OpThresholdPrunerConfig)."""
-    if getattr(config, "_is_deprecated", False) or getattr(config, "_op_selector", None) is not None:
+    from milcompress._coremltools import uses_op_selector
+
+    if uses_op_selector(config):
         raise ConfigError(
             "config: the deprecated ct.compression_utils op_selector form is not supported; "
             "use op_name_configs / op_type_configs",
