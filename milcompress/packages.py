@@ -312,17 +312,23 @@ def _save_in(model, path: Path, staging: Path) -> None:
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block is done (where the platform can block signals)."""
-    signals = {signal.SIGINT, signal.SIGTERM}
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    except (AttributeError, OSError, ValueError):
+    """SIGINT and SIGTERM wait until the block is done, then reach the handlers they would have
+    reached. Python-level, since in a process with other threads (torch's) blocking a signal in
+    one thread only sends it to another. Only the main thread can set handlers; elsewhere no wait."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    pending = []
+    previous = {each: signal.signal(each, lambda signum, frame: pending.append(signum)) for each in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+        for signum in pending:
+            signal.raise_signal(signum)
 
 
 def output_error(path, error: BaseException) -> OutputError:

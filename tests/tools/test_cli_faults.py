@@ -311,6 +311,24 @@ def test_a_signal_during_the_save_removes_every_temporary_and_exits_143(capsys, 
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_a_signal_never_falls_between_moving_the_old_output_away_and_the_new_one_in():
+    """`--force` moves the old output aside, then renames the new one in: a signal in between
+    would have the cleanup delete the old output with nothing in its place, so it waits."""
+    from milcompress.packages import _signals_deferred
+
+    order = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: order.append("signal"))
+    try:
+        with _signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            order.append("renamed")
+        order.append("after")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert order == ["renamed", "signal", "after"]
+
+
 def test_stale_staging_of_a_process_that_is_gone_is_removed_by_the_next_run(capsys, tmp_path, model):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     stale = tmp_path / f".out.mlpackage.milcompress-{gone}-abc123de"
