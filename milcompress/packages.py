@@ -306,7 +306,9 @@ def _save_in(model, path: Path, staging: Path) -> None:
                 if (package.parent / "previous").exists():
                     os.replace(package.parent / "previous", path)
                 raise
-    except (OSError, shutil.Error) as error:
+    except (OSError, shutil.Error, RuntimeError) as error:  # RuntimeError: coremltools' C++ writers
+        if write_failure(error) is None:
+            raise
         raise output_error(path, error) from error
 
 
@@ -326,7 +328,8 @@ def _signals_deferred() -> Iterator[None]:
         yield
     finally:
         for each, handler in previous.items():
-            signal.signal(each, handler)
+            if handler is not None:  # None: a handler not set from Python, which cannot be set back
+                signal.signal(each, handler)
         for signum in pending:
             signal.raise_signal(signum)
 

@@ -1,9 +1,10 @@
 """The `milcompress` command line: a thin shell over the library.
 
-Commands: run, inspect, verify, pipelines, passes, demo. Exit codes: 0 success, 1 verify found the
-compressed model failing (NaN or infinite outputs), 2 usage, configuration, input or output-path
-errors, 3 a pass failed, 130 / 143 interrupted by SIGINT / SIGTERM (temporary files removed). Errors are one or two lines naming the file, field or const;
-`--verbose` adds the traceback. Library code only logs; drawing (progress, tables) happens here.
+Commands: run, inspect, verify, pipelines, passes, demo. Exit codes: 0 success, 1 verify found
+NaN or infinite outputs, 2 usage, configuration, input or output errors, 3 a pass failed, 130 / 143
+interrupted by SIGINT / SIGTERM (temporary files removed). Errors are one or two lines naming the
+file, field or const (or the path and the cause of an I/O failure); `--verbose` adds the
+traceback. Library code only logs; drawing (progress, tables) happens here.
 """
 
 from __future__ import annotations
