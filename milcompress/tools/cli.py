@@ -148,10 +148,11 @@ def _check_destinations(args) -> None:
     written."""
     from milcompress.packages import check_output, check_report_path
 
+    inputs = [path for path in (args.model, args.config, args.calibration) if path]  # a config or calibration file is an input too
     if not args.dry_run:
-        check_output(args.output, force=args.force, sources=[args.model], force_flag="--force")
+        check_output(args.output, force=args.force, sources=inputs, force_flag="--force")
     if args.report:
-        check_report_path(args.report, sources=[(args.model, "input")] + ([] if args.dry_run else [(args.output, "output")]))
+        check_report_path(args.report, sources=[(path, "input") for path in inputs] + ([] if args.dry_run else [(args.output, "output")]))
 
 
 def _compress(args, specs, staging) -> int:

@@ -113,6 +113,15 @@ def test_a_relative_path_to_the_input_is_recognised(capsys, tmp_path, model, mon
     assert code == 2 and "is the input in.mlpackage" in err
 
 
+def test_the_config_file_is_an_input_too(capsys, tmp_path, model):
+    config = tmp_path / "c.yaml"
+    config.write_text("config_type: PalettizeConfig\nglobal_config: {nbits: 4}\n")
+    for flags, message in [(["-o", config, "--force"], "the output is the input"), (["-o", tmp_path / "o.mlpackage", "--report", config], "the report is the input")]:
+        code, _, err = cli(capsys, "run", model, "--config", config, *flags)
+        assert code == 2 and f"{message} {config}" in _one_line(err)
+    assert config.read_text() == "config_type: PalettizeConfig\nglobal_config: {nbits: 4}\n"
+
+
 def test_save_model_refuses_the_package_the_model_came_from(tmp_path, model):
     source = tmp_path / "in.mlpackage"
     shutil.copytree(model, source)
