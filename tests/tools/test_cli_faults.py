@@ -9,6 +9,7 @@ skipped elsewhere; the same failures are also injected in-process, so every plat
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -33,11 +34,17 @@ SCRIPT = shutil.which("milcompress", path=str(Path(sys.executable).parent)) or "
 
 
 def cli(capsys, *args):
-    """(exit code, stdout, stderr) of `milcompress ARGS`, run in this process. coremltools'
-    warnings and bars are silenced by the command line for the run only."""
+    """(exit code, stdout, stderr) of `milcompress ARGS`, run in this process. The warnings filters
+    and log levels the command line sets for itself are put back afterwards."""
     capsys.readouterr()
-    with warnings.catch_warnings():
-        code = main([str(a) for a in args])
+    loggers = [logging.getLogger(name) for name in ("coremltools", "milcompress")]
+    levels = [logger.level for logger in loggers]
+    try:
+        with warnings.catch_warnings():
+            code = main([str(a) for a in args])
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
     out, err = capsys.readouterr()
     return code, out, err
 
