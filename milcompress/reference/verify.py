@@ -89,7 +89,15 @@ class VerifyReport:
         return not self.problems
 
     def as_dict(self) -> dict:
-        return {"precision": self.precision, "samples": self.samples, "outputs": [asdict(o) for o in self.outputs], "problems": self.problems}
+        """JSON-ready: non-finite numbers as the strings "inf", "-inf", "nan" (JSON has none)."""
+        outputs = [{key: _json_number(value) for key, value in asdict(o).items()} for o in self.outputs]
+        return {"precision": self.precision, "samples": self.samples, "outputs": outputs, "problems": self.problems}
+
+
+def _json_number(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
 
     def __getitem__(self, name: str) -> OutputComparison:
         for output in self.outputs:

@@ -325,7 +325,7 @@ def _verify(args) -> int:
     inputs = None if args.inputs is None else load_arrays(args.inputs)
     report = verify(args.original, args.compressed, inputs, random=args.random, precision=args.precision, seed=args.seed)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json.dumps(report.as_dict(), indent=2, allow_nan=False))
         return EXIT_OK if report.ok else EXIT_VERIFY_FAILED
     rows = [
         [

@@ -457,8 +457,9 @@ def test_verify_reports_nan_and_infinite_outputs_and_fails(capsys, tmp_path, mod
     assert row.split()[1:] == ["nan", "nan", "nan", "nan", "nan", "-"]  # no "top-1 agree 1.000"
     assert "FAILED: output 'fc1' of the compressed model has 2 NaN or infinite values" in out
     code, out, _ = cli(capsys, "verify", model, broken, "--random", "2", "--json")
-    data = json.loads(out)
+    data = json.loads(out, parse_constant=lambda name: pytest.fail(f"not JSON: {name}"))
     assert code == 1 and data["outputs"][0]["nonfinite_compressed"] == 2 and data["problems"]
+    assert data["outputs"][0]["snr_db"] == "nan" and data["outputs"][0]["top1_agreement"] is None
     code, out, _ = cli(capsys, "verify", model, model, "--random", "2")
     assert code == 0 and "FAILED" not in out
 
