@@ -199,9 +199,10 @@ def write_text_atomically(path, text: str) -> None:
     failure: a full disk, a signal) never sees a partial file."""
     path = Path(path)
     handle, temporary = _temporary_file(path)
+    os.close(handle)
     try:
-        os.fchmod(handle, 0o666 & ~_umask())  # as open() would make it, not mkstemp's 0600
-        with os.fdopen(handle, "w") as stream:
+        os.chmod(temporary, 0o666 & ~_umask())  # as open() would make it, not mkstemp's 0600
+        with open(temporary, "w") as stream:
             stream.write(text)
         os.replace(temporary, path)
     except OSError as error:

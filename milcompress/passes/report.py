@@ -100,9 +100,10 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent)
 
     def write(self, path) -> None:
-        """The JSON report to `path` (a pass's report_path option)."""
-        with open(path, "w") as handle:
-            handle.write(self.to_json())
+        """The JSON report to `path` (a pass's report_path option), atomically: never a partial file."""
+        from milcompress.packages import write_text_atomically
+
+        write_text_atomically(path, self.to_json())
 
 
 def attach(prog, report: Report) -> None:

@@ -294,3 +294,37 @@ def test_config_entries_that_match_nothing_are_warned_with_the_closest_names_and
 
 def records_of_a_clean_run():
     return compress_program(net(), CompressionConfig(global_config=PalettizeConfig(nbits=4), op_name_configs={"fc": None})).to_dict()
+
+
+def test_a_pass_report_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import os
+
+    import milcompress.packages as packages
+    from milcompress.errors import OutputError
+
+    report = compress_program(net(), PalettizeConfig(nbits=4))
+    path = tmp_path / "report.json"
+    report.write(path)
+    assert json.loads(path.read_text())["totals"] == report.totals()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match=f"{blocker}/report.json: cannot write: Not a directory"):
+        report.write(blocker / "report.json")
+    class FullDisk:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, text):
+            raise OSError(28, os.strerror(28))
+
+    monkeypatch.setattr(packages, "open", FullDisk, raising=False)
+    with pytest.raises(OutputError, match="No space left on device"):
+        report.write(path)
+    assert json.loads(path.read_text())["totals"] == report.totals()  # the previous report, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "report.json"]  # no temporary left
