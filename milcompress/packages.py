@@ -245,7 +245,8 @@ def staging_directory(path, *, redirect_tempfile: bool = False) -> Iterator[Path
     finally:
         if redirect_tempfile:
             tempfile.tempdir = previous
-        shutil.rmtree(staging, ignore_errors=True)
+        with _signals_deferred():  # a signal arriving now is handled once the directory is gone
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_stale_temporaries(directory) -> List[Path]:
