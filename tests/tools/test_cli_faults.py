@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import coremltools as ct
 import milcompress
@@ -513,3 +515,24 @@ def test_a_missing_config_file_in_a_pass_spec_says_so(capsys, tmp_path, model):
     assert code == 2 and "config: x: no such config file" in _one_line(err)
     code, _, err = cli(capsys, "run", model, "-o", tmp_path / "o.mlpackage", "--passes", "palettize_weights{config=missing.yaml}")
     assert code == 2 and "config: cannot read missing.yaml: No such file or directory" in _one_line(err)
+
+
+@given(
+    source=st.lists(st.sampled_from(["a", "b", "c.mlpackage"]), min_size=1, max_size=3),
+    output=st.lists(st.sampled_from(["a", "b", "c.mlpackage", ".", ".."]), min_size=1, max_size=4),
+)
+def test_an_output_is_refused_exactly_when_it_is_the_input_or_one_holds_the_other(tmp_path_factory, source, output):
+    from milcompress.packages import check_output
+
+    root = tmp_path_factory.getbasetemp() / "overlap" / "r"
+    root.mkdir(parents=True, exist_ok=True)
+    source_path, output_path = root.joinpath(*source), root.joinpath(*output)
+    a, b = source_path.resolve(), output_path.resolve()
+    overlaps = a == b or a in b.parents or b in a.parents
+    try:
+        check_output(output_path, force=True, sources=[source_path])
+        refused = False
+    except InputError as error:
+        refused = "the input" in str(error)
+        assert refused or "no such directory" in str(error) or "not a directory" in str(error), error
+    assert refused == overlaps
