@@ -114,7 +114,7 @@ def test_verify_compares_paths_models_and_programs_on_given_and_random_inputs(mo
     x = RNG.standard_normal((6, 1, 64)).astype(np.float16)
     report = milcompress.verify(str(package), small, {"x": x})
     (output,) = report.outputs
-    assert report.samples == 6 and report.precision == "float32" and report.ok
+    assert report.samples == 6 and report.precision == "float32" and report.ok and report[output.name] is output
     # The same numbers from the test's own float64 forward pass of both models' weights.
     small_w1, small_w2 = (next(m.val for n, m in _weights(small).items() if n.startswith(w)) for w in ("w1", "w2"))
     dense_out = [np.maximum(s.astype(np.float64) @ W1.T.astype(np.float64), 0) @ W2.T.astype(np.float64) for s in x]

@@ -93,17 +93,17 @@ class VerifyReport:
         outputs = [{key: _json_number(value) for key, value in asdict(o).items()} for o in self.outputs]
         return {"precision": self.precision, "samples": self.samples, "outputs": outputs, "problems": self.problems}
 
-
-def _json_number(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
-
     def __getitem__(self, name: str) -> OutputComparison:
         for output in self.outputs:
             if output.name == name:
                 return output
         raise KeyError(name)
+
+
+def _json_number(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
 
 
 def samples_of(inputs: Union[Mapping[str, np.ndarray], Sequence[Mapping[str, np.ndarray]]], interpreter: Interpreter) -> List[Sample]:
