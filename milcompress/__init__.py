@@ -35,6 +35,7 @@ from milcompress.errors import (
     InputError,
     MilcompressError,
     NotCompressible,
+    OutputError,
     PassError,
     PreconditionError,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "MagnitudePruneConfig",
     "MilcompressError",
     "NotCompressible",
+    "OutputError",
     "PalettizeConfig",
     "PassError",
     "PreconditionError",

@@ -170,3 +170,41 @@ def stored_bytes(var: Var) -> int:
     get_bitwidth = getattr(var.dtype, "get_bitwidth", None)
     bits = get_bitwidth() if get_bitwidth is not None else 8 * np.asarray(value).dtype.itemsize
     return -(-size * bits // 8)
+
+
+def op_config_field_types(type_name: str) -> dict:
+    """The declared type of each field of one of coremltools' op config classes
+    (`OpPalettizerConfig`, ...), as typing objects, for a strict check of values from a file."""
+    import typing
+
+    import attrs
+    from coremltools.optimize.coreml import _config
+
+    cls = getattr(_config, type_name)
+    hints = typing.get_type_hints(cls, vars(_config))
+    return {field.name: hints.get(field.name, typing.Any) for field in attrs.fields(cls)}
+
+
+def op_config_from_dict(type_name: str, fields: dict):
+    """One of coremltools' op configs parsed (and validated) by coremltools from a dict, as
+    `OptimizationConfig.from_dict` does it (a private classmethod)."""
+    from coremltools.optimize import coreml as cto
+
+    return getattr(cto, type_name)._from_dict(fields)
+
+
+def dtype_name(dtype) -> str:
+    """A MIL dtype (types.int8, ...) by name ("int8")."""
+    return types.builtin_to_string(dtype)
+
+
+def uses_op_selector(optimization_config) -> bool:
+    """Whether a coremltools OptimizationConfig is the deprecated `ct.compression_utils` form (an
+    op_selector function instead of per-name and per-type configs)."""
+    return bool(getattr(optimization_config, "_is_deprecated", False)) or getattr(optimization_config, "_op_selector", None) is not None
+
+
+def attached_program(model):
+    """The MIL program an MLModel made by `ct.convert` keeps (None for one loaded from disk); any
+    other object is returned as it is (it may be a Program)."""
+    return getattr(model, "_mil_program", model)

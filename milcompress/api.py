@@ -15,7 +15,7 @@ import numpy as np
 
 from milcompress import _coremltools as ct_private
 from milcompress.config import CompressionConfig
-from milcompress.errors import InputError
+from milcompress.errors import InputError, OutputError
 from milcompress.lowering import read_back
 from milcompress.ops import describe
 from milcompress.ops._arrays import unique_values
@@ -39,7 +39,33 @@ def program_of(mlmodel):
             f"milcompress works on ML program models; this model is a {kind} "
             "(convert with convert_to='mlprogram', or use coremltools.models.neural_network.quantization_utils)"
         )
-    return ct_private.program_from_mlmodel(mlmodel)
+    try:
+        return ct_private.program_from_mlmodel(mlmodel)
+    except Exception as error:  # a package truncated or damaged after it was opened
+        from milcompress.packages import unreadable_program
+
+        raise unreadable_program(getattr(mlmodel, "package_path", None) or "the model's package", error) from error
+
+
+def _derived(prog, mlmodel):
+    """The model holding `prog`, made from `mlmodel`; it remembers which package `mlmodel` came
+    from, so `save_model` refuses to write over it."""
+    import tempfile
+
+    from milcompress.packages import remember_source, write_failure
+
+    failure = None
+    try:
+        new_model = ct_private.mlmodel_from_program(prog, like=mlmodel)
+    except (OSError, RuntimeError) as error:  # writing coremltools' temporary package
+        cause = write_failure(error, tempfile.gettempdir())
+        if cause is None:
+            raise
+        failure = OutputError(tempfile.gettempdir(), cause)
+    if failure is not None:  # raised here, without the original's frames: their temporary files go now
+        raise failure
+    remember_source(new_model, mlmodel)
+    return new_model
 
 
 def _run(pass_class, mlmodel, config=None, **options):
@@ -50,35 +76,36 @@ def _run(pass_class, mlmodel, config=None, **options):
     for name, value in options.items():
         setattr(graph_pass, name, value)
     graph_pass.apply(prog)
-    return ct_private.mlmodel_from_program(prog, like=mlmodel)
+    return _derived(prog, mlmodel)
 
 
-def compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False):
+def compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False):
     """Compress with any mix of algorithms (a CompressionConfig, an algorithm config, or coremltools'
-    OptimizationConfig)."""
-    return _run(CompressWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback)
+    OptimizationConfig). Config entries naming no weight, op or op type of the model are warned
+    about and listed in `report_of(result).warnings`; `strict=True` makes them a ConfigError."""
+    return _run(CompressWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback, strict=strict)
 
 
-def palettize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False):
+def palettize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False):
     """`joint_compression=True`: weights already pruned get their non-zeros palettized (joint form)."""
     return _run(
-        PalettizeWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression
+        PalettizeWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, strict=strict
     )
 
 
-def prune_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False):
-    return _run(PruneWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback)
+def prune_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False):
+    return _run(PruneWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback, strict=strict)
 
 
-def linear_quantize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False):
+def linear_quantize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False):
     """`joint_compression=True`: weights already pruned get their non-zeros quantized (joint form)."""
     return _run(
-        LinearQuantizeWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression
+        LinearQuantizeWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, strict=strict
     )
 
 
-def joint_compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False):
-    return _run(JointCompressWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback)
+def joint_compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False):
+    return _run(JointCompressWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback, strict=strict)
 
 
 def compress_to_size(
@@ -115,7 +142,7 @@ def compress_to_size(
         error_feedback=error_feedback,
         weight_threshold=weight_threshold,
     )
-    return ct_private.mlmodel_from_program(prog, like=mlmodel)
+    return _derived(prog, mlmodel)
 
 
 def decompress_weights(mlmodel):
@@ -139,7 +166,7 @@ def run_passes(mlmodel, passes, *, progress=None, save: bool = True):
             graph_pass.progress = progress
         graph_pass.apply(prog)
     reports = reports_of(prog)
-    return (ct_private.mlmodel_from_program(prog, like=mlmodel) if save else None), reports
+    return (_derived(prog, mlmodel) if save else None), reports
 
 
 def inspect_model(mlmodel):
@@ -152,7 +179,7 @@ def inspect_model(mlmodel):
 
 def report_of(model):
     """The report of the last milcompress pass run on a model (or program); None if none ran."""
-    prog = getattr(model, "_mil_program", model)
+    prog = ct_private.attached_program(model)
     reports = reports_of(prog) if prog is not None else []
     return reports[-1] if reports else None
 

@@ -14,17 +14,21 @@ the field.
 or globally), reads and writes the coremltools-style dict/YAML layout strictly, and accepts
 coremltools' own `OptimizationConfig` (translated by `from_coremltools`).
 
-This module is pure Python: `ops/` imports it, so it must never import coremltools' MIL.
+This module is pure Python at import: `ops/` imports it, so it never imports coremltools itself.
+coremltools' own config types (given as objects, or named in a file) are parsed, validated and
+read through `milcompress._coremltools`, imported only then.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import numbers
 import os
+import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -429,6 +433,14 @@ class CompressionConfig:
             )
         return found[0][0], found[0][1]
 
+    def unmatched(self, names, op_types) -> List[str]:
+        """A warning for each `op_name_configs` key that is not in `names` (the weights' const
+        names and the names of the ops reading them) and each `op_type_configs` key not in
+        `op_types` (the types of the ops reading weights), with the closest names that are."""
+        return _unmatched("op_name_configs", self.op_name_configs, names, "weight or op reading a weight") + _unmatched(
+            "op_type_configs", self.op_type_configs, op_types, "op type reading a weight"
+        )
+
     def algorithms(self):
         """Every algorithm config named anywhere in this config."""
         found = [self.global_config] + list(self.op_type_configs.values()) + list(self.op_name_configs.values())
@@ -459,20 +471,25 @@ class CompressionConfig:
         """Parse YAML text, a path to a YAML file, or an open file."""
         import yaml
 
+        named = None  # the file name, where `source` names one
         if hasattr(source, "read"):
             text = source.read()
         else:
             text = str(source)
             if "\n" not in text and (text.endswith((".yaml", ".yml")) or os.path.exists(text)):
+                named = text
                 try:
-                    with open(text) as handle:
+                    with open(named) as handle:
                         text = handle.read()
                 except OSError as error:
-                    raise ConfigError(f"config: cannot read {text}: {error.strerror}", field="config") from error
+                    raise ConfigError(f"config: cannot read {named}: {error.strerror}", field="config") from error
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise ConfigError(f"config: not valid YAML: {error}", field="config") from error
+        if named is None and not hasattr(source, "read") and "\n" not in text and not isinstance(data, (dict, list)):
+            # One line that is no file and no YAML collection: a config file name, mistyped or missing.
+            raise ConfigError(f"config: {text}: no such config file", field="config")
         return cls.from_dict(data)
 
     def to_dict(self) -> dict:
@@ -487,6 +504,21 @@ class CompressionConfig:
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _unmatched(field: str, table: dict, known, what: str) -> List[str]:
+    known = sorted(set(known))
+    found = []
+    for key in table:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+        if close:
+            hint = "closest: " + ", ".join(close)
+        else:
+            hint = f"the model has {len(known)}: " + ", ".join(known[:8]) + (", ..." if len(known) > 8 else "") if known else "the model has none"
+        found.append(f"{field}['{key}'] matches no {what}, so it applies to nothing ({hint})")
+    return found
 
 
 def _check_entry(field: str, value: Any) -> None:
@@ -560,7 +592,9 @@ def _entry_to_dict(field: str, config: Optional[AlgorithmConfig]) -> Optional[di
 def from_coremltools(config: Any) -> CompressionConfig:
     """Translate a coremltools OptimizationConfig (its op configs: OpPalettizerConfig,
     OpLinearQuantizerConfig, OpMagnitudePrunerConfig, OpThresholdPrunerConfig)."""
-    if getattr(config, "_is_deprecated", False) or getattr(config, "_op_selector", None) is not None:
+    from milcompress._coremltools import uses_op_selector
+
+    if uses_op_selector(config):
         raise ConfigError(
             "config: the deprecated ct.compression_utils op_selector form is not supported; "
             "use op_name_configs / op_type_configs",
@@ -597,11 +631,11 @@ def translate_coremltools_op_config(field: str, op_config: Any) -> Optional[Algo
                 weight_threshold=threshold,
             )
         if kind == "OpLinearQuantizerConfig":
-            from coremltools.converters.mil.mil import types
+            from milcompress._coremltools import dtype_name
 
             return LinearQuantizeConfig(
                 mode=op_config.mode,
-                dtype=types.builtin_to_string(op_config.dtype),
+                dtype=dtype_name(op_config.dtype),
                 granularity=op_config.granularity,
                 block_size=op_config.block_size,
                 weight_threshold=threshold,
@@ -626,14 +660,55 @@ def translate_coremltools_op_config(field: str, op_config: Any) -> Optional[Algo
 
 
 def _parse_coremltools_entry(field: str, type_name: str, value: dict) -> Optional[AlgorithmConfig]:
-    """Let coremltools parse (and validate) its own config type, then translate it."""
-    from coremltools.optimize import coreml as cto
+    """Check each value against the field's declared type (coremltools' own parser converts: it
+    reads `nbits: 4.5` as 4 and `enable_per_channel_scale: "no"` as true), let coremltools parse
+    and validate its own config type, then translate it."""
+    from milcompress import _coremltools
 
+    declared = _coremltools.op_config_field_types(type_name)
+    for name, item in value.items():
+        if name in declared and not _matches_type(item, declared[name]):
+            raise _fail(f"{field}.{name}", f"must be {_type_words(declared[name])}, got {item!r}")
     try:
-        op_config = getattr(cto, type_name)._from_dict(value)
+        op_config = _coremltools.op_config_from_dict(type_name, value)
     except Exception as error:  # coremltools raises ValueError or cattrs' errors
         raise ConfigError(f"{field}: coremltools rejects this {type_name}: {_cattrs_message(error)}", field=field) from error
     return translate_coremltools_op_config(field, op_config)
+
+
+def _matches_type(value: Any, hint: Any) -> bool:
+    """Whether a value read from YAML/JSON is of the declared type without conversion. Types a
+    file cannot spell (enums, classes) are left to coremltools."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        return any(_matches_type(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches_type(v, a) for v, a in zip(value, args))
+        return all(_matches_type(v, args[0]) for v in value) if args else True
+    return True
+
+
+def _type_words(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        return " or ".join(_type_words(arg) for arg in args)
+    if origin in (list, tuple):
+        return "a list of integers" if args and args[0] is int else "a list"
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return words.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _cattrs_message(error: Exception) -> str:

@@ -53,3 +53,12 @@ class NotCompressible(MilcompressError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class OutputError(InputError):
+    """Writing an output failed (a read-only or full disk, a path that cannot be a file): `path`
+    names what was being written and `cause` why it failed, in a few words."""
+
+    def __init__(self, path, cause: str):
+        super().__init__(f"{path}: cannot write: {cause}")
+        self.path, self.cause = path, cause

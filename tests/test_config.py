@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from milcompress.config import (
+    CompressionConfig,
     JointConfig,
     LinearQuantizeConfig,
     MagnitudePruneConfig,
@@ -99,3 +100,24 @@ def test_joint_limits_come_from_both_parts():
         PalettizeConfig(nbits=4, weight_threshold=4096),
     )
     assert joint.weight_threshold == 4096 and joint.min_snr_db == 10.0
+
+
+_NAMES = st.text(alphabet="abcwxyz_019", min_size=1, max_size=8)
+
+
+@given(names=st.sets(_NAMES, max_size=12), keys=st.lists(_NAMES, max_size=6, unique=True), types=st.sets(_NAMES, max_size=4))
+def test_entries_matching_nothing_are_exactly_the_keys_the_model_lacks(names, keys, types):
+    config = CompressionConfig(op_name_configs={k: None for k in keys}, op_type_configs={k: None for k in keys})
+    found = config.unmatched(names, types)
+    expected = [("op_name_configs", k) for k in keys if k not in names] + [("op_type_configs", k) for k in keys if k not in types]
+    assert [(w.split("[")[0], w.split("'")[1]) for w in found] == expected
+    for warning in found:
+        field, key = warning.split("[")[0], warning.split("'")[1]
+        known = names if field == "op_name_configs" else types
+        if "(closest: " in warning:
+            closest = warning.split("(closest: ")[1].rstrip(")").split(", ")
+            assert 1 <= len(closest) <= 3 and set(closest) <= known
+        elif known:
+            assert f"the model has {len(known)}: " in warning
+        else:
+            assert warning.endswith("(the model has none)")

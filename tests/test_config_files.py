@@ -81,3 +81,52 @@ def test_bad_files_name_the_field(text, message):
 def test_a_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         CompressionConfig.from_yaml(str(tmp_path / "missing.yaml"))
+
+
+@given(
+    field=st.sampled_from(["nbits", "group_size", "cluster_dim", "weight_threshold", "num_kmeans_workers"]),
+    value=st.one_of(st.floats(allow_nan=False, allow_infinity=False).filter(lambda v: not float(v).is_integer()), st.text(max_size=3), st.booleans()),
+)
+def test_coremltools_layout_rejects_what_coremltools_would_convert(field, value):
+    """coremltools' own parser turns 4.5 into 4, "4" into 4 and true into 1: a file saying so is
+    a mistake, named like ours."""
+    entry = {"nbits": 4, field: value}
+    with pytest.raises(ConfigError, match=f"global_config.{field}: must be an integer"):
+        CompressionConfig.from_dict({"config_type": "OpPalettizerConfig", "global_config": entry})
+
+
+@pytest.mark.parametrize(
+    "type_name, entry, message",
+    [
+        ("OpPalettizerConfig", {"nbits": 4, "enable_per_channel_scale": "no"}, "enable_per_channel_scale: must be true or false, got 'no'"),
+        ("OpMagnitudePrunerConfig", {"target_sparsity": "0.5"}, "target_sparsity: must be a number or null, got '0.5'"),
+        ("OpMagnitudePrunerConfig", {"n_m_ratio": [2.5, 4]}, "n_m_ratio: must be a list of integers or null, got \\[2.5, 4\\]"),
+        ("OpLinearQuantizerConfig", {"block_size": [1, 32.5]}, "block_size: must be an integer or a list of integers"),
+        ("OpThresholdPrunerConfig", {"threshold": True}, "threshold: must be a number, got True"),
+    ],
+)
+def test_coremltools_layout_checks_every_field_type(type_name, entry, message):
+    with pytest.raises(ConfigError, match=f"op_type_configs.conv.{message}"):
+        CompressionConfig.from_dict({"config_type": type_name, "op_type_configs": {"conv": entry}})
+
+
+@given(nbits=st.sampled_from([1, 2, 3, 4, 6, 8]), group_size=st.integers(1, 64), threshold=st.integers(0, 10_000))
+def test_coremltools_layout_values_of_the_right_types_mean_what_they_say(nbits, group_size, threshold):
+    config = CompressionConfig.from_dict(
+        {"config_type": "OpPalettizerConfig", "global_config": {"nbits": nbits, "granularity": "per_grouped_channel", "group_size": group_size,
+                                                                "weight_threshold": threshold, "enable_per_channel_scale": False}}
+    )
+    assert config.global_config == PalettizeConfig(nbits=nbits, granularity="per_grouped_channel", group_size=group_size, weight_threshold=threshold)
+
+
+def test_a_config_file_name_that_names_no_file_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="config: x: no such config file"):
+        CompressionConfig.from_yaml("x")
+    with pytest.raises(ConfigError, match=f"config: cannot read {tmp_path}/missing.yaml: No such file or directory"):
+        CompressionConfig.from_yaml(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="config: expected a mapping, got list"):  # one line of YAML text still parses as YAML
+        CompressionConfig.from_yaml("[1, 2]")
+    single = tmp_path / "one-line"
+    single.write_text("x")  # a file that exists is read, whatever it holds
+    with pytest.raises(ConfigError, match="config: expected a mapping, got str"):
+        CompressionConfig.from_yaml(str(single))

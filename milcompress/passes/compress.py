@@ -74,6 +74,7 @@ def compress_program(
     pass_name: str = "milcompress::compress_weights",
     progress: Optional[Callable[[int, int, str], None]] = None,
     joint_compression: bool = False,
+    strict: bool = False,
 ) -> Report:
     """Compress the weights of `prog` in place as `config` says; return (and keep) the report.
 
@@ -85,6 +86,10 @@ def compress_program(
     `joint_compression=True` (coremltools' option of the same name) also takes weights that are
     already sparse (a plain sparse chain, as pruning leaves them): their non-zeros are palettized
     or quantized under the same mask, giving the joint forms.
+
+    An `op_name_configs` or `op_type_configs` entry that matches no weight, and no op or op type
+    reading one, is a warning (logged, and kept in the report with the closest names), or with
+    `strict=True` a ConfigError before anything is computed.
     """
     config = CompressionConfig.of(config)
     graph = ProgramGraph(prog)
@@ -92,11 +97,21 @@ def compress_program(
     kept = []
     sparse = _sparse_weights(graph) if joint_compression else {}
     sources = graph.consts() + list(sparse)
+    names, op_types = set(), set()  # of the weights and the ops reading them: what config entries can match
     for const in sources:
         candidate, record = _select(const, graph, config, sparse.get(const))
         records[const] = record
+        if candidate.config_source is not None:
+            names.add(const.name)
+            names.update(u.op.name for u in candidate.weight_uses)
+            op_types.update(u.op.op_type for u in candidate.weight_uses)
         if record.action != SKIPPED:
             kept.append((candidate, record))
+    warnings = config.unmatched(names, op_types)
+    if strict and warnings:
+        raise ConfigError(f"{pass_name}: {warnings[0]}" + (f"; and {len(warnings) - 1} more" if len(warnings) > 1 else ""), field="strict")
+    for warning in warnings:
+        logger.warning("%s: %s", pass_name, warning)
     plans: List[_Plan] = []
     for done, (candidate, record) in enumerate(kept):
         if progress is not None:
@@ -108,7 +123,7 @@ def compress_program(
         progress(len(kept), len(kept), "")
     kept.clear()  # the plans now hold the only references to the dense values
     _rewrite(plans)
-    report = Report(pass_name, [records[c] for c in sources])
+    report = Report(pass_name, [records[c] for c in sources], warnings=warnings)
     attach(prog, report)
     totals = report.totals()
     logger.info(
@@ -332,7 +347,9 @@ class CompressWeights(AbstractGraphPass):
     - snr_fallback: retry weights below min_snr_db with gentler forms (default false);
     - report_path: also write the JSON report there;
     - joint_compression: also palettize or quantize the non-zeros of weights already pruned
-      (coremltools' option of the same name; default false).
+      (coremltools' option of the same name; default false);
+    - strict: an op_name_configs / op_type_configs entry that matches nothing is an error rather
+      than a warning (default false).
     """
 
     PASS_ID = "milcompress::compress_weights"
@@ -343,6 +360,7 @@ class CompressWeights(AbstractGraphPass):
     snr_fallback = PassOption(parse_bool, default=False)
     report_path = PassOption(parse_path)
     joint_compression = PassOption(parse_bool, default=False)
+    strict = PassOption(parse_bool, default=False)
 
     def __init__(self):
         super().__init__()
@@ -373,6 +391,7 @@ class CompressWeights(AbstractGraphPass):
             pass_name=self.PASS_ID,
             progress=self.progress,
             joint_compression=self.joint_compression,
+            strict=self.strict,
         )
         if self.report_path:
             report.write(self.report_path)

@@ -55,6 +55,8 @@ class Report:
     records: List[ConstRecord] = field(default_factory=list)
     # What a whole-program pass decided beyond each const (the size allocation's choices).
     summary: Optional[dict] = None
+    # What the user most likely did not mean (a config entry that matches nothing).
+    warnings: List[str] = field(default_factory=list)
 
     @property
     def compressed(self) -> List[ConstRecord]:
@@ -91,15 +93,18 @@ class Report:
         data = {"pass": self.pass_name, "totals": self.totals(), "consts": [r.to_dict() for r in self.records]}
         if self.summary is not None:
             data["summary"] = self.summary
+        if self.warnings:
+            data["warnings"] = list(self.warnings)
         return data
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
     def write(self, path) -> None:
-        """The JSON report to `path` (a pass's report_path option)."""
-        with open(path, "w") as handle:
-            handle.write(self.to_json())
+        """The JSON report to `path` (a pass's report_path option), atomically: never a partial file."""
+        from milcompress.packages import write_text_atomically
+
+        write_text_atomically(path, self.to_json())
 
 
 def attach(prog, report: Report) -> None:

@@ -27,7 +27,7 @@ class Candidate:
     value: np.ndarray
     uses: Tuple[Use, ...]
     config: Optional[AlgorithmConfig] = None
-    config_source: str = "global_config"
+    config_source: Optional[str] = None  # where its config came from; None until resolved (not a weight)
     stored_bytes: Optional[int] = None  # what the weight takes now, where it is not a dense const
 
     @property

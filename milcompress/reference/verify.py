@@ -8,6 +8,9 @@ samples:
 - `max_abs_error`;
 - `top1_agreement`: for outputs that look like class scores (float, last dimension at least 2,
   at most one leading dimension besides it), the fraction of rows whose arg-max agrees.
+An output holding NaN or infinite values in either model is counted (`nonfinite_original`,
+`nonfinite_compressed`) instead of measured: its metrics are NaN and its top-1 agreement None,
+and the report's `problems` name it, so a model that overflows never passes as "agreeing".
 
 Inputs: one sample as {name: array of the declared shape}, several as {name: array with one more
 leading dimension} (as an .npz written with `np.savez` holds them) or a list of dicts; or
@@ -58,6 +61,16 @@ class OutputComparison:
     min_cosine: float
     max_abs_error: float
     top1_agreement: Optional[float]
+    nonfinite_original: int = 0  # NaN or infinite values over all samples
+    nonfinite_compressed: int = 0
+
+    @property
+    def problems(self) -> List[str]:
+        found = []
+        for model, count in (("original", self.nonfinite_original), ("compressed", self.nonfinite_compressed)):
+            if count:
+                found.append(f"output '{self.name}' of the {model} model has {count:,} NaN or infinite values")
+        return found
 
 
 @dataclass(frozen=True)
@@ -66,14 +79,31 @@ class VerifyReport:
     samples: int
     outputs: Tuple[OutputComparison, ...]
 
+    @property
+    def problems(self) -> List[str]:
+        """What makes the comparison fail whatever its thresholds: non-finite outputs."""
+        return [problem for output in self.outputs for problem in output.problems]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
     def as_dict(self) -> dict:
-        return {"precision": self.precision, "samples": self.samples, "outputs": [asdict(o) for o in self.outputs]}
+        """JSON-ready: non-finite numbers as the strings "inf", "-inf", "nan" (JSON has none)."""
+        outputs = [{key: _json_number(value) for key, value in asdict(o).items()} for o in self.outputs]
+        return {"precision": self.precision, "samples": self.samples, "outputs": outputs, "problems": self.problems}
 
     def __getitem__(self, name: str) -> OutputComparison:
         for output in self.outputs:
             if output.name == name:
                 return output
         raise KeyError(name)
+
+
+def _json_number(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
 
 
 def samples_of(inputs: Union[Mapping[str, np.ndarray], Sequence[Mapping[str, np.ndarray]]], interpreter: Interpreter) -> List[Sample]:
@@ -154,6 +184,9 @@ def compare_output(name: str, reference: List[np.ndarray], other: List[np.ndarra
     out = np.stack([np.asarray(o, dtype=np.float64) for o in other])
     if ref.shape != out.shape:
         raise InputError(f"output '{name}' has shape {list(out.shape[1:])} in one model and {list(ref.shape[1:])} in the other")
+    nonfinite_ref, nonfinite_out = int(np.sum(~np.isfinite(ref))), int(np.sum(~np.isfinite(out)))
+    if nonfinite_ref or nonfinite_out:
+        return OutputComparison(name, len(reference), math.nan, math.nan, math.nan, math.nan, math.nan, None, nonfinite_ref, nonfinite_out)
     error = out - ref
     signal, noise = float(np.sum(ref**2)), float(np.sum(error**2))
     snr = math.inf if noise == 0 else (-math.inf if signal == 0 else 10 * math.log10(signal / noise))

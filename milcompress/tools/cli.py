@@ -1,24 +1,29 @@
 """The `milcompress` command line: a thin shell over the library.
 
-Commands: run, inspect, verify, pipelines, passes, demo. Exit codes: 0 success, 2 usage, configuration
-or input errors, 3 a pass failed. Errors are one or two lines naming the file, field or const;
-`--verbose` adds the traceback. Library code only logs; drawing (progress, tables) happens here.
+Commands: run, inspect, verify, pipelines, passes, demo. Exit codes: 0 success, 1 verify found
+NaN or infinite outputs, 2 usage, configuration, input or output errors, 3 a pass failed, 130 / 143
+interrupted by SIGINT / SIGTERM (temporary files removed). Errors are one or two lines naming the
+file, field or const (or the path and the cause of an I/O failure); `--verbose` adds the
+traceback. Library code only logs; drawing (progress, tables) happens here.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import List, Optional
 
-from milcompress.errors import ConfigError, InputError, MilcompressError, PassError, PreconditionError
+from milcompress.errors import ConfigError, InputError, MilcompressError, OutputError, PassError, PreconditionError
 
-EXIT_OK, EXIT_USAGE, EXIT_PASS_FAILED = 0, 2, 3
+EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE, EXIT_PASS_FAILED = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,13 +35,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _quiet_coremltools() -> None:
-    """coremltools' progress bars, logs and warnings would bury our output."""
+    """coremltools' progress bars, logs and warnings would bury our output; milcompress' own
+    warnings (config entries that match nothing) are printed with the summary instead."""
     from functools import partialmethod
 
     import tqdm
 
     tqdm.tqdm.__init__ = partialmethod(tqdm.tqdm.__init__, disable=True)
     logging.getLogger("coremltools").setLevel(logging.ERROR)
+    logging.getLogger("milcompress").setLevel(logging.ERROR)  # its warnings are in the summary and the report
     warnings.filterwarnings("ignore")
 
 
@@ -101,6 +108,8 @@ def _specs(args) -> list:
         specs = [PassSpec("milcompress::compress_weights", {"config": args.config})]
     else:
         specs = parse_passes(args.passes)
+    if args.strict:  # config entries that match no weight fail the pass instead of a warning
+        specs = [PassSpec(s.pass_id, {**s.options, "strict": "true"}) if _takes_option(s, "strict") else s for s in specs]
     if args.on_unsupported:
         specs = [
             PassSpec(s.pass_id, {**s.options, "on_unsupported": args.on_unsupported}) if s.pass_id.startswith("milcompress::") and "decompress" not in s.pass_id and s.pass_id != "milcompress::compress_to_size" else s
@@ -109,28 +118,61 @@ def _specs(args) -> list:
     return specs
 
 
+def _takes_option(spec, option: str) -> bool:
+    from milcompress._coremltools import PASS_REGISTRY
+
+    return spec.pass_id.startswith("milcompress::") and hasattr(type(PASS_REGISTRY[spec.pass_id]), option)
+
+
 def _run(args) -> int:
-    from milcompress.api import run_passes
-    from milcompress.packages import load_model, package_size, save_model
     from milcompress.passes.spec import format_passes
 
     specs = _specs(args)
     print(f"passes: {format_passes(specs)}")
+    if not args.dry_run and not args.output:
+        raise ConfigError("-o/--output is required (or pass --dry-run)", field="output")
+    _check_destinations(args)
+    if args.dry_run:
+        return _compress(args, specs, staging=None)
+    from milcompress.packages import staging_directory
+
+    # Every temporary of the run (coremltools' temporary packages too) goes in one directory next
+    # to the output, removed however the run ends.
+    with staging_directory(args.output, redirect_tempfile=True) as staging:
+        return _compress(args, specs, staging)
+
+
+def _check_destinations(args) -> None:
+    """Refuse unusable outputs before any work: an output that is the input (or holds it or lies
+    inside it, even with --force), an existing one without --force, a report path that cannot be
+    written."""
+    from milcompress.packages import check_output, check_report_path
+
+    inputs = [path for path in (args.model, args.config, args.calibration) if path]  # a config or calibration file is an input too
     if not args.dry_run:
-        if not args.output:
-            raise ConfigError("-o/--output is required (or pass --dry-run)", field="output")
-        if Path(args.output).exists() and not args.force:
-            raise InputError(f"{args.output}: already exists (pass --force to replace it)")
-    model, _ = load_model(args.model)
-    new_model, reports = run_passes(model, specs, progress=_Progress("compressing"), save=not args.dry_run)
+        check_output(args.output, force=args.force, sources=inputs, force_flag="--force")
     if args.report:
-        Path(args.report).write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
+        check_report_path(args.report, sources=[(path, "input") for path in inputs] + ([] if args.dry_run else [(args.output, "output")]))
+
+
+def _compress(args, specs, staging) -> int:
+    from milcompress.api import run_passes
+    from milcompress.packages import load_model, package_size, save_model, write_text_atomically
+
+    model, _ = load_model(args.model)
+    try:
+        new_model, reports = run_passes(model, specs, progress=_Progress("compressing"), save=not args.dry_run)
+    except OutputError as error:  # coremltools' temporary package, in the staging directory next to the output
+        raise OutputError(args.output, error.cause) from None
     size_in = package_size(args.model)
     _print_summary(reports)
+    if not args.dry_run:
+        save_model(new_model, args.output, force=args.force, sources=[args.model], staging=staging)
+    if args.report:  # after the model: a report problem never costs the compressed model
+        write_text_atomically(args.report, json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
     if args.dry_run:
         print(f"\ndry run: nothing written (input {_kb(size_in)})")
         return EXIT_OK
-    save_model(new_model, args.output, force=args.force)
     size_out = package_size(args.output)
     print(f"\n{args.model}: {_kb(size_in)} -> {args.output}: {_kb(size_out)} ({size_in / size_out:.2f}x)")
     return EXIT_OK
@@ -150,6 +192,8 @@ def _print_summary(reports) -> None:
                 action += f" ({'; '.join(r.notes)})"
             rows.append([label(r.function, r.name), "x".join(map(str, r.shape)), action, f"{r.bits_per_weight:.2f}", _snr(r.snr_db)])
         print(f"\n{report.pass_name}")
+        for warning in report.warnings:
+            print(f"warning: {warning}")
         if rows:
             print(format_table(["weight", "shape", "action", "bits/weight", "SNR dB"], rows, [False, False, False, True, True]))
         if rest:
@@ -284,8 +328,8 @@ def _verify(args) -> int:
     inputs = None if args.inputs is None else load_arrays(args.inputs)
     report = verify(args.original, args.compressed, inputs, random=args.random, precision=args.precision, seed=args.seed)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
-        return EXIT_OK
+        print(json.dumps(report.as_dict(), indent=2, allow_nan=False))
+        return EXIT_OK if report.ok else EXIT_VERIFY_FAILED
     rows = [
         [
             o.name,
@@ -301,7 +345,9 @@ def _verify(args) -> int:
     source = f"{args.inputs}" if args.inputs else f"{args.random} random"
     print(f"{report.samples} samples ({source}), computed in {report.precision} by the reference executor\n")
     print(format_table(["output", "SNR dB", "PSNR dB", "cosine", "min cosine", "max abs err", "top-1 agree"], rows, [False] + [True] * 6))
-    return EXIT_OK
+    for problem in report.problems:
+        print(f"FAILED: {problem}")
+    return EXIT_OK if report.ok else EXIT_VERIFY_FAILED
 
 
 # ------------------------------------------------------------------------------------------------
@@ -329,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--on-unsupported", choices=["error", "skip"], help="forms the model's opset cannot hold: fail (default) or skip")
     run.add_argument("--dry-run", action="store_true", help="select and report only; write nothing")
     run.add_argument("--report", help="write the JSON report here")
-    run.add_argument("--force", action="store_true", help="replace an existing output")
+    run.add_argument("--force", action="store_true", help="replace an existing output (never the input)")
+    run.add_argument("--strict", action="store_true", help="fail (exit 2) where a config entry names no weight, op or op type of the model")
     run.set_defaults(handler=_run)
 
     inspect = commands.add_parser("inspect", parents=[common], help="how each weight of a model is stored")
@@ -365,7 +412,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.verbose:
         _quiet_coremltools()
     try:
-        return args.handler(args)
+        with _signals_interrupt():
+            return args.handler(args)
+    except _Interrupted as interrupt:
+        # Cleanup has run (finally blocks and context managers, as the exception passed through).
+        print(f"milcompress: interrupted by {interrupt.name}; temporary files removed", file=sys.stderr)
+        return 128 + interrupt.signum
+    except KeyboardInterrupt:  # Ctrl-C before the command's handlers were in place
+        print("milcompress: interrupted by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
     except (ConfigError, InputError, PreconditionError) as error:
         if args.verbose:
             raise
@@ -376,11 +431,49 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"milcompress: error: {error}", file=sys.stderr)
         return EXIT_PASS_FAILED
+    except OSError as error:  # reading or writing a file outside the library's own checks
+        if args.verbose:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"milcompress: error: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as error:  # a pass (ours or coremltools') broke
         if args.verbose:
             raise
         print(f"milcompress: error: a pass failed: {type(error).__name__}: {error} (run with --verbose for the traceback)", file=sys.stderr)
         return EXIT_PASS_FAILED
+
+
+class _Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwinds the command like KeyboardInterrupt, so every cleanup
+    runs; `main` turns it into exit code 128 + the signal number (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """While a command runs, SIGINT and SIGTERM raise `_Interrupted`; a second signal during the
+    cleanup the first one started is ignored, so the cleanup finishes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handled = (signal.SIGINT, signal.SIGTERM)
+
+    def interrupt(signum, frame):
+        for each in handled:
+            signal.signal(each, signal.SIG_IGN)
+        raise _Interrupted(signum)
+
+    previous = {each: signal.signal(each, interrupt) for each in handled}
+    try:
+        yield
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)
 
 
 if __name__ == "__main__":

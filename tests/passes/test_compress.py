@@ -14,6 +14,7 @@ from milcompress.config import (
 )
 from milcompress.errors import ConfigError, PreconditionError
 from milcompress.passes import compress_program, reports_of
+from milcompress.lowering import read_back
 from milcompress.passes.graph import walk_ops
 
 RNG = np.random.default_rng(0)
@@ -184,10 +185,17 @@ def test_weights_in_nested_blocks_are_compressed():
 
 
 def test_joint_compression_through_the_pass():
-    got = records(compress_program(net(), JointConfig(MagnitudePruneConfig(target_sparsity=0.75), PalettizeConfig(nbits=4))))
+    prog = net()
+    got = records(compress_program(prog, JointConfig(MagnitudePruneConfig(target_sparsity=0.75), PalettizeConfig(nbits=4))))
     assert got["fc_w"].form == "sparse 75% + LUT 4-bit"
-    types_after = [op.op_type for op, _ in walk_ops(net())]
-    assert "constexpr_lut_to_sparse" not in types_after
+    ops_after = {op.name: op for op, _ in walk_ops(prog)}
+    assert "fc_w" not in ops_after  # the dense const is gone
+    # fc reads its weight through the iOS18 joint form: a palettized sparse tensor made dense.
+    weight = ops_after["fc"].inputs["weight"]
+    assert weight.op.op_type == "constexpr_sparse_to_dense"
+    assert {v.op.op_type for v in weight.op.inputs.values()} == {"constexpr_lut_to_sparse"}
+    back = read_back(weight)
+    assert back.is_compressed and np.mean(back.dense == 0) == pytest.approx(0.75, abs=1 / 64)
 
 
 def test_options_can_be_set_as_strings_through_a_pass_pipeline(tmp_path):
@@ -255,3 +263,68 @@ def test_every_function_of_a_multifunction_program():
     assert got["w_main"].action == got["w_other"].action == "compressed"
     for name in ("main", "other"):
         assert [op.op_type for op in prog.functions[name].operations].count("constexpr_blockwise_shift_scale") == 1
+
+
+def test_config_entries_that_match_nothing_are_warned_with_the_closest_names_and_fail_when_strict(caplog):
+    config = CompressionConfig(
+        global_config=PalettizeConfig(nbits=4),
+        op_name_configs={"fc_W": None, "proj": None, "nothing_like_it": None},
+        op_type_configs={"convolution": PalettizeConfig(nbits=2), "matmul": PalettizeConfig(nbits=6)},
+    )
+    prog = net()
+    before = sorted(op.name for op, _ in walk_ops(prog))
+    with pytest.raises(ConfigError, match=r"op_name_configs\['fc_W'\] matches no weight .*closest: fc_w.*; and 2 more"):
+        compress_program(prog, config, strict=True)
+    assert sorted(op.name for op, _ in walk_ops(prog)) == before  # refused before any change
+
+    with caplog.at_level("WARNING", logger="milcompress"):
+        report = compress_program(prog, config)
+    assert report.warnings == [
+        "op_name_configs['fc_W'] matches no weight or op reading a weight, so it applies to nothing (closest: fc_w, fc)",
+        "op_name_configs['nothing_like_it'] matches no weight or op reading a weight, so it applies to nothing "
+        "(the model has 12: conv, conv_w, embed, fc, fc_w, mask, masked, proj, ...)",
+        "op_type_configs['convolution'] matches no op type reading a weight, so it applies to nothing (closest: conv)",
+    ]
+    assert [r.getMessage() for r in caplog.records] == [f"milcompress::compress_weights: {w}" for w in report.warnings]
+    assert report.to_dict()["warnings"] == report.warnings
+    got = records(report)
+    assert got["fc_w"].action == "compressed" and got["proj_w"].reason == "config is None (op_name_configs['proj'])"
+    assert "warnings" not in records_of_a_clean_run()
+
+
+def records_of_a_clean_run():
+    return compress_program(net(), CompressionConfig(global_config=PalettizeConfig(nbits=4), op_name_configs={"fc": None})).to_dict()
+
+
+def test_a_pass_report_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import os
+
+    import milcompress.packages as packages
+    from milcompress.errors import OutputError
+
+    report = compress_program(net(), PalettizeConfig(nbits=4))
+    path = tmp_path / "report.json"
+    report.write(path)
+    assert json.loads(path.read_text())["totals"] == report.totals()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match=f"{blocker}/report.json: cannot write: Not a directory"):
+        report.write(blocker / "report.json")
+    class FullDisk:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, text):
+            raise OSError(28, os.strerror(28))
+
+    monkeypatch.setattr(packages, "open", FullDisk, raising=False)
+    with pytest.raises(OutputError, match="No space left on device"):
+        report.write(path)
+    assert json.loads(path.read_text())["totals"] == report.totals()  # the previous report, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "report.json"]  # no temporary left

@@ -256,8 +256,8 @@ def test_run_program_takes_a_saved_package(tmp_path):
     image = np.random.default_rng(3).standard_normal((2, 3, 6, 6)).astype(np.float32)
     from_program = run_program(program, {"image": image})
     from_package = run_program(tmp_path / "small.mlpackage", {"image": image})
-    assert list(from_package) == list(from_program) or len(from_package) == 1
-    np.testing.assert_allclose(next(iter(from_package.values())), next(iter(from_program.values())), rtol=1e-5, atol=1e-5)
+    assert list(from_package) == list(from_program) == [o.name for o in mlmodel.get_spec().description.output] == ["classifier"]
+    np.testing.assert_allclose(from_package["classifier"], from_program["classifier"], rtol=1e-5, atol=1e-5)
 
 
 def test_verify_needs_exactly_one_source_of_inputs():
@@ -274,3 +274,24 @@ def test_input_dtype_declared_int_is_bound_as_integers():
     assert out.dtype.kind == "i"
     np.testing.assert_array_equal(out, [2, 3, 4])
     assert types.is_int(program.functions["main"].outputs[0].dtype)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["original", "compressed", "both"])
+def test_non_finite_outputs_are_counted_not_measured_and_fail_the_comparison(bad, where):
+    """argmax of NaN rows agrees, and a NaN distance compares false to any threshold: without the
+    count a model whose outputs are all NaN would report top-1 agreement 1.0."""
+    reference = [np.array([[0.1, 0.9, 0.0]], np.float32), np.array([[0.7, 0.2, 0.1]], np.float32)]
+    other = [r.copy() for r in reference]
+    for outputs in ([reference] if where == "original" else [other] if where == "compressed" else [reference, other]):
+        outputs[0][0, 1] = bad
+        outputs[1][:] = bad
+    comparison = compare_output("scores", reference, other)
+    counts = {"original": (4, 0), "compressed": (0, 4), "both": (4, 4)}[where]
+    assert (comparison.nonfinite_original, comparison.nonfinite_compressed) == counts
+    assert comparison.top1_agreement is None
+    assert all(math.isnan(v) for v in (comparison.snr_db, comparison.psnr_db, comparison.cosine, comparison.min_cosine, comparison.max_abs_error))
+    assert len(comparison.problems) == (2 if where == "both" else 1)
+    assert f"of the {'original' if where != 'compressed' else 'compressed'} model has 4 NaN or infinite values" in comparison.problems[0]
+    finite = compare_output("scores", reference[:0] + [np.ones((1, 3), np.float32)], [np.ones((1, 3), np.float32)])
+    assert finite.problems == [] and finite.top1_agreement == 1.0

@@ -217,7 +217,7 @@ def _not_a_package(models, tmp_path):
     [
         (lambda m, t: t / "missing.mlpackage", "missing.mlpackage: no such file or directory"),
         (_not_a_package, "a directory without Manifest.json, so not an .mlpackage"),
-        (_truncated, "corrupted or truncated package"),
+        (_truncated, "truncated package: the program reads weights beyond the end of its weight file"),
         (_garbage_manifest, "corrupted package: Manifest.json is not valid JSON"),
         (_garbage_model, "corrupted package"),
         (_neural_network, "a neuralNetwork model; milcompress compresses ML programs (.mlpackage)"),
