@@ -158,9 +158,8 @@ class Report:
         if self.summary is not None:
             summary = self.summary
             lines.append(
-                f"size allocation: {summary['bits_per_weight']:.3f} bits per weight over all {len(summary['choices'])} weights it chose for "
-                f"and the small ones kept dense ({summary['total_bytes']:,} of {summary['budget_bytes']:,} budget bytes)"
-                + ("; activation-weighted" if summary["calibrated"] else "")
+                f"size allocation: {summary['bits_per_weight']:.3f} bits per weight over every weight, small ones included "
+                f"({summary['total_bytes']:,} of {summary['budget_bytes']:,} budget bytes)" + ("; activation-weighted" if summary["calibrated"] else "")
             )
             stages = summary.get("seconds") or {}
             if stages:

@@ -238,11 +238,11 @@ def _pipelines(args) -> int:
         bits = expected_bits_per_weight(name)
         return "as trained" if bits is None and name != "DECOMPRESS" else ("16 (dense)" if bits is None else f"{bits:.2f}")
 
-    rows = [[name, expected(name), doc, ", ".join(pass_ids)] for name, (pass_ids, doc) in PIPELINES.items()]
-    print(format_table(["pipeline", "bits/weight", "what", "passes"], rows, [False, True, False, False]))
+    rows = [[name, expected(name), doc] for name, (_, doc) in PIPELINES.items()]
+    print(format_table(["pipeline", "bits/weight", "what"], rows, [False, True, False]))
     shape = "x".join(map(str, SYNTHETIC_SHAPE))
-    print(f"\nbits/weight: stored bits per weight of a {shape} float16 weight of normal values; "
-          "'as trained': lossless, only for weights palettized or pruned in training.")
+    print(f"\nbits/weight: stored bits per weight of a {shape} float16 weight of normal values; 'as trained': lossless,\n"
+          "only for weights palettized or pruned in training. Each pipeline runs one preset pass (`milcompress passes`).")
     return EXIT_OK
 
 
