@@ -327,8 +327,6 @@ def test_verbose_raises_for_the_traceback(models, tmp_path, where):
 def test_the_console_script_and_its_exit_codes(models, tmp_path):
     result = script("run", models["ios18"], "-o", tmp_path / "o.mlpackage", "--pipeline", "INT8", "--report", tmp_path / "r.json")
     assert result.returncode == 0 and (tmp_path / "o.mlpackage").is_dir() and "compressed 2 of 2 weights" in result.stdout
-    result = script("run", models["ios18"], "-o", tmp_path / "o2.mlpackage", "--pipeline", "NOPE", "--verbose")
-    assert result.returncode == 1 and "Traceback" in result.stderr  # --verbose: Python's own exit on an exception
     result = script("run")
     assert result.returncode == 2 and "the following arguments are required: model" in result.stderr
 
