@@ -20,6 +20,7 @@ from milcompress.table import format_table, html_table, markdown_table, shorten
 COMPRESSED, SKIPPED = "compressed", "skipped"
 _ATTRIBUTE = "_milcompress_reports"
 NAME_WIDTH = 48  # longer weight names are cut in the middle in tables (the JSON report has them whole)
+SIZE_TABLE_WIDTH = 120  # a size allocation's table fits this many columns, names and reasons cut to fit
 _HEADER = ("weight", "shape", "action", "bits/weight", "SNR dB")
 _RIGHT = (False, False, False, True, True)
 _KEPT_DENSE = "kept dense by the size allocation"
@@ -124,7 +125,8 @@ class Report:
 
     def table(self) -> Tuple[Tuple[str, ...], List[List[str]], Tuple[bool, ...]]:
         """(header, rows, right-aligned columns): one row per weight. A size allocation's rows give
-        each chosen form once; its choices, errors and notes are in the JSON report."""
+        each chosen form once, and fit `SIZE_TABLE_WIDTH` columns; its choices, errors and notes
+        are in the JSON report."""
         weights = self.weights()
         several = len({r.function for r in weights}) > 1
         rows = []
@@ -139,6 +141,8 @@ class Report:
                 action = f"skipped: {r.reason}"
             name = f"{r.function}/{r.name}" if several else r.name
             rows.append([shorten(name, NAME_WIDTH), "x".join(map(str, r.shape)), action, f"{r.bits_per_weight:.2f}", snr_text(r.snr_db)])
+        if self.summary is not None:
+            rows = _fit(rows, SIZE_TABLE_WIDTH)
         return _HEADER, rows, _RIGHT
 
     def summary_lines(self) -> List[str]:
@@ -158,7 +162,7 @@ class Report:
         if self.summary is not None:
             summary = self.summary
             lines.append(
-                f"size allocation: {summary['bits_per_weight']:.3f} bits per weight over every weight, small ones included "
+                f"size allocation: {summary['bits_per_weight']:.3f} bits per weight, all weights counted "
                 f"({summary['total_bytes']:,} of {summary['budget_bytes']:,} budget bytes)" + ("; activation-weighted" if summary["calibrated"] else "")
             )
             stages = summary.get("seconds") or {}
@@ -186,6 +190,20 @@ class Report:
         from milcompress.packages import write_text_atomically
 
         write_text_atomically(path, self.to_json())
+
+
+def _fit(rows: List[List[str]], width: int) -> List[List[str]]:
+    """`rows` cut to a table of at most `width` columns: the weight names first (down to 24
+    characters, cut in the middle), then the actions (cut at the end)."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(_HEADER, *rows)]
+    excess = sum(widths) + 2 * (len(widths) - 1) - width
+    if excess <= 0:
+        return rows
+    name_width = max(24, widths[0] - excess)
+    excess -= widths[0] - name_width
+    action_width = max(len(_HEADER[2]), widths[2] - max(excess, 0))
+    return [[shorten(row[0], name_width), row[1], row[2] if len(row[2]) <= action_width else row[2][: action_width - 3] + "...", *row[3:]]
+            for row in rows]
 
 
 def attach(prog, report: Report) -> None:
