@@ -1,10 +1,10 @@
 """milcompress: fast, accurate, accountable weight compression for Core ML programs.
 
 Importing milcompress registers its graph passes (`milcompress::...`) and named pipelines
-(`milcompress_...`) with coremltools: at once when coremltools is already imported, otherwise as
-soon as it is (or with the first use of anything below, which imports it). So `import milcompress`
-alone stays instant for the command line, which imports coremltools and torch only for the
-commands that need them. Three ways in:
+(`milcompress_...`) with coremltools: at once when coremltools is already imported (import it
+first, as `ct.convert` users do), otherwise with the first use of anything below. So `import
+milcompress` alone stays instant for the command line, which imports coremltools and torch only
+for the commands that need them. Three ways in:
 - `ct.convert(model, pass_pipeline=milcompress.pipelines.PALETTIZE_4BIT)` (any name in
   `milcompress.pipelines.names()`), or any pipeline with `milcompress::` passes and options;
 - `milcompress.palettize_weights(mlmodel, config)` and its siblings, on converted or saved models
@@ -15,8 +15,6 @@ commands that need them. Three ways in:
 """
 
 import importlib
-import importlib.abc
-import importlib.util
 import sys
 
 from milcompress.errors import (
@@ -60,27 +58,6 @@ def _register_passes() -> None:
     importlib.import_module("milcompress.passes")  # registers with coremltools on import
 
 
-class _RegisterWhenCoremltoolsIsImported(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: when coremltools is first imported, it lets the other finders find it
-    and registers milcompress's passes once coremltools' package has run."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "coremltools":
-            return None
-        sys.meta_path.remove(self)  # once only; and find_spec below must not come back here
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        run_package = spec.loader.exec_module
-
-        def exec_module(module):
-            run_package(module)
-            _register_passes()
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
 def __getattr__(name: str):
     if name in _LAZY:
         _register_passes()
@@ -107,8 +84,6 @@ def verify(original, compressed, inputs=None, **options):
 
 if "coremltools" in sys.modules:
     _register_passes()
-else:
-    sys.meta_path.insert(0, _RegisterWhenCoremltoolsIsImported())
 
 __all__ = [
     "CompressionConfig",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import html
-from typing import List, Sequence
+import math
+from typing import List, Optional, Sequence
 
 
 def format_table(header: Sequence[str], rows: List[Sequence[str]], right: Sequence[bool] = ()) -> str:
@@ -49,3 +50,14 @@ def shorten(text: str, width: int) -> str:
         return text
     keep = width - 3
     return text[: (keep + 1) // 2] + "..." + text[len(text) - keep // 2 :]
+
+
+def kilobytes(count: int) -> str:
+    return f"{count / 1024:,.1f} KB"
+
+
+def snr_text(value: Optional[float]) -> str:
+    """An SNR in dB for a table: "lossless" for an exact form, "-" for none."""
+    if value is None:
+        return "-"
+    return "lossless" if value == math.inf else f"{value:.1f}"

@@ -1,5 +1,5 @@
 """`import milcompress` is instant (coremltools and torch come later) and still registers the
-passes and pipelines with coremltools, whichever is imported first."""
+passes and pipelines with coremltools: at once when coremltools came first, else at first use."""
 
 import subprocess
 import sys
@@ -19,10 +19,10 @@ REGISTERED = (
     [
         # coremltools first (the README's order): registered by the import itself.
         "import coremltools as ct\nimport milcompress\n",
-        # milcompress first: nothing heavy imported; registered when coremltools is.
+        # milcompress first: nothing heavy imported; registered with the first use of anything in it.
         "import sys\nimport milcompress\n"
         "assert 'coremltools' not in sys.modules and 'torch' not in sys.modules\n"
-        "import coremltools as ct\n",
+        "import coremltools as ct\nmilcompress.PalettizeConfig\n",
     ],
     ids=["coremltools-first", "milcompress-first"],
 )

@@ -43,6 +43,10 @@ def test_str_is_the_command_lines_table():
     )
 
 
+def test_repr_is_one_line():
+    assert repr(_report()) == "<Report milcompress::palettize_weights: 2 of 4 consts compressed>"
+
+
 def test_a_size_allocations_table_gives_each_form_once():
     summary = {"bits_per_weight": 6.0, "total_bytes": 51200, "budget_bytes": 51300, "calibrated": True, "choices": [],
                "seconds": {"evaluation": 1.25, "rewrite": 0.5}}

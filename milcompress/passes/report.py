@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Tuple
 
-from milcompress.table import format_table, html_table, markdown_table, shorten
+from milcompress.table import format_table, html_table, kilobytes, markdown_table, shorten, snr_text
 
 COMPRESSED, SKIPPED = "compressed", "skipped"
 _ATTRIBUTE = "_milcompress_reports"
@@ -24,16 +24,6 @@ SIZE_TABLE_WIDTH = 120  # a size allocation's table fits this many columns, name
 _HEADER = ("weight", "shape", "action", "bits/weight", "SNR dB")
 _RIGHT = (False, False, False, True, True)
 _KEPT_DENSE = "kept dense by the size allocation"
-
-
-def kilobytes(count: int) -> str:
-    return f"{count / 1024:,.1f} KB"
-
-
-def snr_text(value: Optional[float]) -> str:
-    if value is None:
-        return "-"
-    return "lossless" if value == math.inf else f"{value:.1f}"
 
 
 @dataclass
@@ -169,6 +159,10 @@ class Report:
             if stages:
                 lines.append("time: " + ", ".join(f"{stage} {t:.1f} s" for stage, t in stages.items()))
         return lines
+
+    def __repr__(self) -> str:
+        """One line (print the report for its table, `to_json()` for every record)."""
+        return f"<Report {self.pass_name}: {len(self.compressed)} of {len(self.records)} consts compressed>"
 
     def __str__(self) -> str:
         header, rows, right = self.table()

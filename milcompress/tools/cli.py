@@ -25,6 +25,8 @@ from typing import List, Optional
 
 from milcompress.errors import ConfigError, InputError, MilcompressError, OutputError, PassError, PreconditionError
 from milcompress.progress import TqdmProgress
+from milcompress.table import kilobytes as _kb
+from milcompress.table import snr_text as _snr
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE, EXIT_PASS_FAILED = 0, 1, 2, 3
 
@@ -56,14 +58,6 @@ def _quiet_coremltools():
             logger.setLevel(level)
 
 
-def _kb(n: int) -> str:
-    return f"{n / 1024:,.1f} KB"
-
-
-def _snr(value) -> str:
-    if value is None:
-        return "-"
-    return "lossless" if value == math.inf else f"{value:.1f}"
 
 
 def _progress() -> TqdmProgress:
