@@ -375,7 +375,7 @@ def compress_program_to_size(
         ) from error
 
     lap("allocation")
-    chosen, choices = [], []  # (weight, label, params) of every weight compressed
+    chosen, choices = [], []  # (weight, label, params, weighted error) of every weight compressed
     with progress.stage("rewrite", total=len(weights), unit="weights") as advance:
         for weight, index in zip(weights, allocation.choices):
             label, config, size, error = weight.menu[index]
@@ -388,27 +388,26 @@ def compress_program_to_size(
                 params = compress(weight.candidate.value, config, output_axis=weight.layout.output_axis, input_axis=weight.layout.input_axis,
                                   importance=weight.importance)
                 assert params.nbytes == size, f"{record.name}: {label} stores {params.nbytes} bytes, the allocation counted {size}"
-                chosen.append((weight, label, params))
+                chosen.append((weight, label, params, weight.sensitivity * error))
             advance(record.name)
-    notes: Dict[str, List[str]] = {}
+    notes: List[List[str]] = [[] for _ in chosen]
     if run is not None and error_feedback:
         with progress.stage("error feedback", total=len(chosen), unit="weights") as advance:
-            for position, (weight, label, params) in enumerate(chosen):
+            for position, (weight, label, params, error) in enumerate(chosen):
                 params, note = _with_feedback(params, weight, run.folds)
-                chosen[position] = (weight, label, params)
-                notes[weight.record.name] = [note] if note else []
+                chosen[position] = (weight, label, params, error)
+                notes[position] += [note] if note else []
                 advance(weight.record.name)
     plans = []
-    for weight, label, params in chosen:
+    for (weight, label, params, error), feedback_notes in zip(chosen, notes):
         record, candidate = weight.record, weight.candidate
         record.form, record.bytes_after = describe(params), int(params.nbytes)
         dense = params.decompress()
         record.snr_db = snr_db(candidate.value, dense)
         record.warnings = outlier_warnings(candidate.value, dense)
         del dense
-        error = next(choice.error for choice in choices if choice.name == record.name)
         estimated = f" ({weight.sampled[label]})" if label in weight.sampled else ""
-        record.notes = [f"chosen by the size allocation: {label}, weighted error {error:.3g}{estimated}", *notes.get(record.name, [])]
+        record.notes = [f"chosen by the size allocation: {label}, weighted error {error:.3g}{estimated}", *feedback_notes]
         plans.append(_Plan(candidate, params, record))
     chosen.clear()
     weights.clear()
