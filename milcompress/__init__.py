@@ -51,7 +51,7 @@ _LAZY = {
     ),
     **dict.fromkeys(["compress_program", "decompress_program", "reports_of"], "milcompress.passes"),
 }
-_SUBMODULES = ("pipelines",)
+_SUBMODULES = ("pipelines", "progress", "sweep")
 
 
 def _register_passes() -> None:

@@ -527,3 +527,10 @@ def test_sweep_writes_a_table_and_a_plot(models, tmp_path):
     assert "PALETTIZE_4BIT" in (out / "sweep.md").read_text() and "target 6" in result.stdout
     result = cli("sweep", models["ios18"], "--inputs", inputs, "--pipelines", "int9")
     assert result.returncode == 2 and "unknown pipeline 'INT9' (did you mean INT8?)" in result.stderr
+
+
+def test_sweep_without_matplotlib_says_how_to_get_it(models, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails, as where it is not installed
+    result = cli("sweep", models["ios18"], "--random", "2", "--out", tmp_path / "sweep")
+    assert result.returncode == 2 and "sweep draws its plot with matplotlib: pip install 'milcompress[plot]'" in result.stderr
+    assert not (tmp_path / "sweep").exists()  # refused before any work
