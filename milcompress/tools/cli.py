@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = _Parser(prog="milcompress", description="Compress the weights of Core ML models.", epilog=EXAMPLES["top"], formatter_class=formatter)
     parser.add_argument("--verbose", action="store_true", help="show tracebacks and coremltools' output")
-    parser.add_argument("--version", action="version", version=_versions())
+    parser.add_argument("--version", action="version", version=_versions(), help="print the versions of milcompress and coremltools")
     # `--verbose` is also accepted after the command; SUPPRESS keeps the top-level value otherwise.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -512,8 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     inspect = command("inspect", "how each weight of a model is stored")
-    inspect.add_argument("model")
-    inspect.add_argument("--json", action="store_true")
+    inspect.add_argument("model", help="the .mlpackage to inspect")
+    inspect.add_argument("--json", action="store_true", help="every weight as JSON")
     inspect.set_defaults(handler=_inspect)
 
     verify = command("verify", "compare a compressed model's outputs with the original's")
