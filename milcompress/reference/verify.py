@@ -229,9 +229,11 @@ def _log_softmax(rows: np.ndarray) -> np.ndarray:
 
 
 def _kl_divergence(reference_rows: np.ndarray, rows: np.ndarray) -> float:
-    """Mean over rows of KL(softmax(reference) || softmax(rows)), float64."""
-    reference_log, log = _log_softmax(reference_rows), _log_softmax(rows)
-    return float(np.mean(np.sum(np.exp(reference_log) * (reference_log - log), axis=1)))
+    """Mean over rows of KL(softmax(reference) || softmax(rows)), float64; NaN where an output is
+    not finite (which the comparison reports as such)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        reference_log, log = _log_softmax(reference_rows), _log_softmax(rows)
+        return float(np.mean(np.sum(np.exp(reference_log) * (reference_log - log), axis=1)))
 
 
 def _run_all(interpreter: Interpreter, samples: List[Sample], progress: Progress, name: str) -> List[Dict[str, np.ndarray]]:

@@ -304,6 +304,9 @@ def test_kl_divergence_of_class_scores_by_hand():
     first = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
     assert comparison.kl_divergence == pytest.approx(first / 2)  # the second sample agrees exactly
     assert compare_output("flat", [np.zeros(1)], [np.ones(1)]).kl_divergence is None  # not class scores
+    from milcompress.reference.verify import _kl_divergence
+
+    assert math.isnan(_kl_divergence(np.zeros((1, 2)), np.array([[np.inf, 0.0]])))  # NaN, not a RuntimeWarning
 
 
 def test_verify_says_whether_its_inputs_were_random():
