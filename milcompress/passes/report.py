@@ -136,7 +136,8 @@ class Report:
         return _HEADER, rows, _RIGHT
 
     def summary_lines(self) -> List[str]:
-        """The totals under the table: weights compressed, bytes, and what a size allocation did."""
+        """The totals under the table: weights compressed, bytes, the weights' warnings (what a form
+        did that its SNR hides), and what a size allocation did."""
         weights = self.weights()
         lines = []
         rest = len(self.records) - len(weights)
@@ -149,6 +150,8 @@ class Report:
             f"compressed {totals['compressed']} of {len(weights)} weights; weight bytes {kilobytes(before)} -> {kilobytes(after)} ({ratio}); "
             f"mean SNR {snr_text(totals['mean_snr_db'])} dB"
         )
+        several = len({r.function for r in weights}) > 1
+        lines += [f"warning: {f'{r.function}/{r.name}' if several else r.name}: {warning}" for r in weights for warning in r.warnings]
         if self.summary is not None:
             summary = self.summary
             lines.append(
@@ -166,17 +169,19 @@ class Report:
 
     def __str__(self) -> str:
         header, rows, right = self.table()
-        return "\n".join([self.pass_name, *([format_table(header, rows, right)] if rows else []), *self.summary_lines()])
+        warnings = [f"warning: {warning}" for warning in self.warnings]  # config entries that match nothing
+        return "\n".join([self.pass_name, *warnings, *([format_table(header, rows, right)] if rows else []), *self.summary_lines()])
 
     def _repr_markdown_(self) -> str:
         header, rows, right = self.table()
         table = markdown_table(header, rows, right) if rows else ""
-        return "\n\n".join(part for part in [f"**{self.pass_name}**", table, "\n".join(f"- {line}" for line in self.summary_lines())] if part)
+        lines = "\n".join(f"- {line}" for line in [f"warning: {w}" for w in self.warnings] + self.summary_lines())
+        return "\n\n".join(part for part in [f"**{self.pass_name}**", table, lines] if part)
 
     def _repr_html_(self) -> str:
         header, rows, right = self.table()
         table = html_table(header, rows, right) if rows else ""
-        lines = "".join(f"<li>{html.escape(line)}</li>" for line in self.summary_lines())
+        lines = "".join(f"<li>{html.escape(line)}</li>" for line in [f"warning: {w}" for w in self.warnings] + self.summary_lines())
         return f"<div><strong>{html.escape(self.pass_name)}</strong>{table}<ul>{lines}</ul></div>"
 
     def write(self, path) -> None:
