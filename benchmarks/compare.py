@@ -369,7 +369,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings("ignore")
     if argv[:1] == ["--worker"]:
         library, dense_path, out_dir, *labels = argv[1:]
-        import milcompress  # noqa: F401  (imports coremltools without its notices)
+        import milcompress._coremltools  # noqa: F401  (imports coremltools without its notices)
 
         worker(library, dense_path, labels, out_dir)
         return 0
@@ -379,7 +379,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--configs", nargs="*", help="config labels (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
-    import milcompress  # noqa: F401  (imports coremltools without its notices)
+    import milcompress._coremltools  # noqa: F401  (imports coremltools without its notices)
 
     labels = args.configs or list(configs())
     unknown = sorted(set(labels) - set(configs()))

@@ -208,7 +208,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    import milcompress  # noqa: F401  (imports coremltools without its notices)
+    import milcompress._coremltools  # noqa: F401  (imports coremltools without its notices)
 
     names = args.models or (QUICK_MODELS if args.quick else list(MODELS))
     results = []

@@ -136,6 +136,35 @@ def model_type(mlmodel) -> str:
     return mlmodel.get_spec().WhichOneof("Type")
 
 
+# coremltools' own progress bars (module-level names bound to tqdm.tqdm), silenced inside our calls.
+_PROGRESS_BARS = (
+    ("coremltools.converters.mil.mil.passes.pass_pipeline", "tqdm"),
+    ("coremltools.converters.mil.frontend.torch.ops", "_tqdm"),
+    ("coremltools.converters.mil.backend.nn.op_mapping", "_tqdm"),
+)
+
+
+@contextlib.contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Within the block, coremltools draws none of its progress bars (passes, conversion); the
+    caller draws its own. Other users of tqdm are untouched."""
+    import functools
+    import sys
+
+    replaced = []
+    for module_name, attribute in _PROGRESS_BARS:
+        module = sys.modules.get(module_name)
+        bar = getattr(module, attribute, None)
+        if bar is not None and not isinstance(bar, functools.partial):
+            replaced.append((module, attribute, bar))
+            setattr(module, attribute, functools.partial(bar, disable=True))
+    try:
+        yield
+    finally:
+        for module, attribute, bar in replaced:
+            setattr(module, attribute, bar)
+
+
 def mlmodel_from_program(prog: Program, like):
     """An ML program model holding `prog`, with `like`'s description (inputs, outputs, metadata).
 
@@ -149,16 +178,17 @@ def mlmodel_from_program(prog: Program, like):
     if prog.export_as_multifunction:
         # Weights identical across functions share one blob again, as `save_multifunction` wrote them.
         PASS_REGISTRY["common::const_deduplication"]._deduplicate_const_across_functions(prog)
-    return mil_convert(
-        prog,
-        convert_to="mlprogram",
-        convert_from="milinternal",
-        specification_version=max(spec.specificationVersion, _SPECIFICATION_VERSION_IOS_16),
-        compute_units=like.compute_unit,
-        model_description=spec.description,
-        skip_model_load=True,
-        pass_pipeline=PassPipeline.EMPTY,
-    )
+    with quiet_progress_bars():
+        return mil_convert(
+            prog,
+            convert_to="mlprogram",
+            convert_from="milinternal",
+            specification_version=max(spec.specificationVersion, _SPECIFICATION_VERSION_IOS_16),
+            compute_units=like.compute_unit,
+            model_description=spec.description,
+            skip_model_load=True,
+            pass_pipeline=PassPipeline.EMPTY,
+        )
 
 
 def stored_bytes(var: Var) -> int:

@@ -2,7 +2,8 @@
 
 Each function takes an ML program `MLModel` (converted, or loaded from a saved .mlpackage) and
 returns a new one; the input model is never modified. The report of what happened to every weight
-stays reachable: `milcompress.report_of(new_model)`.
+stays reachable: `milcompress.report_of(new_model)`. `progress=True` draws a progress bar per stage
+on stderr (or pass a `milcompress.progress.Progress`); coremltools' own bars stay silent.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from milcompress.passes import (
     reports_of,
 )
 from milcompress.passes.graph import walk_ops
+from milcompress.progress import as_progress
 
 
 def program_of(mlmodel):
@@ -68,44 +70,59 @@ def _derived(prog, mlmodel):
     return new_model
 
 
-def _run(pass_class, mlmodel, config=None, **options):
+def model_from_program(prog, like, progress=None):
+    """An MLModel holding `prog`, made from `like` (see `_derived`); serialising its weights is a
+    stage of its own for `progress`."""
+    with as_progress(progress).stage("building the model", total=1, unit="model") as advance:
+        model = _derived(prog, like)
+        advance()
+    return model
+
+
+def _run(pass_class, mlmodel, config=None, progress=None, **options):
+    progress = as_progress(progress)
     prog = program_of(mlmodel)
     graph_pass = pass_class()
     if config is not None:
         graph_pass.config = config
     for name, value in options.items():
         setattr(graph_pass, name, value)
+    graph_pass.progress = progress
     graph_pass.apply(prog)
-    return _derived(prog, mlmodel)
+    return model_from_program(prog, mlmodel, progress)
 
 
-def compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False):
+def compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False, progress=False):
     """Compress with any mix of algorithms (a CompressionConfig, an algorithm config, or coremltools'
     OptimizationConfig). Config entries naming no weight, op or op type of the model are warned
     about and listed in `report_of(result).warnings`; `strict=True` makes them a ConfigError."""
-    return _run(CompressWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback, strict=strict)
+    return _run(CompressWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, strict=strict)
 
 
-def palettize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False):
+def palettize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False,
+                      strict: bool = False, progress=False):
     """`joint_compression=True`: weights already pruned get their non-zeros palettized (joint form)."""
     return _run(
-        PalettizeWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, strict=strict
+        PalettizeWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression,
+        strict=strict
     )
 
 
-def prune_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False):
-    return _run(PruneWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback, strict=strict)
+def prune_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False, progress=False):
+    return _run(PruneWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, strict=strict)
 
 
-def linear_quantize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False):
+def linear_quantize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False,
+                            strict: bool = False, progress=False):
     """`joint_compression=True`: weights already pruned get their non-zeros quantized (joint form)."""
     return _run(
-        LinearQuantizeWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, strict=strict
+        LinearQuantizeWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback,
+        joint_compression=joint_compression, strict=strict
     )
 
 
-def joint_compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False):
-    return _run(JointCompressWeights, mlmodel, config, on_unsupported=on_unsupported, snr_fallback=snr_fallback, strict=strict)
+def joint_compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False, progress=False):
+    return _run(JointCompressWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, strict=strict)
 
 
 def compress_to_size(
@@ -119,6 +136,7 @@ def compress_to_size(
     bias_correction: bool = True,
     error_feedback: bool = False,
     weight_threshold: int = 2048,
+    progress=False,
 ):
     """One compressed form per weight, chosen so the weights average `target_bits_per_weight` (or
     take `target_bytes`) with the least total error; see `milcompress.passes.size`. `calibration`:
@@ -126,10 +144,12 @@ def compress_to_size(
     activation-aware errors and k-means and, unless `bias_correction=False`, for correcting each
     compressed layer's bias by the mean output shift its compression adds and, with
     `error_feedback=True`, for re-encoding each matrix-like weight's chosen form by error feedback
-    (GPTQ); `sensitivity_seconds` > 0 also measures end-to-end sensitivity.
+    (GPTQ); `sensitivity_seconds` > 0 also measures end-to-end sensitivity. `progress=True` draws
+    a bar per stage (calibration, evaluation, sensitivity, rewrite, error feedback).
     The returned model's `report_of(...).summary` holds the choice made for every weight."""
     from milcompress.passes.size import compress_program_to_size
 
+    progress = as_progress(progress)
     prog = program_of(mlmodel)
     compress_program_to_size(
         prog,
@@ -141,32 +161,34 @@ def compress_to_size(
         bias_correction=bias_correction,
         error_feedback=error_feedback,
         weight_threshold=weight_threshold,
+        progress=progress,
     )
-    return _derived(prog, mlmodel)
+    return model_from_program(prog, mlmodel, progress)
 
 
-def decompress_weights(mlmodel):
+def decompress_weights(mlmodel, *, progress=False):
     """Every compressed weight back to a dense const."""
-    return _run(DecompressWeights, mlmodel)
+    return _run(DecompressWeights, mlmodel, progress=progress)
 
 
 def run_passes(mlmodel, passes, *, progress=None, save: bool = True):
     """Apply `passes` (a spec string, PassSpec list, or pass ids) to a copy of `mlmodel`'s program.
 
-    Returns (new model, reports); with save=False, (None, reports): a dry run. `progress`, if
-    given, is called as progress(done, total, const name) by compression passes.
+    Returns (new model, reports); with save=False, (None, reports): a dry run. `progress` (True,
+    or a `milcompress.progress.Progress`) hears of each pass's weights and of building the model.
     """
     from milcompress.passes.spec import PassSpec, parse_passes
 
     specs = parse_passes(passes) if isinstance(passes, str) else [p if isinstance(p, PassSpec) else PassSpec(p) for p in passes]
     graph_passes = [spec.instantiate() for spec in specs]  # validate every option before any work
+    progress = as_progress(progress)
     prog = program_of(mlmodel)
     for graph_pass in graph_passes:
         if hasattr(graph_pass, "progress"):
             graph_pass.progress = progress
         graph_pass.apply(prog)
     reports = reports_of(prog)
-    return (_derived(prog, mlmodel) if save else None), reports
+    return (model_from_program(prog, mlmodel, progress) if save else None), reports
 
 
 def inspect_model(mlmodel):
@@ -206,6 +228,15 @@ class WeightMetadata:
     @property
     def bits_per_weight(self) -> float:
         return 8.0 * self.nbytes / self.val.size
+
+    def __repr__(self) -> str:
+        """One line: the value's shape and dtype, never the whole array."""
+        readers = ", ".join(f"{c.op_type}({c.name})" for c in self.child_ops)
+        return (
+            f"WeightMetadata(val=<{self.val.dtype} array {'x'.join(map(str, self.val.shape))}>, form={self.form or 'dense'!r}, "
+            f"bits_per_weight={self.bits_per_weight:.2f}, sparsity={self.sparsity:.3f}, unique_values={self.unique_values}, "
+            f"child_ops=[{readers}])"
+        )
 
 
 def get_weights_metadata(mlmodel, weight_threshold: int = 2048) -> "OrderedDict[str, WeightMetadata]":

@@ -5,7 +5,7 @@ Base passes (each takes a `config` option): `milcompress::compress_weights` (any
 `milcompress::linear_quantize_weights`, `milcompress::joint_compress_weights`; and
 `milcompress::decompress_weights`; `milcompress::compress_to_size` (one form per weight, chosen
 to meet a size; see size.py). Preset passes (`milcompress::palettize_weights_4bit`, ...)
-come with a default config; see `pipelines.py`. This package is the only code that walks
+come with a default config; see `catalog.py` and `pipelines.py`. This package is the only code that walks
 programs.
 """
 
@@ -23,7 +23,8 @@ from milcompress.config import (
 )
 from milcompress.passes.compress import CompressWeights, compress_program
 from milcompress.passes.decompress import DecompressWeights, decompress_program
-from milcompress.passes.pipelines import PRESETS, register_with_coremltools
+from milcompress.catalog import PRESETS
+from milcompress.passes.pipelines import register_with_coremltools
 from milcompress.passes.report import ConstRecord, Report, reports_of
 from milcompress.passes.size import CompressToSize, SizeReport, compress_program_to_size
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import defaultdict
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -46,6 +46,7 @@ from milcompress.ops.prune import SparseParams
 from milcompress.ops._arrays import largest_divisor_at_most
 from milcompress.ops.palettize import largest_group_size
 from milcompress.passes.graph import ProgramGraph
+from milcompress.progress import Progress, as_progress
 from milcompress.passes.options import PassOption, parse_bool, parse_choice, parse_compression_config, parse_path
 from milcompress.passes.report import COMPRESSED, SKIPPED, ConstRecord, Report, attach
 from milcompress.passes.skip_rules import CONFIG_RULES, SELECTION_RULES, Candidate, first_reason
@@ -72,7 +73,7 @@ def compress_program(
     on_unsupported: str = "error",
     snr_fallback: bool = False,
     pass_name: str = "milcompress::compress_weights",
-    progress: Optional[Callable[[int, int, str], None]] = None,
+    progress: Optional[Progress] = None,
     joint_compression: bool = False,
     strict: bool = False,
 ) -> Report:
@@ -80,8 +81,8 @@ def compress_program(
 
     `on_unsupported="skip"` records, instead of raising, weights whose requested form the
     program's opset cannot hold. `snr_fallback=True` retries a weight that misses its config's
-    `min_snr_db` with gentler forms (more bits, less sparsity) before skipping it. `progress`,
-    if given, is called as progress(done, total, const name) while weights are computed.
+    `min_snr_db` with gentler forms (more bits, less sparsity) before skipping it. `progress`
+    (a `milcompress.progress.Progress`) hears of each weight as it is computed.
 
     `joint_compression=True` (coremltools' option of the same name) also takes weights that are
     already sparse (a plain sparse chain, as pruning leaves them): their non-zeros are palettized
@@ -113,14 +114,12 @@ def compress_program(
     for warning in warnings:
         logger.warning("%s: %s", pass_name, warning)
     plans: List[_Plan] = []
-    for done, (candidate, record) in enumerate(kept):
-        if progress is not None:
-            progress(done, len(kept), candidate.const.name)
-        plan = _compute(candidate, record, on_unsupported, snr_fallback)
-        if plan is not None:
-            plans.append(plan)
-    if progress is not None:
-        progress(len(kept), len(kept), "")
+    with as_progress(progress).stage(pass_name.split("::")[-1], total=len(kept), unit="weights") as advance:
+        for candidate, record in kept:
+            plan = _compute(candidate, record, on_unsupported, snr_fallback)
+            if plan is not None:
+                plans.append(plan)
+            advance(candidate.const.name)
     kept.clear()  # the plans now hold the only references to the dense values
     _rewrite(plans)
     report = Report(pass_name, [records[c] for c in sources], warnings=warnings)
@@ -365,7 +364,7 @@ class CompressWeights(AbstractGraphPass):
     def __init__(self):
         super().__init__()
         self._config = None if self.DEFAULT is None else CompressionConfig.of(self.DEFAULT)
-        self.progress: Optional[Callable[[int, int, str], None]] = None  # set by callers that draw progress
+        self.progress: Optional[Progress] = None  # set by callers that draw progress
 
     @property
     def config(self) -> Optional[CompressionConfig]:

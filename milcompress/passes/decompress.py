@@ -9,7 +9,7 @@ Casts (`constexpr_cast`) are chains too. Returns a report with one record per ch
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, List, Set
+from typing import Dict, List, Optional, Set
 
 from milcompress._coremltools import AbstractGraphPass, Operation, Program, building_in, mb, stored_bytes
 from milcompress.lowering import is_constexpr, read_back
@@ -17,6 +17,7 @@ from milcompress.lowering.emit import SUFFIX
 from milcompress.ops import describe
 from milcompress.passes.graph import walk_ops
 from milcompress.passes.report import COMPRESSED, ConstRecord, Report, attach
+from milcompress.progress import Progress, as_progress
 
 _SUFFIXES = sorted((f"_{s}" for s in SUFFIX.values()), key=len, reverse=True)
 
@@ -39,7 +40,7 @@ def _producers(op: Operation) -> List[Operation]:
     return found
 
 
-def decompress_program(prog: Program, pass_name: str = "milcompress::decompress_weights") -> Report:
+def decompress_program(prog: Program, pass_name: str = "milcompress::decompress_weights", progress: Optional[Progress] = None) -> Report:
     heads = []
     for op, function in walk_ops(prog):
         if not is_constexpr(op):
@@ -51,34 +52,10 @@ def decompress_program(prog: Program, pass_name: str = "milcompress::decompress_
     taken = {op.name for op, _ in walk_ops(prog)}
     report = Report(pass_name)
     removals: Dict[object, List[Operation]] = defaultdict(list)
-    for head, function in heads:
-        block = head.enclosing_block
-        for var in head.outputs:
-            if not any(not is_constexpr(child) for child in var.child_ops) and not var.consuming_blocks:
-                continue
-            back = read_back(var)
-            name = _weight_name(var.name, taken)
-            taken.add(name)
-            with building_in(block):
-                const = mb.const(val=back.dense, name=name, before_op=head)
-                block.replace_uses_of_var_after_op(
-                    anchor_op=head, old_var=var, new_var=const, no_check_var_types=True, force_replace=True
-                )
-            report.records.append(
-                ConstRecord(
-                    name=name,
-                    function=function,
-                    consumers=[f"{c.name}({c.op_type})" for c in const.child_ops],
-                    shape=[int(d) for d in back.dense.shape],
-                    dtype=str(back.dense.dtype),
-                    action=COMPRESSED,
-                    form="dense",
-                    notes=[f"was {describe(back.form) if back.form is not None else ' -> '.join(back.chain)}"],
-                    bytes_before=_payload(head),
-                    bytes_after=int(back.dense.nbytes),
-                )
-            )
-        removals[block].extend(_producers(head) + [head])
+    with as_progress(progress).stage("decompress", total=len(heads), unit="weights") as advance:
+        for head, function in heads:
+            _decompress_chain(head, function, taken, report, removals)
+            advance(head.name)
     for block, ops in removals.items():
         # Remove the chains' ops once nothing reads them (a const may be shared by two chains).
         pending = list(dict.fromkeys(ops))
@@ -93,6 +70,37 @@ def decompress_program(prog: Program, pass_name: str = "milcompress::decompress_
     return report
 
 
+def _decompress_chain(head: Operation, function: str, taken: Set[str], report: Report, removals: Dict[object, List[Operation]]) -> None:
+    """A const in place of the chain ending at `head` (its ops are removed later, block by block)."""
+    block = head.enclosing_block
+    for var in head.outputs:
+        if not any(not is_constexpr(child) for child in var.child_ops) and not var.consuming_blocks:
+            continue
+        back = read_back(var)
+        name = _weight_name(var.name, taken)
+        taken.add(name)
+        with building_in(block):
+            const = mb.const(val=back.dense, name=name, before_op=head)
+            block.replace_uses_of_var_after_op(
+                anchor_op=head, old_var=var, new_var=const, no_check_var_types=True, force_replace=True
+            )
+        report.records.append(
+            ConstRecord(
+                name=name,
+                function=function,
+                consumers=[f"{c.name}({c.op_type})" for c in const.child_ops],
+                shape=[int(d) for d in back.dense.shape],
+                dtype=str(back.dense.dtype),
+                action=COMPRESSED,
+                form="dense",
+                notes=[f"was {describe(back.form) if back.form is not None else ' -> '.join(back.chain)}"],
+                bytes_before=_payload(head),
+                bytes_after=int(back.dense.nbytes),
+            )
+        )
+    removals[block].extend(_producers(head) + [head])
+
+
 def _payload(head: Operation) -> int:
     """Bytes held by the consts feeding a constexpr chain, as stored (sub-byte types packed)."""
     consts = {id(op): op for op in _producers(head) if op.op_type == "const"}
@@ -104,8 +112,12 @@ class DecompressWeights(AbstractGraphPass):
 
     PASS_ID = "milcompress::decompress_weights"
 
+    def __init__(self):
+        super().__init__()
+        self.progress: Optional[Progress] = None  # set by callers that draw progress
+
     def apply(self, prog: Program) -> None:
-        decompress_program(prog, self.PASS_ID)
+        decompress_program(prog, self.PASS_ID, self.progress)
 
     def __str__(self) -> str:
         return self.PASS_ID

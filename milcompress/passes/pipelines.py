@@ -1,6 +1,7 @@
 """Named pipelines: data, validated when built, with ordering requirements that are tested.
 
-`PIPELINES` maps a name to the milcompress pass ids that compress (or decompress) weights.
+`PIPELINES` (in `catalog.py`, plain data) maps a name to the milcompress pass ids that compress
+(or decompress) weights.
 - `pipeline(name)` gives a fresh `ct.PassPipeline` for `ct.convert(..., pass_pipeline=...)`:
   coremltools' default passes with ours inserted after its fusions, fp16 cast and const
   deduplication, so we compress the weights the model will actually store (batch norm folded,
@@ -9,77 +10,19 @@
 - `compression_passes(name)` gives just our pass ids, for programs already converted (the runner).
 Each pipeline is also registered under `milcompress_<name lower-case>` in coremltools' table, so
 `ct.PassPipeline.get_pipeline(...)` and `list_available_pipelines()` know it. coremltools' named
-pipelines carry no options, so a pipeline's config lives in its pass: each preset below is a pass
-class with a default config, registered under its own id.
+pipelines carry no options, so a pipeline's config lives in its pass: each preset (`PRESETS`) is a
+pass class with a default config, registered under its own id.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import networkx as nx
 
 from milcompress._coremltools import default_pipeline_pass_ids, new_pass_pipeline, register_named_pipeline
-from milcompress.config import (
-    JointConfig,
-    LinearQuantizeConfig,
-    MagnitudePruneConfig,
-    PalettizeConfig,
-    ThresholdPruneConfig,
-)
+from milcompress.catalog import PIPELINES, PRESETS, closest
 from milcompress.errors import ConfigError
-
-# Preset passes: pass id -> (base pass id, default config, one-line description).
-PRESETS: Dict[str, Tuple[str, object, str]] = {
-    "milcompress::palettize_weights_lossless": (
-        "milcompress::palettize_weights",
-        PalettizeConfig(mode="unique", granularity="auto"),
-        "lossless LUT for weights already clustered in training: one table or one per channel group, whichever is smaller",
-    ),
-    "milcompress::prune_weights_zeros": (
-        "milcompress::prune_weights",
-        ThresholdPruneConfig(threshold=1e-12),
-        "store weights that are at least half zeros sparsely",
-    ),
-    "milcompress::linear_quantize_weights_int8": ("milcompress::linear_quantize_weights", LinearQuantizeConfig(), "int8, one scale per output channel"),
-    "milcompress::linear_quantize_weights_int4_block32": (
-        "milcompress::linear_quantize_weights",
-        LinearQuantizeConfig(dtype="int4", granularity="per_block", block_size=32),
-        "int4, one scale per 32 input channels (iOS18)",
-    ),
-    "milcompress::palettize_weights_8bit": ("milcompress::palettize_weights", PalettizeConfig(nbits=8), "8-bit k-means LUT per tensor"),
-    "milcompress::palettize_weights_6bit": ("milcompress::palettize_weights", PalettizeConfig(nbits=6), "6-bit k-means LUT per tensor"),
-    "milcompress::palettize_weights_4bit": ("milcompress::palettize_weights", PalettizeConfig(nbits=4), "4-bit k-means LUT per tensor"),
-    "milcompress::palettize_weights_4bit_grouped": (
-        "milcompress::palettize_weights",
-        PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=16),
-        "4-bit k-means LUT per group of 16 output channels (iOS18)",
-    ),
-    "milcompress::prune_weights_50": ("milcompress::prune_weights", MagnitudePruneConfig(target_sparsity=0.5), "50% of weights pruned by magnitude"),
-    "milcompress::prune_weights_75": ("milcompress::prune_weights", MagnitudePruneConfig(target_sparsity=0.75), "75% of weights pruned by magnitude"),
-    "milcompress::prune_weights_2_4": ("milcompress::prune_weights", MagnitudePruneConfig(n_m_ratio=(2, 4)), "2 zeros in every 4 input channels"),
-    "milcompress::joint_compress_weights_75_4bit": (
-        "milcompress::joint_compress_weights",
-        JointConfig(MagnitudePruneConfig(target_sparsity=0.75), PalettizeConfig(nbits=4)),
-        "75% pruned, the rest in a 4-bit LUT (iOS18)",
-    ),
-}
-
-PIPELINES: Dict[str, Tuple[Tuple[str, ...], str]] = {
-    "DEFAULT_PALETTIZATION": (("milcompress::palettize_weights_lossless",), "lossless LUTs for weights palettized during training"),
-    "DEFAULT_PRUNING": (("milcompress::prune_weights_zeros",), "sparse storage for weights pruned during training"),
-    "INT8": (("milcompress::linear_quantize_weights_int8",), "int8 per channel"),
-    "INT4_BLOCK32": (("milcompress::linear_quantize_weights_int4_block32",), "int4 per block of 32 (iOS18)"),
-    "PALETTIZE_8BIT": (("milcompress::palettize_weights_8bit",), "8-bit LUT per tensor"),
-    "PALETTIZE_6BIT": (("milcompress::palettize_weights_6bit",), "6-bit LUT per tensor"),
-    "PALETTIZE_4BIT": (("milcompress::palettize_weights_4bit",), "4-bit LUT per tensor"),
-    "PALETTIZE_4BIT_GROUPED": (("milcompress::palettize_weights_4bit_grouped",), "4-bit LUT per 16 channels (iOS18)"),
-    "PRUNE_50": (("milcompress::prune_weights_50",), "50% magnitude pruning"),
-    "PRUNE_75": (("milcompress::prune_weights_75",), "75% magnitude pruning"),
-    "PRUNE_2_4": (("milcompress::prune_weights_2_4",), "2:4 structured pruning"),
-    "PRUNE_75_PALETTIZE_4BIT": (("milcompress::joint_compress_weights_75_4bit",), "75% pruning + 4-bit LUT (iOS18)"),
-    "DECOMPRESS": (("milcompress::decompress_weights",), "every compressed weight back to dense"),
-}
 
 # Ordering requirements among our passes, as (earlier, later) families. Each is tested.
 ORDER: List[Tuple[str, str, str]] = [
@@ -128,7 +71,7 @@ def compression_passes(name: str) -> List[str]:
     if key.startswith("MILCOMPRESS_"):
         key = key[len("MILCOMPRESS_") :]
     if key not in PIPELINES:
-        raise ConfigError(f"unknown pipeline {name!r}; known pipelines: {', '.join(PIPELINES)}", field="pipeline")
+        raise ConfigError(f"unknown pipeline {name!r}{closest(key, PIPELINES)}; known pipelines: {', '.join(PIPELINES)}", field="pipeline")
     return order_passes(list(PIPELINES[key][0]))
 
 

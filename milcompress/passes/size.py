@@ -119,6 +119,7 @@ from milcompress.passes.options import PassOption, optional, parse_bool, parse_f
 from milcompress.passes.report import SKIPPED, ConstRecord, Report, attach
 from milcompress.passes.skip_rules import SELECTION_RULES, first_reason
 from milcompress.passes.weights import WeightLayout, common_layout
+from milcompress.progress import Progress, as_progress
 
 logger = logging.getLogger(__name__)
 
@@ -299,13 +300,16 @@ def compress_program_to_size(
     error_feedback: bool = False,
     weight_threshold: int = 2048,
     pass_name: str = "milcompress::compress_to_size",
+    progress: Optional[Progress] = None,
 ) -> SizeReport:
     """Compress `prog` in place to `target_bits_per_weight` (averaged over every weight, compressed
     or not) or `target_bytes` (the weights' total stored bytes); see the module docstring.
 
     `calibration`: inputs for the reference executor (a dict of arrays, stacked along a new first
     axis for several samples, or a list of dicts); `sensitivity_seconds` > 0 (needs calibration)
-    also measures each weight's end-to-end sensitivity within that many seconds.
+    also measures each weight's end-to-end sensitivity within that many seconds. `progress` (a
+    `milcompress.progress.Progress`) hears of each stage: calibration, evaluation, sensitivity,
+    rewrite (computing the chosen forms) and error feedback.
     """
     if (target_bits_per_weight is None) == (target_bytes is None):
         raise ConfigError("give exactly one of target_bits_per_weight and target_bytes", field="target_bits_per_weight")
@@ -346,12 +350,15 @@ def compress_program_to_size(
         seconds[stage] = now - clock
         clock = now
 
-    run = _calibrate(prog, calibration, weights, error_feedback) if calibration is not None else None
+    progress = as_progress(progress)
+    run = _calibrate(prog, calibration, weights, error_feedback, progress) if calibration is not None else None
     lap("calibration")
-    for weight in weights:
-        _menu(weight, candidates)
+    with progress.stage("evaluation", total=len(weights), unit="weights") as advance:
+        for weight in weights:
+            _menu(weight, candidates)
+            advance(weight.record.name)
     lap("evaluation")
-    measured, measured_on = _measure_sensitivity(run, weights, sensitivity_seconds, bias_correction) if sensitivity_seconds else (0, 0)
+    measured, measured_on = _measure_sensitivity(run, weights, sensitivity_seconds, bias_correction, progress) if sensitivity_seconds else (0, 0)
     lap("sensitivity")
 
     total_elements = fixed_elements + sum(int(w.candidate.value.size) for w in weights)
@@ -368,30 +375,41 @@ def compress_program_to_size(
         ) from error
 
     lap("allocation")
-    plans, choices = [], []
-    for weight, index in zip(weights, allocation.choices):
-        label, config, size, error = weight.menu[index]
-        record = weight.record
-        choices.append(Choice(record.name, int(weight.candidate.value.size), label, size, weight.sensitivity * error, weight.sensitivity,
-                              tuple((l, s, weight.sensitivity * e) for l, _, s, e in weight.menu)))
-        if label == DENSE:
-            _skip(record, f"kept dense by the size allocation: its {len(weight.menu) - 1} compressed forms cost more error per byte saved than other weights'")
-            continue
-        candidate = weight.candidate
-        params = compress(candidate.value, config, output_axis=weight.layout.output_axis, input_axis=weight.layout.input_axis, importance=weight.importance)
-        notes = []
-        if run is not None and error_feedback:
-            params, note = _with_feedback(params, weight, run.folds)
-            notes += [note] if note else []
+    chosen, choices = [], []  # (weight, label, params, weighted error) of every weight compressed
+    with progress.stage("rewrite", total=len(weights), unit="weights") as advance:
+        for weight, index in zip(weights, allocation.choices):
+            label, config, size, error = weight.menu[index]
+            record = weight.record
+            choices.append(Choice(record.name, int(weight.candidate.value.size), label, size, weight.sensitivity * error, weight.sensitivity,
+                                  tuple((l, s, weight.sensitivity * e) for l, _, s, e in weight.menu)))
+            if label == DENSE:
+                _skip(record, f"kept dense by the size allocation: its {len(weight.menu) - 1} compressed forms cost more error per byte saved than other weights'")
+            else:
+                params = compress(weight.candidate.value, config, output_axis=weight.layout.output_axis, input_axis=weight.layout.input_axis,
+                                  importance=weight.importance)
+                assert params.nbytes == size, f"{record.name}: {label} stores {params.nbytes} bytes, the allocation counted {size}"
+                chosen.append((weight, label, params, weight.sensitivity * error))
+            advance(record.name)
+    notes: List[List[str]] = [[] for _ in chosen]
+    if run is not None and error_feedback:
+        with progress.stage("error feedback", total=len(chosen), unit="weights") as advance:
+            for position, (weight, label, params, error) in enumerate(chosen):
+                params, note = _with_feedback(params, weight, run.folds)
+                chosen[position] = (weight, label, params, error)
+                notes[position] += [note] if note else []
+                advance(weight.record.name)
+    plans = []
+    for (weight, label, params, error), feedback_notes in zip(chosen, notes):
+        record, candidate = weight.record, weight.candidate
         record.form, record.bytes_after = describe(params), int(params.nbytes)
         dense = params.decompress()
         record.snr_db = snr_db(candidate.value, dense)
         record.warnings = outlier_warnings(candidate.value, dense)
         del dense
-        assert params.nbytes == size, f"{record.name}: {label} stores {params.nbytes} bytes, the allocation counted {size}"
         estimated = f" ({weight.sampled[label]})" if label in weight.sampled else ""
-        record.notes = [f"chosen by the size allocation: {label}, weighted error {weight.sensitivity * error:.3g}{estimated}", *notes]
+        record.notes = [f"chosen by the size allocation: {label}, weighted error {error:.3g}{estimated}", *feedback_notes]
         plans.append(_Plan(candidate, params, record))
+    chosen.clear()
     weights.clear()
     corrected = correct_biases(plans, run.statistics) if run is not None and bias_correction else 0
     _rewrite(plans)
@@ -442,6 +460,10 @@ class CompressToSize(AbstractGraphPass):
     weight_threshold = PassOption(lambda name, value: parse_int(name, value, 0), default=2048)
     report_path = PassOption(parse_path)
 
+    def __init__(self):
+        super().__init__()
+        self.progress: Optional[Progress] = None  # set by callers that draw progress
+
     def apply(self, prog: Program) -> None:
         result = compress_program_to_size(
             prog,
@@ -453,6 +475,7 @@ class CompressToSize(AbstractGraphPass):
             error_feedback=self.error_feedback,
             weight_threshold=self.weight_threshold,
             pass_name=self.PASS_ID,
+            progress=self.progress,
         )
         if self.report_path:
             result.report.write(self.report_path)
@@ -474,7 +497,7 @@ class _CalibrationRun:
     folds: Tuple[Dict[str, object], ...] = ()
 
 
-def _calibrate(prog: Program, calibration, weights: List[_Weight], second_moments: bool) -> _CalibrationRun:
+def _calibrate(prog: Program, calibration, weights: List[_Weight], second_moments: bool, progress: Progress) -> _CalibrationRun:
     """Run the calibration inputs once, recording what feeds each weight (with `second_moments`,
     also the inputs' second moment matrices of two halves of the samples, for error feedback),
     and weight every weight's errors by it."""
@@ -487,11 +510,13 @@ def _calibrate(prog: Program, calibration, weights: List[_Weight], second_moment
     samples = samples_of(calibration, interpreter)
     outputs = []
     half = (len(samples) + 1) // 2
-    for index, sample in enumerate(samples):
-        # The first and the second half, not alternate samples: neighbours are often related
-        # (crops of one photo, passages of one text), and the check must see inputs it did not fit.
-        interpreter.observers[:] = [statistics] + folds[index // half : index // half + 1]
-        outputs.append(interpreter.run(sample))
+    with progress.stage("calibration", total=len(samples), unit="samples") as advance:
+        for index, sample in enumerate(samples):
+            # The first and the second half, not alternate samples: neighbours are often related
+            # (crops of one photo, passages of one text), and the check must see inputs it did not fit.
+            interpreter.observers[:] = [statistics] + folds[index // half : index // half + 1]
+            outputs.append(interpreter.run(sample))
+            advance()
     interpreter.observers.clear()  # what-if runs must not add to the statistics
     for weight in weights:
         weight.column_weights = _column_weights(weight.candidate.value, weight.layout, statistics.records.get(weight.candidate.const.outputs[0].name))
@@ -538,7 +563,8 @@ def sensitivity_samples(samples: int, weights: int, seconds: float, seconds_per_
     return int(min(samples, max(affordable, MIN_SENSITIVITY_SAMPLES)))
 
 
-def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: float, bias_correction: bool) -> Tuple[int, int]:
+def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: float, bias_correction: bool,
+                         progress: Progress) -> Tuple[int, int]:
     """Each weight's output noise-to-signal ratio with it alone compressed (its 4-bit palette, and
     its bias corrected where that is on), over its own weighted noise-to-signal ratio; largest
     weights first, within `seconds`. Returns (weights measured, samples each was measured on).
@@ -548,7 +574,7 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
     time: on all-MiniLM-L6-v2 a run on one passage takes 30-40 ms on two cores, so its 38 weights
     on all 32 calibration passages take about 45 s, and on a busy machine 30 s measured only 5
     of them. Weights there was still no time for get the median."""
-    interpreter, samples, reference = run.interpreter, run.samples, run.outputs
+    interpreter, samples = run.interpreter, run.samples
     if not samples or not weights:
         return 0, 0
     start = time.perf_counter()
@@ -558,35 +584,45 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
     count = sensitivity_samples(len(samples), len(weights), seconds - per_run, per_run)
     chosen = np.linspace(0, len(samples) - 1, count).round().astype(int)  # distinct: count <= len(samples)
     measured: Dict[int, float] = {}
-    for index in sorted(range(len(weights)), key=lambda i: -weights[i].candidate.value.size):
-        if time.perf_counter() > deadline:
-            break
-        weight = weights[index]
-        value = weight.candidate.value
-        fitted, _ = fit_to_shape(_PROBE, value.shape, weight.layout)
-        try:
-            probe = compress(value, fitted, output_axis=weight.layout.output_axis, input_axis=weight.layout.input_axis,
-                             importance=weight.importance).decompress()
-        except NotCompressible:
-            continue
-        own = weight.error(probe)
-        if not own > 0:
-            continue
-        replace = {weight.candidate.const.outputs[0].name: probe}
-        if bias_correction:  # measure the damage the probe does once its bias is corrected, as it will be
-            found = corrected_bias(weight.candidate.const, value, probe, run.statistics)
-            if not isinstance(found, str):
-                replace[found[0].name] = found[1]
-        noise = signal = 0.0
-        for sample_index in chosen:
-            expected = reference[sample_index]
-            outputs = interpreter.run(samples[sample_index], replace=replace)
-            for name, value_out in outputs.items():
-                noise += float(np.sum(np.square(value_out.astype(np.float64) - expected[name].astype(np.float64))))
-                signal += float(np.sum(np.square(expected[name].astype(np.float64))))
-        measured[index] = (noise / signal) / own if signal > 0 else 1.0
+    with progress.stage("sensitivity", total=len(weights), unit="weights") as advance:
+        for index in sorted(range(len(weights)), key=lambda i: -weights[i].candidate.value.size):
+            if time.perf_counter() > deadline:
+                break
+            found = _sensitivity(run, weights[index], [int(i) for i in chosen], bias_correction)
+            if found is not None:
+                measured[index] = found
+            advance(weights[index].record.name)
     if measured:
         typical = float(np.median(list(measured.values())))
         for index, weight in enumerate(weights):
             weight.sensitivity = measured.get(index, typical)
     return len(measured), len(chosen)
+
+
+def _sensitivity(run: _CalibrationRun, weight: _Weight, sample_indices: List[int], bias_correction: bool) -> Optional[float]:
+    """The output noise-to-signal ratio with `weight` alone compressed (the probe form) over its own
+    weighted one, on the calibration samples `sample_indices`; None where the probe cannot take it
+    or leaves it exact."""
+    value = weight.candidate.value
+    fitted, _ = fit_to_shape(_PROBE, value.shape, weight.layout)
+    try:
+        probe = compress(value, fitted, output_axis=weight.layout.output_axis, input_axis=weight.layout.input_axis,
+                         importance=weight.importance).decompress()
+    except NotCompressible:
+        return None
+    own = weight.error(probe)
+    if not own > 0:
+        return None
+    replace = {weight.candidate.const.outputs[0].name: probe}
+    if bias_correction:  # measure the damage the probe does once its bias is corrected, as it will be
+        found = corrected_bias(weight.candidate.const, value, probe, run.statistics)
+        if not isinstance(found, str):
+            replace[found[0].name] = found[1]
+    noise = signal = 0.0
+    for sample_index in sample_indices:
+        expected = run.outputs[sample_index]
+        outputs = run.interpreter.run(run.samples[sample_index], replace=replace)
+        for name, value_out in outputs.items():
+            noise += float(np.sum(np.square(value_out.astype(np.float64) - expected[name].astype(np.float64))))
+            signal += float(np.sum(np.square(expected[name].astype(np.float64))))
+    return (noise / signal) / own if signal > 0 else 1.0

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List
 
 from milcompress._coremltools import PASS_REGISTRY
+from milcompress.catalog import closest
 from milcompress.errors import ConfigError
 
 
@@ -70,7 +71,7 @@ def parse_passes(text: str) -> List[PassSpec]:
             pass_id = f"milcompress::{pass_id}"
         if pass_id not in PASS_REGISTRY:
             raise ConfigError(
-                f"--passes: unknown pass {pass_id!r}; milcompress passes are {', '.join(known_milcompress_passes())}",
+                f"--passes: unknown pass {pass_id!r}{closest(pass_id, PASS_REGISTRY.passes)}; milcompress passes are {', '.join(known_milcompress_passes())}",
                 field="passes",
             )
         options: Dict[str, str] = {}

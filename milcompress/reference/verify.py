@@ -7,10 +7,15 @@ samples:
 - `cosine` (mean over samples) and `min_cosine`, of each sample's output flattened;
 - `max_abs_error`;
 - `top1_agreement`: for outputs that look like class scores (float, last dimension at least 2,
-  at most one leading dimension besides it), the fraction of rows whose arg-max agrees.
+  at most one leading dimension besides it), the fraction of rows whose arg-max agrees;
+- `kl_divergence`: for the same outputs, the mean over rows of KL(softmax(original) ||
+  softmax(compressed)), in float64, as the benchmarks measure it.
 An output holding NaN or infinite values in either model is counted (`nonfinite_original`,
-`nonfinite_compressed`) instead of measured: its metrics are NaN and its top-1 agreement None,
-and the report's `problems` name it, so a model that overflows never passes as "agreeing".
+`nonfinite_compressed`) instead of measured: its metrics are NaN and its top-1 agreement (and KL
+divergence) None, and the report's `problems` name it, so a model that overflows never passes as
+"agreeing". On random inputs (`random=N`, the report's `random_inputs`) a model's class scores
+are often nearly flat and their arg-max says little about real inputs: top-1 agreement there is
+a smoke test, not an accuracy.
 
 Inputs: one sample as {name: array of the declared shape}, several as {name: array with one more
 leading dimension} (as an .npz written with `np.savez` holds them) or a list of dicts; or
@@ -26,12 +31,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from milcompress._coremltools import Program, Var
 from milcompress.errors import InputError
+from milcompress.progress import Progress, as_progress
 from milcompress.reference.interpreter import Interpreter
 
 Sample = Dict[str, np.ndarray]
@@ -63,6 +69,7 @@ class OutputComparison:
     top1_agreement: Optional[float]
     nonfinite_original: int = 0  # NaN or infinite values over all samples
     nonfinite_compressed: int = 0
+    kl_divergence: Optional[float] = None
 
     @property
     def problems(self) -> List[str]:
@@ -78,6 +85,7 @@ class VerifyReport:
     precision: str
     samples: int
     outputs: Tuple[OutputComparison, ...]
+    random_inputs: bool = False  # drawn at random, not given: top-1 agreement says little
 
     @property
     def problems(self) -> List[str]:
@@ -91,7 +99,8 @@ class VerifyReport:
     def as_dict(self) -> dict:
         """JSON-ready: non-finite numbers as the strings "inf", "-inf", "nan" (JSON has none)."""
         outputs = [{key: _json_number(value) for key, value in asdict(o).items()} for o in self.outputs]
-        return {"precision": self.precision, "samples": self.samples, "outputs": outputs, "problems": self.problems}
+        return {"precision": self.precision, "samples": self.samples, "random_inputs": self.random_inputs, "outputs": outputs,
+                "problems": self.problems}
 
     def __getitem__(self, name: str) -> OutputComparison:
         for output in self.outputs:
@@ -196,10 +205,11 @@ def compare_output(name: str, reference: List[np.ndarray], other: List[np.ndarra
     norms = np.linalg.norm(flat_ref, axis=1) * np.linalg.norm(flat_out, axis=1)
     dots = np.sum(flat_ref * flat_out, axis=1)
     cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), np.where(np.all(flat_ref == flat_out, axis=1), 1.0, 0.0))
-    top1 = None
+    top1 = kl = None
     if _looks_like_class_scores(np.asarray(reference[0])):
         rows_ref, rows_out = ref.reshape(-1, ref.shape[-1]), out.reshape(-1, out.shape[-1])
         top1 = float(np.mean(np.argmax(rows_ref, axis=1) == np.argmax(rows_out, axis=1)))
+        kl = _kl_divergence(rows_ref, rows_out)
     return OutputComparison(
         name=name,
         samples=len(reference),
@@ -209,12 +219,30 @@ def compare_output(name: str, reference: List[np.ndarray], other: List[np.ndarra
         min_cosine=float(np.min(cosines)),
         max_abs_error=float(np.max(np.abs(error))) if error.size else 0.0,
         top1_agreement=top1,
+        kl_divergence=kl,
     )
 
 
-def _run_all(interpreter: Interpreter, samples: List[Sample]) -> Iterator[Dict[str, np.ndarray]]:
-    for sample in samples:
-        yield interpreter.run(sample)
+def _log_softmax(rows: np.ndarray) -> np.ndarray:
+    shifted = rows - np.max(rows, axis=1, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
+
+
+def _kl_divergence(reference_rows: np.ndarray, rows: np.ndarray) -> float:
+    """Mean over rows of KL(softmax(reference) || softmax(rows)), float64; NaN where an output is
+    not finite (which the comparison reports as such)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        reference_log, log = _log_softmax(reference_rows), _log_softmax(rows)
+        return float(np.mean(np.sum(np.exp(reference_log) * (reference_log - log), axis=1)))
+
+
+def _run_all(interpreter: Interpreter, samples: List[Sample], progress: Progress, name: str) -> List[Dict[str, np.ndarray]]:
+    outputs = []
+    with progress.stage(name, total=len(samples), unit="samples") as advance:
+        for sample in samples:
+            outputs.append(interpreter.run(sample))
+            advance()
+    return outputs
 
 
 def verify(
@@ -226,9 +254,12 @@ def verify(
     precision: str = "float32",
     seed: int = 0,
     function_name: Optional[str] = None,
+    progress=False,
 ) -> VerifyReport:
     """Run `original` and `compressed` (Programs, MLModels or .mlpackage paths) on the same inputs
-    in the reference executor and compare every output. Give `inputs` or `random=N`."""
+    in the reference executor and compare every output. Give `inputs` or `random=N`.
+    `progress=True` draws a bar per model run (or pass a `milcompress.progress.Progress`)."""
+    progress = as_progress(progress)
     if (inputs is None) == (random is None):
         raise InputError("give either inputs or random=N (the number of random samples)")
     reference = Interpreter(load_program(original), function_name, precision)
@@ -242,10 +273,10 @@ def verify(
     samples = random_samples(reference, random, seed) if random is not None else samples_of(inputs, reference)
     if not samples:
         raise InputError("no input samples")
-    reference_outputs = list(_run_all(reference, samples))
-    candidate_outputs = list(_run_all(candidate, samples))
+    reference_outputs = _run_all(reference, samples, progress, "running the original")
+    candidate_outputs = _run_all(candidate, samples, progress, "running the compressed")
     comparisons = tuple(
         compare_output(name, [o[name] for o in reference_outputs], [o[name] for o in candidate_outputs])
         for name in reference.output_names
     )
-    return VerifyReport(precision=precision, samples=len(samples), outputs=comparisons)
+    return VerifyReport(precision=precision, samples=len(samples), outputs=comparisons, random_inputs=random is not None)

@@ -1,10 +1,12 @@
 """The `milcompress` command line: a thin shell over the library.
 
-Commands: run, inspect, verify, pipelines, passes, demo. Exit codes: 0 success, 1 verify found
-NaN or infinite outputs, 2 usage, configuration, input or output errors, 3 a pass failed, 130 / 143
-interrupted by SIGINT / SIGTERM (temporary files removed). Errors are one or two lines naming the
-file, field or const (or the path and the cause of an I/O failure); `--verbose` adds the
-traceback. Library code only logs; drawing (progress, tables) happens here.
+Commands: run, inspect, verify, sweep, pipelines, passes, demo. Exit codes: 0 success, 1 verify
+found NaN or infinite outputs or missed a threshold, 2 usage, configuration, input or output
+errors, 3 a pass failed, 130 / 143 interrupted by SIGINT / SIGTERM (temporary files removed).
+Errors are one or two lines naming the file, field or const (or the path and the cause of an I/O
+failure); `--verbose` adds the traceback. Library code only logs; drawing (progress bars on a
+terminal, tables) happens here. This module imports coremltools and torch only inside the
+commands that need them, so `--help`, `--version`, `pipelines` and `passes` answer at once.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from milcompress.errors import ConfigError, InputError, MilcompressError, OutputError, PassError, PreconditionError
+from milcompress.progress import TqdmProgress
+from milcompress.table import kilobytes as _kb
+from milcompress.table import snr_text as _snr
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE, EXIT_PASS_FAILED = 0, 1, 2, 3
 
@@ -34,46 +39,47 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(f"milcompress: error: {message}")
 
 
-def _quiet_coremltools() -> None:
-    """coremltools' progress bars, logs and warnings would bury our output; milcompress' own
-    warnings (config entries that match nothing) are printed with the summary instead."""
-    from functools import partialmethod
-
-    import tqdm
-
-    tqdm.tqdm.__init__ = partialmethod(tqdm.tqdm.__init__, disable=True)
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
-    logging.getLogger("milcompress").setLevel(logging.ERROR)  # its warnings are in the summary and the report
-    warnings.filterwarnings("ignore")
-
-
-def _kb(n: int) -> str:
-    return f"{n / 1024:,.1f} KB"
-
-
-def _snr(value) -> str:
-    if value is None:
-        return "-"
-    return "lossless" if value == math.inf else f"{value:.1f}"
+@contextlib.contextmanager
+def _quiet_coremltools():
+    """coremltools' logs and warnings would bury our output (its progress bars are silenced inside
+    the library's calls); milcompress' own warnings (config entries that match nothing) are printed
+    with the summary instead. Levels and filters are restored when the command ends, as `main` may
+    run in-process."""
+    loggers = [logging.getLogger("coremltools"), logging.getLogger("milcompress")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
-class _Progress:
-    """A one-line progress bar on stderr while weights are computed (only on a terminal)."""
 
-    def __init__(self, label: str):
-        self.label = label
-        self.enabled = sys.stderr.isatty()
 
-    def __call__(self, done: int, total: int, name: str) -> None:
-        if not self.enabled or not total:
-            return
-        width = 30
-        filled = width * done // total
-        bar = "#" * filled + "." * (width - filled)
-        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{total} {name[:40]:<40}")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+def _progress() -> TqdmProgress:
+    """A tqdm bar per stage on stderr, drawn only on a terminal."""
+    return TqdmProgress(disable=None)
+
+
+def _load(path, progress):
+    from milcompress.packages import load_model
+
+    with progress.stage(f"loading {Path(path).name}", total=1, unit="package") as advance:
+        model, prog = load_model(path)
+        advance()
+    return model, prog
+
+
+def _save(model, path, progress, **options) -> None:
+    from milcompress.packages import save_model
+
+    with progress.stage(f"saving {Path(path).name}", total=1, unit="package") as advance:
+        save_model(model, path, **options)
+        advance()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,17 +163,18 @@ def _check_destinations(args) -> None:
 
 def _compress(args, specs, staging) -> int:
     from milcompress.api import run_passes
-    from milcompress.packages import load_model, package_size, save_model, write_text_atomically
+    from milcompress.packages import package_size, write_text_atomically
 
-    model, _ = load_model(args.model)
+    progress = _progress()
+    model, _ = _load(args.model, progress)
     try:
-        new_model, reports = run_passes(model, specs, progress=_Progress("compressing"), save=not args.dry_run)
+        new_model, reports = run_passes(model, specs, progress=progress, save=not args.dry_run)
     except OutputError as error:  # coremltools' temporary package, in the staging directory next to the output
         raise OutputError(args.output, error.cause) from None
     size_in = package_size(args.model)
     _print_summary(reports)
     if not args.dry_run:
-        save_model(new_model, args.output, force=args.force, sources=[args.model], staging=staging)
+        _save(new_model, args.output, progress, force=args.force, sources=[args.model], staging=staging)
     if args.report:  # after the model: a report problem never costs the compressed model
         write_text_atomically(args.report, json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
     if args.dry_run:
@@ -179,45 +186,9 @@ def _compress(args, specs, staging) -> int:
 
 
 def _print_summary(reports) -> None:
-    from milcompress.tools.table import format_table
-
+    """Each report as its table (`str(report)`): the same text as printing a report in Python."""
     for report in reports:
-        weights = [r for r in report.records if len(r.shape) >= 2 and r.dtype.startswith("float")]
-        rest = len(report.records) - len(weights)
-        rows = []
-        label = _labeller(r.function for r in weights)
-        for r in weights:
-            action = r.form if r.action == "compressed" else f"skipped: {r.reason}"
-            if r.notes:
-                action += f" ({'; '.join(r.notes)})"
-            rows.append([label(r.function, r.name), "x".join(map(str, r.shape)), action, f"{r.bits_per_weight:.2f}", _snr(r.snr_db)])
-        print(f"\n{report.pass_name}")
-        for warning in report.warnings:
-            print(f"warning: {warning}")
-        if rows:
-            print(format_table(["weight", "shape", "action", "bits/weight", "SNR dB"], rows, [False, False, False, True, True]))
-        if rest:
-            print(f"({rest} other consts left as they are: scalars, shapes, vectors; reasons in --report)")
-        totals = report.totals()
-        before, after = sum(r.bytes_before for r in weights), sum(r.bytes_after for r in weights)
-        ratio = f"{before / after:.2f}x" if after else "-"
-        print(
-            f"compressed {totals['compressed']} of {len(weights)} weights; weight bytes {_kb(before)} -> {_kb(after)} ({ratio}); "
-            f"mean SNR {_snr(totals['mean_snr_db'])} dB"
-        )
-        for r in weights:
-            for warning in r.warnings:
-                print(f"warning: {label(r.function, r.name)}: {warning}")
-        if report.summary is not None:
-            summary = report.summary
-            print(
-                f"size allocation: {summary['bits_per_weight']:.3f} bits per weight over all {len(summary['choices'])} weights it chose for "
-                f"and the small ones kept dense ({summary['total_bytes']:,} of {summary['budget_bytes']:,} budget bytes)"
-                + ("; activation-weighted" if summary["calibrated"] else "")
-            )
-            stages = summary.get("seconds") or {}
-            if stages:
-                print("time: " + ", ".join(f"{stage} {t:.1f} s" for stage, t in stages.items()))
+        print(f"\n{report}")
 
 
 def _labeller(functions):
@@ -233,10 +204,10 @@ def _labeller(functions):
 
 def _inspect(args) -> int:
     from milcompress.api import inspect_model
-    from milcompress.packages import load_model, package_size
-    from milcompress.tools.table import format_table
+    from milcompress.packages import package_size
+    from milcompress.table import format_table
 
-    model, _ = load_model(args.model)
+    model, _ = _load(args.model, _progress())
     opsets, weights = inspect_model(model)
     size = package_size(args.model)
     if args.json:
@@ -254,19 +225,27 @@ def _inspect(args) -> int:
 
 
 def _pipelines(args) -> int:
-    from milcompress.passes.pipelines import PIPELINES
+    from milcompress.catalog import PIPELINES, SYNTHETIC_SHAPE, expected_bits_per_weight
+    from milcompress.table import format_table
 
-    for name, (pass_ids, doc) in PIPELINES.items():
-        print(f"{name:<24} {doc}  [{', '.join(pass_ids)}]")
+    def expected(name):
+        bits = expected_bits_per_weight(name)
+        return "as trained" if bits is None and name != "DECOMPRESS" else ("16 (dense)" if bits is None else f"{bits:.2f}")
+
+    rows = [[name, expected(name), doc] for name, (_, doc) in PIPELINES.items()]
+    print(format_table(["pipeline", "bits/weight", "what"], rows, [False, True, False]))
+    shape = "x".join(map(str, SYNTHETIC_SHAPE))
+    print(f"\nbits/weight: stored bits per weight of a {shape} float16 weight of normal values; 'as trained': lossless,\n"
+          "only for weights palettized or pruned in training. Each pipeline runs one preset pass (`milcompress passes`).")
     return EXIT_OK
 
 
 def _passes(args) -> int:
-    from milcompress.passes import ALL_PASSES
+    from milcompress.catalog import BASE_PASSES, PRESETS
 
-    for pass_id, cls in ALL_PASSES.items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{pass_id:<52} {doc.split(': ', 1)[-1]}")
+    passes = {**BASE_PASSES, **{pass_id: doc for pass_id, (_, _, doc) in PRESETS.items()}}
+    for pass_id, doc in passes.items():
+        print(f"{pass_id:<52} {doc}")
     return EXIT_OK
 
 
@@ -279,11 +258,20 @@ def _demo(args) -> int:
         import torch  # noqa: F401
     except ImportError as error:
         raise InputError("the demo builds a PyTorch model: install torch (pip install 'milcompress[torch]')") from error
-    from milcompress.tools.demo import convert_demo_model, run_demo
-    from milcompress.tools.table import format_table
+    from milcompress.table import format_table
+    from milcompress.tools.demo import convert_demo_model, run_demo, save_demo
 
     print("Converting the built-in model (3 convs + attention block + classifier, iOS18, float16)...")
     model = convert_demo_model()
+    if args.save:
+        written = save_demo(model, args.save, force=args.force)
+        for path, what in written:
+            print(f"wrote {path}: {what}")
+        package, inputs, calibration = (path for path, _ in written)
+        print(f"\nnext: milcompress run {package} -o small.mlpackage --pipeline PALETTIZE_4BIT\n"
+              f"      milcompress verify {package} small.mlpackage --inputs {inputs}\n"
+              f"      milcompress run {package} -o sized.mlpackage --target-bpw 4.5 --calibration {calibration}")
+        return EXIT_OK
     rows = []
     results = run_demo(model)
     for row in results:
@@ -303,6 +291,7 @@ def _demo(args) -> int:
     print(format_table(["pipeline", "compressed", "weights", "vs fp16", "mean SNR dB", "worst SNR dB", "s"], rows, [False, True, True, True, True, True, True]))
     print("\nweights: stored bytes of the 2-D+ float weights; vs fp16: their size before / after.")
     print("DEFAULT_PALETTIZATION / DEFAULT_PRUNING only take weights already palettized or pruned in training, losslessly.")
+    print("`milcompress demo --save DIR` writes the model and inputs for trying every command on it.")
     return EXIT_OK
 
 
@@ -314,54 +303,197 @@ def _number(value: float, digits: int = 1) -> str:
     return "inf" if value == math.inf else ("-inf" if value == -math.inf else f"{value:.{digits}f}")
 
 
-def _verify(args) -> int:
+RANDOM_TOP1_CAVEAT = (
+    "note: top-1 agreement on random inputs: a model's class scores for random inputs are often nearly flat, so it says "
+    "little about real inputs; give --inputs for a measure that does"
+)
+
+
+def _needs_torch(command: str) -> None:
     try:
         import torch  # noqa: F401
     except ImportError as error:
-        raise InputError("verify runs models with torch: install it (pip install 'milcompress[reference]')") from error
+        raise InputError(f"{command} runs models with torch: install it (pip install 'milcompress[reference]')") from error
+
+
+def _verify(args) -> int:
+    _needs_torch("verify")
     from milcompress.packages import load_arrays
     from milcompress.reference import verify
-    from milcompress.tools.table import format_table
+    from milcompress.table import format_table
 
     if (args.inputs is None) == (args.random is None):
         raise ConfigError("give exactly one of --inputs FILE.npz or --random N", field="verify")
     inputs = None if args.inputs is None else load_arrays(args.inputs)
-    report = verify(args.original, args.compressed, inputs, random=args.random, precision=args.precision, seed=args.seed)
+    progress = _progress()
+    _, original = _load(args.original, progress)
+    _, compressed = _load(args.compressed, progress)
+    report = verify(original, compressed, inputs, random=args.random, precision=args.precision, seed=args.seed, progress=progress)
+    failures = _failed_thresholds(report, args)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2, allow_nan=False))
-        return EXIT_OK if report.ok else EXIT_VERIFY_FAILED
-    rows = [
-        [
-            o.name,
-            _number(o.snr_db),
-            _number(o.psnr_db),
-            f"{o.cosine:.5f}",
-            f"{o.min_cosine:.5f}",
-            f"{o.max_abs_error:.3g}",
-            "-" if o.top1_agreement is None else f"{o.top1_agreement:.3f}",
+        print(json.dumps({**report.as_dict(), "failed": failures}, indent=2, allow_nan=False))
+    else:
+        rows = [
+            [
+                o.name,
+                _number(o.snr_db),
+                _number(o.psnr_db),
+                f"{o.cosine:.5f}",
+                f"{o.min_cosine:.5f}",
+                f"{o.max_abs_error:.3g}",
+                "-" if o.top1_agreement is None else f"{o.top1_agreement:.3f}",
+                "-" if o.kl_divergence is None else f"{o.kl_divergence:.3g}",
+            ]
+            for o in report.outputs
         ]
-        for o in report.outputs
-    ]
+        source = f"{args.inputs}" if args.inputs else f"{args.random} random"
+        print(f"{report.samples} samples ({source}), computed in {report.precision} by the reference executor\n")
+        print(format_table(["output", "SNR dB", "PSNR dB", "cosine", "min cosine", "max abs err", "top-1 agree", "KL"], rows, [False] + [True] * 7))
+        if report.random_inputs and any(o.top1_agreement is not None for o in report.outputs):
+            print(f"\n{RANDOM_TOP1_CAVEAT}")
+        for problem in report.problems:
+            print(f"FAILED: {problem}")
+        thresholds = [(flag, value) for flag, value in (("--min-cosine", args.min_cosine), ("--min-top1", args.min_top1), ("--max-kl", args.max_kl)) if value is not None]
+        if thresholds:
+            given = ", ".join(f"{flag} {value:g}" for flag, value in thresholds)
+            print(f"\n{'FAILED' if failures else 'passed'}: {given}" + "".join(f"\n  {failure}" for failure in failures))
+    return EXIT_OK if report.ok and not failures else EXIT_VERIFY_FAILED
+
+
+def _failed_thresholds(report, args) -> List[str]:
+    """What misses the thresholds given: mean cosine of every output; top-1 agreement and KL
+    divergence of every output that looks like class scores (an error if none does)."""
+    failures = []
+    if args.min_cosine is not None:
+        failures += [f"{o.name}: cosine {o.cosine:.5f} < {args.min_cosine:g}" for o in report.outputs if not o.cosine >= args.min_cosine]
+    for flag, limit, field, label in (
+        ("--min-top1", args.min_top1, "top1_agreement", "top-1 agreement"),
+        ("--max-kl", args.max_kl, "kl_divergence", "KL divergence"),
+    ):
+        if limit is None:
+            continue
+        scored = [o for o in report.outputs if getattr(o, field) is not None]
+        if not scored and report.ok:  # (non-finite outputs are not scored: they fail as problems)
+            raise ConfigError(f"{flag}: no output looks like class scores (float, last dimension 2 or more); use --min-cosine", field=flag)
+        for o in scored:
+            value = getattr(o, field)
+            if flag == "--min-top1" and not value >= limit:
+                failures.append(f"{o.name}: {label} {value:.4g} < {limit:g}")
+            elif flag == "--max-kl" and not value <= limit:
+                failures.append(f"{o.name}: {label} {value:.4g} > {limit:g}")
+    return failures
+
+
+# ------------------------------------------------------------------------------------------------
+# sweep
+
+
+def _targets(text: str) -> List[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError as error:
+        raise ConfigError(f"--targets: expected bits per weight separated by commas, got {text!r}", field="targets") from error
+
+
+def _sweep(args) -> int:
+    _needs_torch("sweep")
+    from milcompress import sweep as sweeps
+    from milcompress.packages import load_arrays
+    from milcompress.passes.pipelines import compression_passes
+
+    if (args.inputs is None) == (args.random is None):
+        raise ConfigError("give exactly one of --inputs FILE.npz or --random N", field="sweep")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        raise InputError("sweep draws its plot with matplotlib: pip install 'milcompress[plot]'") from error
+    targets = _targets(args.targets) if args.targets else list(sweeps.DEFAULT_TARGETS)
+    pipelines = None
+    if args.pipelines is not None:
+        pipelines = [name.strip().upper() for name in args.pipelines.split(",") if name.strip()]
+        for name in pipelines:
+            compression_passes(name)  # unknown names fail here, before any work
+    inputs = None if args.inputs is None else load_arrays(args.inputs)
+    calibration = None if args.calibration is None else load_arrays(args.calibration)
+    out = Path(args.out) if args.out else Path(f"{Path(args.model).stem}_sweep")
+    progress = _progress()
+    model, _ = _load(args.model, progress)
+    result = sweeps.sweep(model, inputs, targets, pipelines=pipelines, calibration=calibration, precision=args.precision, random=args.random,
+                          name=str(args.model), progress=progress)
+    written = sweeps.write(result, out)
     source = f"{args.inputs}" if args.inputs else f"{args.random} random"
-    print(f"{report.samples} samples ({source}), computed in {report.precision} by the reference executor\n")
-    print(format_table(["output", "SNR dB", "PSNR dB", "cosine", "min cosine", "max abs err", "top-1 agree"], rows, [False] + [True] * 6))
-    for problem in report.problems:
-        print(f"FAILED: {problem}")
-    return EXIT_OK if report.ok else EXIT_VERIFY_FAILED
+    print(f"{args.model}: {result.dense_bits_per_weight:.2f} bits per weight dense; output {result.output} on {result.samples} samples ({source})\n")
+    print(result.table())
+    if result.random_inputs and result.metric == "top1_agreement":
+        print(f"\n{RANDOM_TOP1_CAVEAT}")
+    print("\nwrote " + ", ".join(str(path) for path in written))
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------------------------------------
 
 
+EXAMPLES = {
+    "top": """examples:
+  milcompress demo --save demo                  # a model, inputs and calibration inputs to try everything on
+  milcompress run demo/demo.mlpackage -o small.mlpackage --pipeline PALETTIZE_4BIT
+  milcompress verify demo/demo.mlpackage small.mlpackage --inputs demo/inputs.npz --min-cosine 0.99
+  milcompress pipelines                         # the named pipelines and their bits per weight""",
+    "run": """examples:
+  milcompress run demo/demo.mlpackage -o small.mlpackage --pipeline PALETTIZE_4BIT --report report.json
+  milcompress run demo/demo.mlpackage -o small.mlpackage --passes 'palettize_weights{config=cfg.yaml},prune_weights_2_4'
+  milcompress run demo/demo.mlpackage -o sized.mlpackage --target-bpw 4.5 --calibration demo/calibration.npz
+  milcompress run demo/demo.mlpackage --pipeline INT4_BLOCK32 --dry-run""",
+    "inspect": """examples:
+  milcompress inspect demo/demo.mlpackage
+  milcompress inspect small.mlpackage --json""",
+    "verify": """exit codes: 0 within every threshold given, 1 a threshold missed, 2 usage or input errors.
+
+examples:
+  milcompress verify demo/demo.mlpackage small.mlpackage --inputs demo/inputs.npz
+  milcompress verify demo/demo.mlpackage small.mlpackage --inputs demo/inputs.npz --min-cosine 0.99 --min-top1 0.9 --max-kl 0.05
+  milcompress verify demo/demo.mlpackage small.mlpackage --random 8 --precision float16""",
+    "sweep": """writes OUT/sweep.md (the table), OUT/sweep.json (every point) and OUT/sweep.png (the plot).
+
+examples:
+  milcompress sweep demo/demo.mlpackage --inputs demo/inputs.npz
+  milcompress sweep demo/demo.mlpackage --inputs demo/inputs.npz --calibration demo/calibration.npz --targets 3,4,6 --out sweep""",
+    "pipelines": "example:\n  milcompress pipelines",
+    "passes": "example:\n  milcompress passes",
+    "demo": """examples:
+  milcompress demo                # every named pipeline on a built-in model, as a table
+  milcompress demo --save demo    # demo/demo.mlpackage, demo/inputs.npz, demo/calibration.npz""",
+}
+
+
+def _versions() -> str:
+    """Ours and coremltools' versions, from package metadata (coremltools is not imported)."""
+    from importlib import metadata
+
+    from milcompress import __version__
+
+    try:
+        coremltools = metadata.version("coremltools")
+    except metadata.PackageNotFoundError:
+        coremltools = "not installed"
+    return f"milcompress {__version__} (coremltools {coremltools})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="milcompress", description="Compress the weights of Core ML models.")
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="milcompress", description="Compress the weights of Core ML models.", epilog=EXAMPLES["top"], formatter_class=formatter)
     parser.add_argument("--verbose", action="store_true", help="show tracebacks and coremltools' output")
+    parser.add_argument("--version", action="version", version=_versions(), help="print the versions of milcompress and coremltools")
     # `--verbose` is also accepted after the command; SUPPRESS keeps the top-level value otherwise.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    run = commands.add_parser("run", parents=[common], help="compress a saved .mlpackage")
+    def command(name: str, help: str):
+        return commands.add_parser(name, parents=[common], help=help, description=help[0].upper() + help[1:] + ".", epilog=EXAMPLES[name],
+                                   formatter_class=formatter)
+
+    run = command("run", "compress a saved .mlpackage")
     run.add_argument("model", help="input .mlpackage (never modified)")
     run.add_argument("-o", "--output", help="output .mlpackage (written atomically)")
     run.add_argument("--pipeline", help="a named pipeline (see `milcompress pipelines`)")
@@ -379,24 +511,41 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strict", action="store_true", help="fail (exit 2) where a config entry names no weight, op or op type of the model")
     run.set_defaults(handler=_run)
 
-    inspect = commands.add_parser("inspect", parents=[common], help="how each weight of a model is stored")
-    inspect.add_argument("model")
-    inspect.add_argument("--json", action="store_true")
+    inspect = command("inspect", "how each weight of a model is stored")
+    inspect.add_argument("model", help="the .mlpackage to inspect")
+    inspect.add_argument("--json", action="store_true", help="every weight as JSON")
     inspect.set_defaults(handler=_inspect)
 
-    verify = commands.add_parser("verify", parents=[common], help="compare a compressed model's outputs with the original's")
+    verify = command("verify", "compare a compressed model's outputs with the original's")
     verify.add_argument("original", help="the original .mlpackage")
     verify.add_argument("compressed", help="the compressed .mlpackage")
     verify.add_argument("--inputs", help="an .npz of inputs by name: one sample, or stacked along a new first axis")
     verify.add_argument("--random", type=int, help="compare on N random inputs instead")
     verify.add_argument("--precision", choices=["float32", "float16"], default="float32", help="float16 emulates Core ML's GPU/ANE activations")
     verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    verify.add_argument("--min-cosine", type=float, help="exit 1 if any output's mean cosine similarity is below this")
+    verify.add_argument("--min-top1", type=float, help="exit 1 if any class-score output's top-1 agreement is below this")
+    verify.add_argument("--max-kl", type=float, help="exit 1 if any class-score output's mean KL(original || compressed) is above this")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=_verify)
 
-    commands.add_parser("pipelines", parents=[common], help="the named pipelines").set_defaults(handler=_pipelines)
-    commands.add_parser("passes", parents=[common], help="the registered milcompress passes").set_defaults(handler=_passes)
-    commands.add_parser("demo", parents=[common], help="compress a built-in model with every named pipeline").set_defaults(handler=_demo)
+    sweep = command("sweep", "compress at several sizes and with the named pipelines of those sizes, verify each, plot")
+    sweep.add_argument("model", help="the .mlpackage to sweep (never modified)")
+    sweep.add_argument("--inputs", help="an .npz of inputs to verify on (as for verify)")
+    sweep.add_argument("--random", type=int, help="verify on N random inputs instead")
+    sweep.add_argument("--targets", help="bits per weight for --target-bpw, comma-separated (default 3,4,4.5,6,8)")
+    sweep.add_argument("--pipelines", help="named pipelines to compare, comma-separated (default: those within half a bit of the targets' range)")
+    sweep.add_argument("--calibration", help="an .npz of calibration inputs: the targets are also compressed calibrated")
+    sweep.add_argument("--precision", choices=["float32", "float16"], default="float32", help="float16 emulates Core ML's GPU/ANE activations")
+    sweep.add_argument("--out", help="directory for sweep.md, sweep.json and sweep.png (default MODEL_sweep)")
+    sweep.set_defaults(handler=_sweep)
+
+    command("pipelines", "the named pipelines and their bits per weight").set_defaults(handler=_pipelines)
+    command("passes", "the registered milcompress passes").set_defaults(handler=_passes)
+    demo = command("demo", "compress a built-in model with every named pipeline, or save it and inputs to try the commands on")
+    demo.add_argument("--save", metavar="DIR", help="write DIR/demo.mlpackage, DIR/inputs.npz and DIR/calibration.npz instead")
+    demo.add_argument("--force", action="store_true", help="with --save: replace existing files")
+    demo.set_defaults(handler=_demo)
     return parser
 
 
@@ -409,10 +558,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(exit_.code, file=sys.stderr)
             return EXIT_USAGE
         return EXIT_OK if exit_.code in (0, None) else EXIT_USAGE
-    if not args.verbose:
-        _quiet_coremltools()
     try:
-        with _signals_interrupt():
+        with _signals_interrupt(), contextlib.nullcontext() if args.verbose else _quiet_coremltools():
             return args.handler(args)
     except _Interrupted as interrupt:
         # Cleanup has run (finally blocks and context managers, as the exception passed through).

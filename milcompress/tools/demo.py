@@ -7,7 +7,9 @@ the way training-time compression leaves them: the last convolution holds 16 dis
 (palettized during training) and the MLP's first layer is 60% zeros (pruned during training), so
 the lossless DEFAULT_* pipelines have something to do. `run_demo()` converts it once to an
 iOS18 ML program and applies every named pipeline to the converted model, returning one row per
-pipeline: weights compressed, stored weight bytes, ratio to float16, SNR, time.
+pipeline: weights compressed, stored weight bytes, ratio to float16, SNR, time. `save_demo(model,
+directory)` writes the converted model with sample inputs and calibration inputs (different
+random images), so that every command of the README can be tried on files of one's own.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from pathlib import Path
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -66,9 +69,11 @@ def convert_demo_model():
     import coremltools as ct
     import torch
 
+    from milcompress._coremltools import quiet_progress_bars
+
     model = demo_model()
     example = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_progress_bars():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, example)
         return ct.convert(
@@ -78,6 +83,39 @@ def convert_demo_model():
             convert_to="mlprogram",
             minimum_deployment_target=ct.target.iOS18,
         )
+
+
+INPUT_SHAPE = (1, 3, 32, 32)
+SAMPLES, CALIBRATION_SAMPLES = 32, 16
+
+
+def demo_inputs(count: int, seed: int) -> dict:
+    """`count` images for the demo model's input, stacked along a new first axis (as `verify
+    --inputs` and `--calibration` read them): uniform in [0, 1), as the model was traced with."""
+    images = np.random.default_rng(seed).random((count, *INPUT_SHAPE), dtype=np.float32)
+    return {"image": images}
+
+
+def save_demo(mlmodel, directory, force: bool = False) -> List[Tuple[Path, str]]:
+    """Write DIRECTORY/demo.mlpackage, inputs.npz and calibration.npz; (path, what it is) of each.
+    Existing files are kept unless `force` (InputError naming the first)."""
+    from milcompress.errors import InputError
+    from milcompress.packages import save_model
+
+    directory = Path(directory)
+    package, inputs, calibration = directory / "demo.mlpackage", directory / "inputs.npz", directory / "calibration.npz"
+    existing = [path for path in (package, inputs, calibration) if path.exists()]
+    if existing and not force:
+        raise InputError(f"{existing[0]}: already exists (pass --force to replace it)")
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(mlmodel, package, force=force)
+    np.savez(inputs, **demo_inputs(SAMPLES, seed=1))
+    np.savez(calibration, **demo_inputs(CALIBRATION_SAMPLES, seed=2))
+    return [
+        (package, "the demo model, an iOS18 ML program with float16 weights"),
+        (inputs, f"{SAMPLES} sample inputs, 'image' {list(INPUT_SHAPE)} stacked (for verify and sweep --inputs)"),
+        (calibration, f"{CALIBRATION_SAMPLES} other inputs (for run --target-bpw --calibration)"),
+    ]
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,10 @@ def test_ordering_keeps_unconstrained_passes_in_place():
 
 
 def test_unknown_pipeline_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown pipeline 'PALETTIZE_5BIT'; known pipelines: DEFAULT_PALETTIZATION, DEFAULT_PRUNING"):
+    with pytest.raises(ConfigError, match=r"unknown pipeline 'PALETTIZE_5BIT' \(did you mean PALETTIZE_\dBIT\?\); known pipelines: DEFAULT_PALETTIZATION, DEFAULT_PRUNING"):
         compression_passes("PALETTIZE_5BIT")
+    with pytest.raises(ConfigError, match=r"unknown pipeline 'int4_blok32' \(did you mean INT4_BLOCK32\?\)"):
+        compression_passes("int4_blok32")
+    with pytest.raises(ConfigError, match=r"unknown pipeline 'zzz'; known"):  # nothing near: no hint
+        compression_passes("zzz")
     assert compression_passes("milcompress_int8") == ["milcompress::linear_quantize_weights_int8"]

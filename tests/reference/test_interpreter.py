@@ -295,3 +295,22 @@ def test_non_finite_outputs_are_counted_not_measured_and_fail_the_comparison(bad
     assert f"of the {'original' if where != 'compressed' else 'compressed'} model has 4 NaN or infinite values" in comparison.problems[0]
     finite = compare_output("scores", reference[:0] + [np.ones((1, 3), np.float32)], [np.ones((1, 3), np.float32)])
     assert finite.problems == [] and finite.top1_agreement == 1.0
+
+
+def test_kl_divergence_of_class_scores_by_hand():
+    reference = [np.array([[0.0, math.log(3.0)]]), np.array([[0.0, 0.0]])]  # softmax (1/4, 3/4) and (1/2, 1/2)
+    other = [np.array([[0.0, 0.0]]), np.array([[0.0, 0.0]])]
+    comparison = compare_output("scores", reference, other)
+    first = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert comparison.kl_divergence == pytest.approx(first / 2)  # the second sample agrees exactly
+    assert compare_output("flat", [np.zeros(1)], [np.ones(1)]).kl_divergence is None  # not class scores
+    from milcompress.reference.verify import _kl_divergence
+
+    assert math.isnan(_kl_divergence(np.zeros((1, 2)), np.array([[np.inf, 0.0]])))  # NaN, not a RuntimeWarning
+
+
+def test_verify_says_whether_its_inputs_were_random():
+    program, _, _ = _small_network()
+    assert verify(program, program, random=2).random_inputs is True
+    given = verify(program, program, {"image": np.zeros((2, 3, 6, 6), np.float32)})
+    assert given.random_inputs is False and given.as_dict()["random_inputs"] is False

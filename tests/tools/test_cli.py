@@ -1,13 +1,18 @@
-"""The real `milcompress` console script, in a subprocess, for each command and each bad input."""
+"""The command line, each command and each bad input: in-process through the console script's
+`main(argv)` (its output and exit code exactly as a shell sees them), and, where only a real
+process can tell (the installed entry point, `python -m`, tracebacks, exit codes, what a fast
+command imports), in a subprocess."""
 
+import contextlib
 import hashlib
+import io
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +20,30 @@ import pytest
 
 import coremltools as ct
 from milcompress._coremltools import IOS17, IOS18, mb, types
+from milcompress.tools.cli import main
 
 SCRIPT = shutil.which("milcompress", path=str(Path(sys.executable).parent)) or "milcompress"
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args) -> Result:
+    """`milcompress ARGS` in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def script(*args, timeout=300) -> Result:
+    """`milcompress ARGS` as a real process, through the installed console script."""
+    done = subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return Result(done.returncode, done.stdout, done.stderr)
 
 
 def _program(opset, nested=False):
@@ -40,6 +63,14 @@ def _program(opset, nested=False):
                 name="branch",
             )
         return y
+
+    return prog
+
+
+def _flat_output_program():
+    @mb.program(input_specs=[mb.TensorSpec((1, 64), dtype=types.fp16)], opset_version=IOS18)
+    def prog(x):
+        return mb.reduce_sum(x=x, axes=[1], keep_dims=False)  # shape [1]: not class scores
 
     return prog
 
@@ -103,10 +134,13 @@ def test_passes_spec_prints_back_as_parsed_and_config_files_work(models, tmp_pat
     assert result.returncode == 0 and "int4 blocks 1x16" in result.stdout
 
 
-def test_dry_run_writes_nothing(models, tmp_path):
-    result = cli("run", models["ios18"], "--pipeline", "PRUNE_2_4", "--dry-run")
+def test_dry_run_writes_nothing(models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing in the working directory either (no staging, no report)
+    before = _digest(models["ios18"])
+    result = cli("run", models["ios18"], "-o", tmp_path / "out.mlpackage", "--pipeline", "PRUNE_2_4", "--dry-run")
     assert result.returncode == 0 and "dry run: nothing written" in result.stdout and "sparse 50%" in result.stdout
     assert list(tmp_path.iterdir()) == []
+    assert _digest(models["ios18"]) == before
 
 
 def test_an_existing_output_is_replaced_only_with_force(models, tmp_path):
@@ -158,14 +192,23 @@ def test_models_with_several_functions_keep_them_and_share_weights(models, tmp_p
     assert blob.stat().st_size < stored - shared // 2
 
 
-def test_inspect_pipelines_and_passes():
+def test_pipelines_and_passes():
+    from milcompress.catalog import expected_bits_per_weight
+    from milcompress.passes import ALL_PASSES
     from milcompress.passes.pipelines import PIPELINES
 
     result = cli("pipelines")
-    assert result.returncode == 0 and [line.split()[0] for line in result.stdout.splitlines()] == list(PIPELINES)
+    assert result.returncode == 0
+    table = result.stdout.split("\n\n")[0].splitlines()
+    assert table[0].split()[:2] == ["pipeline", "bits/weight"]
+    rows = {line.split()[0]: line.split()[1] for line in table[2:]}
+    assert list(rows) == list(PIPELINES)
+    assert rows["INT4_BLOCK32"] == f"{expected_bits_per_weight('INT4_BLOCK32'):.2f}" and rows["DEFAULT_PRUNING"] == "as"  # "as trained"
+    assert all(len(line) <= 120 for line in result.stdout.splitlines())
     result = cli("passes")
-    assert result.returncode == 0 and "milcompress::palettize_weights " in result.stdout
-    assert "milcompress::decompress_weights" in result.stdout
+    assert result.returncode == 0
+    assert [line.split()[0] for line in result.stdout.splitlines()] == list(ALL_PASSES)
+    assert "milcompress::palettize_weights " in result.stdout and "milcompress::decompress_weights" in result.stdout
 
 
 def test_inspect_table(models):
@@ -236,8 +279,8 @@ def test_bad_inputs_get_one_clear_line_and_exit_2(models, tmp_path, make, messag
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--pipeline", "PALETTIZE_5BIT"], "unknown pipeline 'PALETTIZE_5BIT'; known pipelines: DEFAULT_PALETTIZATION"),
-        (["--passes", "palettize_weightz"], "unknown pass 'milcompress::palettize_weightz'; milcompress passes are"),
+        (["--pipeline", "PALETTIZE_4BIT_GROUPPED"], "unknown pipeline 'PALETTIZE_4BIT_GROUPPED' (did you mean PALETTIZE_4BIT_GROUPED?); known pipelines: DEFAULT_PALETTIZATION"),
+        (["--passes", "palettize_weightz"], "unknown pass 'milcompress::palettize_weightz' (did you mean milcompress::palettize_weights?); milcompress passes are"),
         (["--passes", "palettize_weights{nbits=4}"], "unknown option 'nbits'; options are config"),
         (["--pipeline", "INT8", "--config", "x.yaml"], "give exactly one of --pipeline, --config, --passes"),
         (["--config", "missing.yaml"], "missing.yaml: no such config file"),
@@ -273,15 +316,49 @@ def test_a_config_needing_a_newer_opset_names_the_target(models, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
-def test_verbose_shows_the_traceback(models, tmp_path, where):
+def test_verbose_raises_for_the_traceback(models, tmp_path, where):
+    from milcompress.errors import ConfigError
+
     args = ["run", models["ios18"], "-o", tmp_path / "o.mlpackage", "--pipeline", "NOPE"]
-    result = cli(*(["--verbose", *args] if where == "before" else [*args, "--verbose"]))
-    assert result.returncode != 0 and "Traceback" in result.stderr
+    with pytest.raises(ConfigError, match="unknown pipeline 'NOPE'"):
+        cli(*(["--verbose", *args] if where == "before" else [*args, "--verbose"]))
 
 
-def test_python_dash_m_works_too():
-    result = subprocess.run([sys.executable, "-m", "milcompress", "pipelines"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "PALETTIZE_4BIT" in result.stdout
+def test_the_console_script_and_its_exit_codes(models, tmp_path):
+    result = script("run", models["ios18"], "-o", tmp_path / "o.mlpackage", "--pipeline", "INT8", "--report", tmp_path / "r.json")
+    assert result.returncode == 0 and (tmp_path / "o.mlpackage").is_dir() and "compressed 2 of 2 weights" in result.stdout
+    result = script("run")
+    assert result.returncode == 2 and "the following arguments are required: model" in result.stderr
+
+
+def test_fast_commands_import_neither_coremltools_nor_torch():
+    check = (
+        "import sys, contextlib, io\n"
+        "from milcompress.tools.cli import main\n"
+        "for argv in (['--help'], ['--version'], ['pipelines'], ['passes'], ['run', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        assert main(argv) == 0, argv\n"
+        "heavy = sorted(m for m in ('coremltools', 'torch') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_python_dash_m_and_version():
+    import coremltools
+
+    import milcompress
+
+    result = subprocess.run([sys.executable, "-m", "milcompress", "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"milcompress {milcompress.__version__} (coremltools {coremltools.__version__})"
+
+
+@pytest.mark.parametrize("command", ["", "run", "inspect", "verify", "sweep", "pipelines", "passes", "demo"])
+def test_every_help_has_examples(command):
+    result = cli(*([command] if command else []), "--help")
+    assert result.returncode == 0
+    assert "example" in result.stdout and f"milcompress {command}".strip() in result.stdout.split("example", 1)[1]
 
 
 def test_verify_compares_outputs_on_random_and_given_inputs(models, tmp_path):
@@ -291,17 +368,49 @@ def test_verify_compares_outputs_on_random_and_given_inputs(models, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "3 samples (3 random), computed in float32 by the reference executor" in result.stdout
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("branch")]
-    snr, psnr, cosine, min_cosine, max_error, top1 = row.split()[1:]
-    assert 10 < float(snr) < 40 and 0.9 < float(cosine) < 1.0 and 0 <= float(top1) <= 1
+    snr, psnr, cosine, min_cosine, max_error, top1, kl = row.split()[1:]
+    assert 10 < float(snr) < 40 and 0.9 < float(cosine) < 1.0 and 0 <= float(top1) <= 1 and 0 < float(kl) < 0.1
+
+    assert "note: top-1 agreement on random inputs" in result.stdout  # the random-inputs caveat
 
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, x=np.random.default_rng(0).standard_normal((5, 1, 64)).astype(np.float16))
     result = cli("verify", models["nested"], models["nested"], "--inputs", inputs, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["samples"] == 5 and report["precision"] == "float32"
+    assert report["samples"] == 5 and report["precision"] == "float32" and report["random_inputs"] is False
     (output,) = report["outputs"]
     assert output["max_abs_error"] == 0.0 and output["cosine"] == 1.0 and output["top1_agreement"] == 1.0
+    assert output["kl_divergence"] == 0.0 and report["failed"] == []
+    result = cli("verify", models["nested"], small, "--inputs", inputs)
+    assert "note: top-1 agreement on random inputs" not in result.stdout
+
+
+def test_verify_thresholds_set_the_exit_code(models, tmp_path):
+    small = tmp_path / "4bit.mlpackage"
+    assert cli("run", models["nested"], "-o", small, "--pipeline", "PALETTIZE_4BIT").returncode == 0
+    measured = json.loads(cli("verify", models["nested"], small, "--random", "3", "--json").stdout)["outputs"][0]
+    cosine, top1, kl = measured["cosine"], measured["top1_agreement"], measured["kl_divergence"]
+    assert 0 < kl and cosine < 1
+    passing = ["--min-cosine", cosine - 1e-6, "--min-top1", top1, "--max-kl", kl * 1.001]
+    result = cli("verify", models["nested"], small, "--random", "3", *passing)
+    assert result.returncode == 0 and "passed: --min-cosine" in result.stdout, result.stdout
+    for flag, value, message in (
+        ("--min-cosine", cosine + 1e-6, f"branch: cosine {cosine:.5f} < "),
+        ("--min-top1", top1 + 0.01, f"branch: top-1 agreement {top1:.4g} < "),
+        ("--max-kl", kl * 0.999, f"branch: KL divergence {kl:.4g} > "),
+    ):
+        result = cli("verify", models["nested"], small, "--random", "3", flag, value)
+        assert result.returncode == 1 and "FAILED: " + flag in result.stdout and message in result.stdout, result.stdout
+        result = cli("verify", models["nested"], small, "--random", "3", flag, value, "--json")
+        assert result.returncode == 1 and len(json.loads(result.stdout)["failed"]) == 1
+
+
+def test_class_score_thresholds_need_class_scores(models, tmp_path):
+    flat = tmp_path / "flat.mlpackage"
+    _save(_flat_output_program(), flat, IOS18)
+    result = cli("verify", flat, flat, "--random", "2", "--min-top1", "0.5")
+    assert result.returncode == 2 and "--min-top1: no output looks like class scores" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -334,6 +443,9 @@ def test_run_to_a_target_size(models, tmp_path):
     assert "passes: milcompress::compress_to_size{target_bits_per_weight=5}" in result.stdout
     assert "size allocation: " in result.stdout
     assert re.search(r"time: calibration \d+\.\d s, evaluation \d+\.\d s, sensitivity \d+\.\d s, allocation \d+\.\d s, rewrite \d+\.\d s", result.stdout)
+    report_lines = result.stdout.split("\n\n")[1].splitlines()  # between the pass spec and the sizes on disk
+    assert report_lines[0] == "milcompress::compress_to_size" and all(len(line) <= 120 for line in report_lines), result.stdout
+    assert "chosen by the size allocation" not in result.stdout  # each form once; the details are in the report
     summary = json.loads(report.read_text())[0]["summary"]
     assert summary["bits_per_weight"] <= 5.0 and len(summary["choices"]) == 2
     assert set(summary["seconds"]) == {"calibration", "evaluation", "sensitivity", "allocation", "rewrite"}
@@ -353,3 +465,72 @@ def test_run_to_a_target_size(models, tmp_path):
     assert result.returncode == 2 and "--calibration, --sensitivity-seconds and --error-feedback go with --target-bpw" in result.stderr
     result = cli("run", models["ios18"], "-o", tmp_path / "x.mlpackage", "--target-bpw", "5", "--error-feedback")
     assert result.returncode == 2 and "--error-feedback needs --calibration" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_converted():
+    from milcompress.tools.demo import convert_demo_model
+
+    return convert_demo_model()
+
+
+@pytest.fixture
+def demo_converted_once(demo_converted, monkeypatch):
+    """The demo command converts the built-in model each time: here it is converted once per module."""
+    monkeypatch.setattr("milcompress.tools.demo.convert_demo_model", lambda: demo_converted)
+
+
+def test_demo_saves_a_model_and_inputs_the_other_commands_take(tmp_path, demo_converted_once):
+    result = cli("demo", "--save", tmp_path / "demo")
+    assert result.returncode == 0, result.stderr
+    package, inputs, calibration = (tmp_path / "demo" / name for name in ("demo.mlpackage", "inputs.npz", "calibration.npz"))
+    assert f"wrote {package}" in result.stdout and f"wrote {inputs}" in result.stdout and f"wrote {calibration}" in result.stdout
+    with np.load(inputs) as samples, np.load(calibration) as calibrating:
+        assert samples["image"].shape == (32, 1, 3, 32, 32) and calibrating["image"].shape == (16, 1, 3, 32, 32)
+        assert not np.array_equal(samples["image"][:16], calibrating["image"])  # calibration is not the evaluation
+    again = cli("demo", "--save", tmp_path / "demo")
+    assert again.returncode == 2 and "already exists (pass --force to replace it)" in again.stderr
+    assert cli("demo", "--save", tmp_path / "demo", "--force").returncode == 0
+    small = tmp_path / "small.mlpackage"
+    assert cli("run", package, "-o", small, "--pipeline", "PALETTIZE_4BIT").returncode == 0
+    result = cli("verify", package, small, "--inputs", inputs, "--min-cosine", "0.95")
+    assert result.returncode == 0 and "32 samples" in result.stdout, result.stdout + result.stderr
+
+
+def test_demo_compresses_the_built_in_model_every_named_way(demo_converted_once):
+    from milcompress.catalog import PIPELINES
+
+    result = cli("demo")  # the README's `make demo`
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if re.match(r"^\S+ +\d+/\d+ ", line)]
+    assert [row[0] for row in rows] == [name for name in PIPELINES if name != "DECOMPRESS"]
+    by_name = {row[0]: row for row in rows}
+    assert by_name["DEFAULT_PALETTIZATION"][1:2] == ["1/8"] and by_name["DEFAULT_PALETTIZATION"][5:7] == ["lossless", "lossless"]
+    assert by_name["PALETTIZE_4BIT"][1] == "7/8" and 3.5 < float(by_name["PALETTIZE_4BIT"][4].rstrip("x")) < 4.0
+
+
+def test_sweep_writes_a_table_and_a_plot(models, tmp_path):
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, x=np.random.default_rng(0).standard_normal((3, 1, 64)).astype(np.float16))
+    out = tmp_path / "sweep"
+    result = cli("sweep", models["ios18"], "--inputs", inputs, "--targets", "4,6", "--pipelines", "int8,palettize_4bit", "--out", out)
+    assert result.returncode == 0, result.stderr
+    table = json.loads((out / "sweep.json").read_text())
+    points = {(p["series"], p["label"]): p for p in table["points"]}
+    assert set(points) == {("compress_to_size", "target 4"), ("compress_to_size", "target 6"),
+                           ("one config (named pipeline)", "INT8"), ("one config (named pipeline)", "PALETTIZE_4BIT")}
+    assert points["compress_to_size", "target 4"]["bits_per_weight"] <= 4.0 < points["compress_to_size", "target 6"]["bits_per_weight"] <= 6.0
+    assert 8.0 < points["one config (named pipeline)", "INT8"]["bits_per_weight"] < 8.2
+    assert points["one config (named pipeline)", "INT8"]["cosine"] > points["one config (named pipeline)", "PALETTIZE_4BIT"]["cosine"]
+    assert table["samples"] == 3 and table["metric"] == "top1_agreement" and table["dense_bits_per_weight"] == 16.0
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "PALETTIZE_4BIT" in (out / "sweep.md").read_text() and "target 6" in result.stdout
+    result = cli("sweep", models["ios18"], "--inputs", inputs, "--pipelines", "int9")
+    assert result.returncode == 2 and "unknown pipeline 'INT9' (did you mean INT8?)" in result.stderr
+
+
+def test_sweep_without_matplotlib_says_how_to_get_it(models, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails, as where it is not installed
+    result = cli("sweep", models["ios18"], "--random", "2", "--out", tmp_path / "sweep")
+    assert result.returncode == 2 and "sweep draws its plot with matplotlib: pip install 'milcompress[plot]'" in result.stderr
+    assert not (tmp_path / "sweep").exists()  # refused before any work

@@ -456,7 +456,7 @@ def test_verify_reports_nan_and_infinite_outputs_and_fails(capsys, tmp_path, mod
     code, out, err = cli(capsys, "verify", model, broken, "--random", "2")
     assert code == 1, err
     row = next(line for line in out.splitlines() if line.startswith("fc1"))
-    assert row.split()[1:] == ["nan", "nan", "nan", "nan", "nan", "-"]  # no "top-1 agree 1.000"
+    assert row.split()[1:] == ["nan", "nan", "nan", "nan", "nan", "-", "-"]  # no "top-1 agree 1.000" (nor a KL divergence)
     assert "FAILED: output 'fc1' of the compressed model has 2 NaN or infinite values" in out
     code, out, _ = cli(capsys, "verify", model, broken, "--random", "2", "--json")
     data = json.loads(out, parse_constant=lambda name: pytest.fail(f"not JSON: {name}"))
