@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from milcompress._coremltools import Operation, Var, builtin_bitwidth, is_unsigned
-from milcompress.ops import AffineParams, CompressedForm, LutParams, SparseAffineParams, SparseLutParams, SparseParams
+from milcompress.ops import AffineParams, CompressedForm, LutParams, QuantizedLutParams, SparseAffineParams, SparseLutParams, SparseParams
 from milcompress.ops.packing import unpack_bits
 
 
@@ -144,7 +144,13 @@ def _lut(op: Operation) -> Optional[LutParams]:
     if lut is None or op.indices.val is None:
         return None
     vector_axis = None if op.vector_axis is None else int(op.vector_axis.val)
-    return LutParams(np.asarray(op.indices.val).astype(np.uint8), lut, vector_axis)
+    params = LutParams(np.asarray(op.indices.val).astype(np.uint8), lut, vector_axis)
+    table_op = op.lut.op
+    if table_op is not None and table_op.op_type == "constexpr_blockwise_shift_scale":  # a quantized table
+        table = _shift_scale(table_op)
+        if isinstance(table, AffineParams):
+            return QuantizedLutParams(params, table)
+    return params
 
 
 def _shift_scale(op: Operation) -> Optional[CompressedForm]:

@@ -18,14 +18,22 @@ from milcompress.config import (
     MagnitudePruneConfig,
     PalettizeConfig,
     ThresholdPruneConfig,
+    replace,
 )
-from milcompress.ops.joint import SparseAffineParams, SparseLutParams, prune_then_compress
+from milcompress.ops.joint import (
+    QuantizedLutParams,
+    SparseAffineParams,
+    SparseLutParams,
+    compress_further,
+    further_compression_problem,
+    prune_then_compress,
+)
 from milcompress.ops.metrics import bits_per_weight, snr_db
 from milcompress.ops.palettize import LutParams, palettize
 from milcompress.ops.prune import SparseParams, prune
 from milcompress.ops.quantize import AffineParams, quantize
 
-CompressedForm = Union[SparseParams, LutParams, AffineParams, SparseLutParams, SparseAffineParams]
+CompressedForm = Union[SparseParams, LutParams, AffineParams, SparseLutParams, SparseAffineParams, QuantizedLutParams]
 
 
 def _granularity(blocks, shape) -> str:
@@ -57,6 +65,9 @@ def describe(params: CompressedForm) -> str:
         return f"sparse {params.sparsity:.0%} + {describe(params.lut)}"
     if isinstance(params, SparseAffineParams):
         return f"sparse {params.sparsity:.0%} + {describe(params.affine)}"
+    if isinstance(params, QuantizedLutParams):
+        table = params.table
+        return f"{describe(params.lut)}, {'int' if table.signed else 'uint'}{table.nbits} table"
     raise TypeError(f"not a compressed form: {type(params).__name__}")
 
 
@@ -72,6 +83,7 @@ def compress(
 
     Raises `NotCompressible` (with a reason) when the tensor cannot take the requested form.
     """
+    config = whole_tensor_sizes(config)
     if isinstance(config, (MagnitudePruneConfig, ThresholdPruneConfig)):
         return prune(weight, config)
     if isinstance(config, PalettizeConfig):
@@ -83,15 +95,30 @@ def compress(
     raise TypeError(f"not a compression config: {type(config).__name__}")
 
 
+def whole_tensor_sizes(config: AlgorithmConfig) -> AlgorithmConfig:
+    """coremltools' meaning of a zero size: `group_size=0` is one table for the whole tensor (our
+    per-tensor palettization); a zero `block_size` is the whole axis, which quantization already
+    reads that way."""
+    if isinstance(config, JointConfig):
+        then = whole_tensor_sizes(config.then)
+        return config if then is config.then else replace(config, then=then)
+    if isinstance(config, PalettizeConfig) and config.granularity == "per_grouped_channel" and config.group_size == 0:
+        return replace(config, granularity="per_tensor")
+    return config
+
+
 __all__ = [
     "AffineParams",
     "CompressedForm",
+    "QuantizedLutParams",
     "LutParams",
     "SparseAffineParams",
     "SparseLutParams",
     "SparseParams",
     "bits_per_weight",
     "compress",
+    "compress_further",
+    "further_compression_problem",
     "describe",
     "palettize",
     "prune",
