@@ -194,7 +194,8 @@ class PalettizeConfig:
     `channel_axis` (None: the output-channel axis of the consuming op; `group_size=0`, as in
     coremltools, one group of all channels), or, in unique mode,
     `auto`: whichever lossless layout (one table, or one per group of any size) is smallest. `cluster_dim` > 1 makes
-    table entries vectors of that many consecutive channels. `enable_per_channel_scale`, as in
+    table entries vectors of that many consecutive channels (a group size that is not a multiple of
+    it leaves the weight alone with a recorded reason, as coremltools skips it). `enable_per_channel_scale`, as in
     coremltools, divides the weight by its largest magnitude across the channel axis (one scale per
     input position) before clustering and stores the scales. `outlier_aware` (kmeans mode,
     default on) weighs the squared error of weights beyond 4 times the tensor's RMS more when the
@@ -242,11 +243,8 @@ class PalettizeConfig:
         cluster_dim = _int("cluster_dim", self.cluster_dim, minimum=1)
         if cluster_dim > 1 and mode == "uniform":
             raise _fail("cluster_dim", "vector palettization (cluster_dim > 1) needs kmeans, unique or custom mode")
-        if granularity == "per_grouped_channel" and group_size % cluster_dim:
-            raise _fail("group_size", f"must be a multiple of cluster_dim ({cluster_dim}), got {group_size}")
         for flag in ("enable_per_channel_scale", "outlier_aware"):
-            if not isinstance(getattr(self, flag), (bool, np.bool_)):
-                raise _fail(flag, f"must be true or false, got {getattr(self, flag)!r}")
+            _bool(flag, getattr(self, flag))
         _set(
             self,
             mode=mode,
@@ -359,6 +357,19 @@ AlgorithmConfig = Union[MagnitudePruneConfig, ThresholdPruneConfig, PalettizeCon
 def replace(config: AlgorithmConfig, **changes: Any) -> AlgorithmConfig:
     """A copy of `config` with `changes`, validated again."""
     return dataclasses.replace(config, **changes)
+
+
+def whole_tensor_sizes(config: AlgorithmConfig) -> AlgorithmConfig:
+    """coremltools' meaning of a zero size: `group_size=0` is one table for the whole tensor (our
+    per-tensor palettization); a zero `block_size` is the whole axis, which quantization already
+    reads that way."""
+    if isinstance(config, JointConfig):
+        then = whole_tensor_sizes(config.then)
+        return config if then is config.then else dataclasses.replace(config, then=then)
+    if isinstance(config, PalettizeConfig) and config.granularity == "per_grouped_channel" and config.group_size == 0:
+        return dataclasses.replace(config, granularity="per_tensor")
+    return config
+
 
 
 # ------------------------------------------------------------------------------------------------

@@ -42,7 +42,6 @@ from milcompress.errors import ConfigError
         (lambda: PalettizeConfig(nbits=4, group_size=-1), "group_size"),
         (lambda: PalettizeConfig(nbits=4, shrink_to_fit="no"), "shrink_to_fit"),
         (lambda: PalettizeConfig(nbits=4, mode="uniform", cluster_dim=2), "cluster_dim"),
-        (lambda: PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=6, cluster_dim=4), "group_size"),
         (lambda: PalettizeConfig(nbits=4, enable_per_channel_scale="yes"), "enable_per_channel_scale"),
         (lambda: PalettizeConfig(nbits=4, min_snr_db=float("nan")), "min_snr_db"),
         (lambda: LinearQuantizeConfig(mode="log"), "mode"),

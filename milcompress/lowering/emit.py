@@ -71,6 +71,30 @@ def required_target(params: CompressedForm):
     return IOS16, None
 
 
+def config_required_target(config):
+    """The oldest deployment target coremltools accepts `config` on, whatever form a weight then
+    takes (it refuses these configs before compressing: a group covering every channel is still
+    "per_grouped_channel palettization"), and why if not iOS16."""
+    from milcompress.config import JointConfig, LinearQuantizeConfig, PalettizeConfig
+
+    if isinstance(config, JointConfig):
+        need, why = config_required_target(config.then)
+        return (IOS18, "joint sparse + palettized or quantized weights") if need < IOS18 else (need, why)
+    if isinstance(config, PalettizeConfig):
+        if config.granularity == "per_grouped_channel":
+            return IOS18, "per_grouped_channel palettization"
+        if config.cluster_dim > 1:
+            return IOS18, "vector palettization (cluster_dim > 1)"
+        if config.enable_per_channel_scale:
+            return IOS18, "palettization with per-channel scales"
+    if isinstance(config, LinearQuantizeConfig):
+        if config.granularity == "per_block":
+            return IOS18, "per_block quantization"
+        if config.nbits == 4:
+            return IOS18, "4-bit quantization"
+    return IOS16, None
+
+
 def opset_error(const_name: str, why: Optional[str], need, have) -> PreconditionError:
     """The error for a form the program's opset cannot hold: our detail (the const, the form, both
     targets) and coremltools' own wording for the same case, which callers' code may match on."""

@@ -18,10 +18,11 @@ from milcompress.config import (
     MagnitudePruneConfig,
     PalettizeConfig,
     ThresholdPruneConfig,
-    replace,
+    whole_tensor_sizes,
 )
 from milcompress.ops.joint import (
     QuantizedLutParams,
+    check_vector_groups,
     SparseAffineParams,
     SparseLutParams,
     compress_further,
@@ -84,6 +85,7 @@ def compress(
     Raises `NotCompressible` (with a reason) when the tensor cannot take the requested form.
     """
     config = whole_tensor_sizes(config)
+    check_vector_groups(config)
     if isinstance(config, (MagnitudePruneConfig, ThresholdPruneConfig)):
         return prune(weight, config)
     if isinstance(config, PalettizeConfig):
@@ -93,18 +95,6 @@ def compress(
     if isinstance(config, JointConfig):
         return prune_then_compress(weight, config, output_axis=output_axis, input_axis=input_axis, importance=importance)
     raise TypeError(f"not a compression config: {type(config).__name__}")
-
-
-def whole_tensor_sizes(config: AlgorithmConfig) -> AlgorithmConfig:
-    """coremltools' meaning of a zero size: `group_size=0` is one table for the whole tensor (our
-    per-tensor palettization); a zero `block_size` is the whole axis, which quantization already
-    reads that way."""
-    if isinstance(config, JointConfig):
-        then = whole_tensor_sizes(config.then)
-        return config if then is config.then else replace(config, then=then)
-    if isinstance(config, PalettizeConfig) and config.granularity == "per_grouped_channel" and config.group_size == 0:
-        return replace(config, granularity="per_tensor")
-    return config
 
 
 __all__ = [

@@ -28,8 +28,9 @@ from milcompress.config import (
     MagnitudePruneConfig,
     PalettizeConfig,
     ThresholdPruneConfig,
+    whole_tensor_sizes,
 )
-from milcompress.errors import UnsupportedError
+from milcompress.errors import NotCompressible, UnsupportedError
 from milcompress.ops.packing import packed_size
 from milcompress.ops.palettize import LutParams, palettize
 from milcompress.ops.prune import prune
@@ -152,6 +153,17 @@ class QuantizedLutParams:
 
 PRUNE_CONFIGS = (MagnitudePruneConfig, ThresholdPruneConfig)
 
+# coremltools stores a const of fewer elements in the program itself, never compressed: so a
+# palette's table that small is never quantized in joint compression.
+SMALLEST_STORED_TABLE = 10
+
+
+def check_vector_groups(config) -> None:
+    """NotCompressible if vector palettization's groups cannot hold whole vectors."""
+    then = config.then if isinstance(config, JointConfig) else config
+    if isinstance(then, PalettizeConfig) and then.granularity == "per_grouped_channel" and then.group_size % then.cluster_dim:
+        raise NotCompressible(f"group_size {then.group_size} is not a multiple of cluster_dim {then.cluster_dim}")
+
 
 def further_compression_problem(prior, config) -> Optional[str]:
     """Why a weight already stored as `prior` cannot be compressed again by `config` (None if it
@@ -172,6 +184,8 @@ def further_compression_problem(prior, config) -> Optional[str]:
             return "already palettized with vectors: a pruning mask cannot follow single weights there"
         return None
     elif isinstance(prior, LutParams) and isinstance(config, LinearQuantizeConfig):
+        if prior.lut.size < SMALLEST_STORED_TABLE:
+            return f"already palettized: its table of {prior.lut.size} values is too small to quantize (coremltools leaves it too)"
         if config.granularity != "per_tensor":
             raise UnsupportedError(
                 f"granularity: joint palettization + quantization quantizes the palette's table, which has "
@@ -196,6 +210,8 @@ def compress_further(prior, config, *, output_axis: int = 0, input_axis: int = 1
     call `further_compression_problem` first."""
     from milcompress.ops.prune import SparseParams, prune
 
+    config = whole_tensor_sizes(config)
+    check_vector_groups(config)
     if isinstance(prior, SparseParams):  # keep the stored mask exactly: prune exact zeros only
         keep_mask = ThresholdPruneConfig(threshold=0.0, minimum_sparsity_percentile=0.0, weight_threshold=config.weight_threshold)
         return prune_then_compress(prior.decompress(), JointConfig(prune=keep_mask, then=config), output_axis=output_axis, input_axis=input_axis)

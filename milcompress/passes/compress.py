@@ -45,7 +45,7 @@ from milcompress.config import (
     ThresholdPruneConfig,
 )
 from milcompress.errors import ConfigError, NotCompressible, PassError, PreconditionError
-from milcompress.lowering import is_constexpr, lower, lower_fake, opset_error, read_back, required_target
+from milcompress.lowering import config_required_target, is_constexpr, lower, lower_fake, opset_error, read_back, required_target
 from milcompress.ops import CompressedForm, compress, compress_further, describe, further_compression_problem, snr_db
 from milcompress.ops._arrays import largest_divisor_at_most
 from milcompress.ops.metrics import clipped_outlier
@@ -54,7 +54,7 @@ from milcompress.passes.graph import ProgramGraph
 from milcompress.progress import Progress, as_progress
 from milcompress.passes.options import PassOption, parse_bool, parse_choice, parse_compression_config, parse_path
 from milcompress.passes.report import COMPRESSED, SKIPPED, ConstRecord, Report, attach
-from milcompress.passes.skip_rules import CONFIG_RULES, SELECTION_RULES, Candidate, first_reason
+from milcompress.passes.skip_rules import CONFIG_RULES, SELECTION_RULES, Candidate, block_output, first_reason, non_finite
 from milcompress.passes.weights import WeightLayout, common_layout
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def compress_program(
     sources = graph.consts() + list(chains)
     names, op_types = set(), set()  # of the weights and the ops reading them: what config entries can match
     for const in sources:
-        candidate, record = _select(const, graph, config, chains.get(const), joint_compression=joint_compression)
+        candidate, record = _select(const, graph, config, chains.get(const), on_unsupported=on_unsupported)
         records[const] = record
         if candidate.config_source is not None:
             names.add(const.name)
@@ -133,8 +133,8 @@ def compress_program(
         raise ConfigError(f"{pass_name}: {warnings[0]}" + (f"; and {len(warnings) - 1} more" if len(warnings) > 1 else ""), field="strict")
     for warning in warnings:
         logger.warning("%s: %s", pass_name, warning)
-    too_old = sorted({r.function for r in records.values() if r.reason and r.reason.startswith(OPSET_TOO_OLD)})
-    if too_old:
+    too_old = [name for name, function in prog.functions.items() if opset_of(function) < IOS16]
+    if too_old and records:
         logger.warning(
             "%s: the program's opset is older than iOS16 (functions %s): no weight compressed, as coremltools' passes skip such "
             "programs too (reasons in the report)", pass_name, ", ".join(too_old)
@@ -193,8 +193,14 @@ def _compressed_weights(graph: ProgramGraph) -> dict:
     return found
 
 
-def _select(const, graph: ProgramGraph, config: CompressionConfig, chain=None, joint_compression: bool = False) -> Tuple[Candidate, ConstRecord]:
-    """`chain`: the ReadBack of a compressed chain (joint compression); None for a const."""
+def _select(const, graph: ProgramGraph, config: CompressionConfig, chain=None, on_unsupported: str = "error") -> Tuple[Candidate, ConstRecord]:
+    """`chain`: the ReadBack of a compressed chain (joint compression); None for a const.
+
+    A config the program's opset cannot take at all (coremltools refuses it for every weight it
+    would compress, whatever its shape: per_grouped_channel or vector palettization, per_block or
+    4-bit quantization before iOS18) raises here, before any work, or is recorded with
+    `on_unsupported="skip"`; that includes a weight coremltools would compress and we leave
+    alone because it is also a block output, so both libraries raise on the same programs."""
     if chain is None:
         value, stored, prior = np.asarray(const.outputs[0].val), None, None
     else:
@@ -202,16 +208,28 @@ def _select(const, graph: ProgramGraph, config: CompressionConfig, chain=None, j
         stored = int(prior.nbytes) if prior is not None else sum(int(np.asarray(c.outputs[0].val).nbytes) for c in _chain_consts(const))
     candidate = Candidate(const, graph.function_of[const], value, tuple(graph.uses(const)), stored_bytes=stored, prior=prior)
     reason = first_reason(candidate, SELECTION_RULES)
+    # A weight also returned as a block output: left alone, but checked as coremltools checks it.
+    op_uses = tuple(u for u in candidate.uses if u.op is not None)
+    also_output = reason is not None and reason == block_output(candidate) and bool(op_uses)
+    also_output = also_output and first_reason(dataclasses.replace(candidate, uses=op_uses), SELECTION_RULES) is None
     if reason is None and config.op_selector is not None:
         if const.op_type != "const":
             reason = "op_selector (the deprecated ct.compression_utils form) chooses among const ops only"
         elif not config.op_selector(const):
             reason = "op_selector returned False (the deprecated ct.compression_utils form)"
-    if reason is None:
+    if reason is None or also_output:
         consumers = [(u.op.name, u.op.op_type) for u in candidate.weight_uses]
         algorithm, source = config.resolve(const.name, consumers)
         candidate = dataclasses.replace(candidate, config=algorithm, config_source=source)
-        reason = first_reason(candidate, CONFIG_RULES)
+        config_reason = first_reason(candidate, CONFIG_RULES)
+        have = opset_of(const)
+        if (config_reason is None or config_reason == non_finite(candidate)) and IOS16 <= have and candidate.prior is None:
+            need, why = config_required_target(candidate.config)
+            if have < need:
+                if on_unsupported != "skip":
+                    raise opset_error(const.name, why, need, have)
+                config_reason = f"{OPSET_TOO_OLD}: {why} needs {target_name(need)}, the program targets {target_name(have)}"
+        reason = reason or config_reason
     if reason is None and opset_of(const) < IOS16:
         have = target_name(opset_of(const))
         reason = (
