@@ -285,20 +285,17 @@ DOCUMENTED = (
 
 def _assert_same_or_documented(theirs_back, ours_back, record, op_config):
     if ours_back.chain == theirs_back.chain:
+        event("same chain")
         return
     assert record is not None, f"no record: ours {ours_back.chain}, coremltools {theirs_back.chain}"
-    explained = record.reason or ""
-    explained += " " + " ".join(record.notes)
-    if any(text in explained for text in DOCUMENTED) or "->" in " ".join(record.notes):
+    explained = (record.reason or "") + " " + " ".join(record.notes)
+    documented = [text for text in DOCUMENTED if text in explained]
+    if documented or "->" in " ".join(record.notes):
+        event(f"documented: {documented[0] if documented else 'size shrunk to fit'}")
         return
     if isinstance(op_config, OpMagnitudePrunerConfig) and (op_config.block_size or op_config.n_m_ratio):
+        event("documented: structured pruning coremltools skips")
         return  # coremltools skips structured pruning when block_size or m > channels / 2; we prune
-    if isinstance(op_config, OpPalettizerConfig) and op_config.mode == "UNIQUE" and ours_back.form is None:
-        return  # too many distinct values for 8 bits: both skip, coremltools as an error it catches
-    if theirs_back.chain == ("const",) and ours_back.form is not None and record.action == "compressed":
-        # coremltools skipped without a contract: channels unknown to it, a cluster_dim that does
-        # not divide, an all-equal tensor it cannot cluster, ... ours compressed and recorded it.
-        return
     raise AssertionError(f"ours {ours_back.chain} ({record.form or record.reason}), coremltools {theirs_back.chain}, config {op_config}")
 
 
