@@ -442,3 +442,20 @@ def test_shrink_to_fit_false_at_model_level_for_blocks():
     shrunk = quietly(milcompress.linear_quantize_weights, model, config)
     assert model_constexprs(exact) == model_constexprs(theirs) == []  # 8 and 96 input channels: 64 divides neither
     assert len(model_constexprs(shrunk)) == 2
+
+
+def test_a_classifier_model_compresses_as_coremltools_does_and_keeps_its_outputs():
+    weight = np.random.default_rng(9).normal(0, 0.05, (10, 48)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 48))], opset_version=IOS15)
+    def prog(x):
+        return mb.softmax(x=mb.linear(x=x, weight=weight), axis=-1)
+
+    classifier = ct.ClassifierConfig([f"class_{i}" for i in range(10)])
+    model = quietly(ct.convert, prog, convert_to="mlprogram", classifier_config=classifier)
+    config = OptimizationConfig(global_config=OpPalettizerConfig(nbits=2, weight_threshold=100))
+    theirs, ours = (quietly(library.palettize_weights, model, config) for library in (cto, milcompress))
+    for key in ("output", "predictedFeatureName", "predictedProbabilitiesName"):
+        assert getattr(ours.get_spec().description, key) == getattr(theirs.get_spec().description, key)
+    assert ours.get_spec().specificationVersion == theirs.get_spec().specificationVersion == 7
+    assert model_constexprs(ours) == model_constexprs(theirs) == ["constexpr_lut_to_dense"]
