@@ -71,21 +71,22 @@ def required_target(params: CompressedForm):
     return IOS16, None
 
 
-def config_required_target(config):
+def config_required_target(config, fake: bool = False):
     """The oldest deployment target coremltools accepts `config` on, whatever form a weight then
     takes (it refuses these configs before compressing: a group covering every channel is still
-    "per_grouped_channel palettization"), and why if not iOS16."""
+    "per_grouped_channel palettization"), and why if not iOS16. `fake`: for fake compression,
+    where coremltools lets per-channel scales pass (no constexpr op is written)."""
     from milcompress.config import JointConfig, LinearQuantizeConfig, PalettizeConfig
 
     if isinstance(config, JointConfig):
-        need, why = config_required_target(config.then)
+        need, why = config_required_target(config.then, fake)
         return (IOS18, "joint sparse + palettized or quantized weights") if need < IOS18 else (need, why)
     if isinstance(config, PalettizeConfig):
         if config.granularity == "per_grouped_channel":
             return IOS18, "per_grouped_channel palettization"
         if config.cluster_dim > 1:
             return IOS18, "vector palettization (cluster_dim > 1)"
-        if config.enable_per_channel_scale:
+        if config.enable_per_channel_scale and not fake:
             return IOS18, "palettization with per-channel scales"
     if isinstance(config, LinearQuantizeConfig):
         if config.granularity == "per_block":

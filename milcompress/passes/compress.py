@@ -100,7 +100,8 @@ def compress_program(
     compressed, and compresses them again where coremltools 9.0 has a joint form: sparse weights
     get their non-zeros palettized or quantized; quantized or palettized weights get pruned; a
     palettized weight gets its table quantized. Any other already compressed weight is recorded
-    with the reason. It needs iOS18 (coremltools' ValueError otherwise).
+    with the reason, and so are dense weights a prune config would take (coremltools' joint
+    pruning prunes compressed weights only). It needs iOS18 (coremltools' ValueError otherwise).
 
     `fake_compression=True` (coremltools' pass option): compress, then store the decompressed
     values as a dense const. `shrink_to_fit=False`: a group or block size that does not divide a
@@ -120,7 +121,9 @@ def compress_program(
     sources = graph.consts() + list(chains)
     names, op_types = set(), set()  # of the weights and the ops reading them: what config entries can match
     for const in sources:
-        candidate, record = _select(const, graph, config, chains.get(const), on_unsupported=on_unsupported)
+        candidate, record = _select(
+            const, graph, config, chains.get(const), on_unsupported=on_unsupported, fake_compression=fake_compression, joint_compression=joint_compression
+        )
         records[const] = record
         if candidate.config_source is not None:
             names.add(const.name)
@@ -193,7 +196,15 @@ def _compressed_weights(graph: ProgramGraph) -> dict:
     return found
 
 
-def _select(const, graph: ProgramGraph, config: CompressionConfig, chain=None, on_unsupported: str = "error") -> Tuple[Candidate, ConstRecord]:
+def _select(
+    const,
+    graph: ProgramGraph,
+    config: CompressionConfig,
+    chain=None,
+    on_unsupported: str = "error",
+    fake_compression: bool = False,
+    joint_compression: bool = False,
+) -> Tuple[Candidate, ConstRecord]:
     """`chain`: the ReadBack of a compressed chain (joint compression); None for a const.
 
     A config the program's opset cannot take at all (coremltools refuses it for every weight it
@@ -224,7 +235,7 @@ def _select(const, graph: ProgramGraph, config: CompressionConfig, chain=None, o
         config_reason = first_reason(candidate, CONFIG_RULES)
         have = opset_of(const)
         if (config_reason is None or config_reason == non_finite(candidate)) and IOS16 <= have and candidate.prior is None:
-            need, why = config_required_target(candidate.config)
+            need, why = config_required_target(candidate.config, fake=fake_compression)
             if have < need:
                 if on_unsupported != "skip":
                     raise opset_error(const.name, why, need, have)
@@ -236,6 +247,11 @@ def _select(const, graph: ProgramGraph, config: CompressionConfig, chain=None, o
             f"{OPSET_TOO_OLD}: the program targets {have} and compressed weights need iOS16 (coremltools' passes skip such "
             "programs too); re-convert with minimum_deployment_target=ct.target.iOS16 or later, or compress the saved model "
             "with milcompress.palettize_weights and its siblings, which load it at iOS16 as coremltools does"
+        )
+    if reason is None and joint_compression and not candidate.is_chain and isinstance(candidate.config, (MagnitudePruneConfig, ThresholdPruneConfig)):
+        reason = (
+            "joint compression prunes weights already quantized or palettized, not dense ones (as coremltools' "
+            "prune_weights does with joint_compression=True); prune it without joint_compression"
         )
     if reason is None and candidate.is_chain:
         if prior is None:
@@ -287,7 +303,7 @@ def _compute(
             return None
         need, why = required_target(params)
         have = opset_of(const)
-        if have < need:
+        if have < need and not fake_compression:  # a fake form is written dense: any opset holds it
             if on_unsupported == "skip":
                 _skip(record, f"{OPSET_TOO_OLD}: {why} needs {target_name(need)}, the program targets {target_name(have)}")
                 return None

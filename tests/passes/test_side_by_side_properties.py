@@ -244,7 +244,7 @@ def _is_contract(error) -> bool:
     return "coremltools/optimize/" in frame.tb_frame.f_code.co_filename.replace("\\", "/")
 
 
-def _run_both(build, opset, seed, steps):
+def _run_both(build, opset, seed, steps, fake=False):
     """Each (coremltools pass, config, joint) step on both programs, all but the last one by
     coremltools' pass on both (the same prior form). Returns (theirs, ours, the weight's dense value
     before the last step), or None when coremltools raised a contract exception (and we raised its
@@ -255,7 +255,8 @@ def _run_both(build, opset, seed, steps):
     for index, (ct_pass, op_config, joint_compression) in enumerate(steps):
         prior, name = np.asarray(_weight(ours).dense), _weight_var(ours).op.name
         config = OptimizationConfig(global_config=op_config)
-        their_pass, our_pass = ct_pass(config=config), OURS[ct_pass](config=config)
+        last = index == len(steps) - 1
+        their_pass, our_pass = ct_pass(config=config, fake_compression=fake and last), OURS[ct_pass](config=config, fake_compression=fake and last)
         their_pass.joint_compression = our_pass.joint_compression = joint_compression
         try:
             _quietly(their_pass.apply, theirs)
@@ -293,14 +294,19 @@ def _assert_same_or_documented(theirs_back, ours_back, record, op_config):
     if documented or "->" in " ".join(record.notes):
         event(f"documented: {documented[0] if documented else 'size shrunk to fit'}")
         return
+    if (record.form or "").startswith("sparse 100%"):
+        event("documented: nothing survived pruning, stored as a plain sparse const")
+        return
     if isinstance(op_config, OpMagnitudePrunerConfig) and (op_config.block_size or op_config.n_m_ratio):
         event("documented: structured pruning coremltools skips")
         return  # coremltools skips structured pruning when block_size or m > channels / 2; we prune
     raise AssertionError(f"ours {ours_back.chain} ({record.form or record.reason}), coremltools {theirs_back.chain}, config {op_config}")
 
 
-def _assert_promise(ours_back, theirs_back, op_config, prior):
+def _assert_promise(ours_back, theirs_back, op_config, prior, record):
     """Our dense values keep what the config promises, against the weight's value before the pass."""
+    if record is None or record.action != "compressed":
+        return  # left as it was (the record says why)
     ours, base = ours_back.dense.astype(np.float64), np.asarray(prior, dtype=np.float64)
     form = ours_back.form
     if isinstance(op_config, OpLinearQuantizerConfig) and isinstance(form, QuantizedLutParams):
@@ -337,18 +343,25 @@ def check_single(data):
     build = data.draw(st.sampled_from(PROGRAMS), label="program")
     opset = data.draw(st.sampled_from(OPSETS), label="opset")
     ct_pass, op_config = data.draw(single, label="config")
-    ran = _run_both(build, opset, data.draw(st.integers(0, 3), label="seed"), [(ct_pass, op_config, False)])
+    fake = data.draw(st.sampled_from([False, False, False, True]), label="fake_compression")
+    ran = _run_both(build, opset, data.draw(st.integers(0, 3), label="seed"), [(ct_pass, op_config, False)], fake=fake)
     if ran is None:
         return
     theirs, ours, prior, name = ran
     theirs_back, ours_back = _weight(theirs), _weight(ours)
-    _assert_same_or_documented(theirs_back, ours_back, _record(ours, name), op_config)
-    _assert_promise(ours_back, theirs_back, op_config, prior)
+    record = _record(ours, name)
+    _assert_same_or_documented(theirs_back, ours_back, record, op_config)
+    if fake:  # the decompressed values, stored dense, in the weight's dtype
+        event("fake compression compared")
+        assert ours_back.form is None and ours_back.dense.dtype == prior.dtype
+        assert record is None or record.action == "skipped" or not np.array_equal(ours_back.dense, prior) or op_config.__class__ is not OpLinearQuantizerConfig
+        return
+    _assert_promise(ours_back, theirs_back, op_config, prior, record)
 
 
 def check_joint(data):
     build = data.draw(st.sampled_from([conv, linear, matmul, classifier]), label="program")
-    opset = data.draw(st.sampled_from(OPSETS), label="opset")
+    opset = data.draw(st.sampled_from(OPSETS + (IOS18, IOS18)), label="opset")  # joint forms exist from iOS18 only
     first, first_config, second, second_config = data.draw(joint, label="configs")
     steps = [(first, first_config, False), (second, second_config, True)]
     ran = _run_both(build, opset, data.draw(st.integers(0, 3), label="seed"), steps)
@@ -356,8 +369,9 @@ def check_joint(data):
         return
     theirs, ours, prior, name = ran
     theirs_back, ours_back = _weight(theirs), _weight(ours)
-    _assert_same_or_documented(theirs_back, ours_back, _record(ours, name), second_config)
-    _assert_promise(ours_back, theirs_back, second_config, prior)
+    record = _record(ours, name)
+    _assert_same_or_documented(theirs_back, ours_back, record, second_config)
+    _assert_promise(ours_back, theirs_back, second_config, prior, record)
     if isinstance(ours_back.form, (SparseLutParams, SparseAffineParams)) and first is CtPrune:
         assert np.all(ours_back.dense[prior == 0] == 0)  # the prior mask is kept
 
