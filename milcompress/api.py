@@ -108,7 +108,8 @@ def compress_weights(mlmodel, config, joint_compression: bool = False, *, on_uns
 
 
 def palettize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, shrink_to_fit: bool = True, strict: bool = False, progress=False):
-    """`joint_compression=True` (iOS18): weights already pruned get their non-zeros palettized."""
+    """`joint_compression=True` (iOS18): weights already pruned get their non-zeros palettized, and
+    weights already quantized (8-bit) get their integers palettized."""
     return _run(
         PalettizeWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, shrink_to_fit=shrink_to_fit, strict=strict
     )

@@ -15,6 +15,7 @@ The caller replaces the const's uses with it. What each opset can hold:
 |                        |                                                | [-> constexpr_blockwise_shift_scale]                         |
 | SparseAffineParams     | -                                              | constexpr_sparse_blockwise_shift_scale -> sparse_to_dense    |
 | QuantizedLutParams     | -                                              | constexpr_blockwise_shift_scale (the table) -> lut_to_dense  |
+| PalettizedAffineParams | -                                              | constexpr_lut_to_dense (integers) -> blockwise_shift_scale   |
 
 A form the opset cannot hold raises `PreconditionError` naming the const and the
 `minimum_deployment_target` it needs; programs older than iOS16 have no constexpr ops at all.
@@ -28,7 +29,16 @@ import numpy as np
 
 from milcompress._coremltools import IOS16, IOS18, Operation, Var, building_in, integer_dtype, mb, opset_of, target_name, unsigned_dtype
 from milcompress.errors import PreconditionError
-from milcompress.ops import AffineParams, CompressedForm, LutParams, QuantizedLutParams, SparseAffineParams, SparseLutParams, SparseParams
+from milcompress.ops import (
+    AffineParams,
+    CompressedForm,
+    LutParams,
+    PalettizedAffineParams,
+    QuantizedLutParams,
+    SparseAffineParams,
+    SparseLutParams,
+    SparseParams,
+)
 from milcompress.ops.packing import pack_bits
 from milcompress.ops.palettize import PaletteEstimate
 
@@ -42,6 +52,7 @@ SUFFIX = {
     SparseLutParams: "pruned_palettized",
     SparseAffineParams: "pruned_quantized",
     QuantizedLutParams: "palettized",
+    PalettizedAffineParams: "quantized",
 }
 
 
@@ -52,6 +63,8 @@ def required_target(params: CompressedForm):
         return IOS18, "joint sparse + palettized or quantized weights"
     if isinstance(params, QuantizedLutParams):
         return IOS18, "joint palettization with a quantized table"
+    if isinstance(params, PalettizedAffineParams):
+        return IOS18, "joint quantization with palettized integers"
     if isinstance(params, (LutParams, PaletteEstimate)):
         if params.tables > 1:
             return IOS18, f"a LUT with {params.tables} tables (per-group palettization)"
@@ -147,6 +160,8 @@ def lower(params: CompressedForm, const: Operation, name: Optional[str] = None) 
             return _sparse_affine(params, const, name)
         if isinstance(params, QuantizedLutParams):
             return _quantized_lut(params, const, name)
+        if isinstance(params, PalettizedAffineParams):
+            return _palettized_affine(params, const, name)
     raise TypeError(f"not a compressed form: {type(params).__name__}")
 
 
@@ -288,6 +303,26 @@ def _quantized_lut(params: QuantizedLutParams, const: Operation, name: str) -> V
     kwargs = {}
     if params.lut.cluster_dim > 1:
         kwargs["vector_axis"] = np.int32(params.lut.vector_axis)
-    return mb.constexpr_lut_to_dense(
-        indices=params.lut.indices.astype(unsigned_dtype(params.nbits)), lut=lut, before_op=const, name=name, **kwargs
+    scale = params.lut.scale
+    dense = mb.constexpr_lut_to_dense(
+        indices=params.lut.indices.astype(unsigned_dtype(params.nbits)),
+        lut=lut,
+        before_op=const,
+        name=name if scale is None else f"{name}_unscaled",
+        **kwargs,
     )
+    return dense if scale is None else _scaled(dense, scale, const, name)
+
+
+def _palettized_affine(params: PalettizedAffineParams, const: Operation, name: str) -> Var:
+    affine = params.affine
+    storage = integer_dtype(affine.nbits, affine.signed)
+    integers = mb.constexpr_lut_to_dense(
+        indices=params.lut.indices.astype(unsigned_dtype(params.nbits)),
+        lut=params.lut.lut.astype(storage),
+        before_op=const,
+        name=f"{name}_integers",
+        **({"vector_axis": np.int32(params.lut.vector_axis)} if params.lut.cluster_dim > 1 else {}),
+    )
+    offset = None if affine.zero_point is None else _offset(affine.zero_point, storage)
+    return mb.constexpr_blockwise_shift_scale(data=integers, scale=affine.scale, offset=offset, before_op=const, name=name)

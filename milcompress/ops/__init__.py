@@ -21,6 +21,7 @@ from milcompress.config import (
     whole_tensor_sizes,
 )
 from milcompress.ops.joint import (
+    PalettizedAffineParams,
     QuantizedLutParams,
     check_vector_groups,
     SparseAffineParams,
@@ -34,7 +35,9 @@ from milcompress.ops.palettize import LutParams, palettize
 from milcompress.ops.prune import SparseParams, prune
 from milcompress.ops.quantize import AffineParams, quantize
 
-CompressedForm = Union[SparseParams, LutParams, AffineParams, SparseLutParams, SparseAffineParams, QuantizedLutParams]
+CompressedForm = Union[
+    SparseParams, LutParams, AffineParams, SparseLutParams, SparseAffineParams, QuantizedLutParams, PalettizedAffineParams
+]
 
 
 def _granularity(blocks, shape) -> str:
@@ -66,6 +69,8 @@ def describe(params: CompressedForm) -> str:
         return f"sparse {params.sparsity:.0%} + {describe(params.lut)}"
     if isinstance(params, SparseAffineParams):
         return f"sparse {params.sparsity:.0%} + {describe(params.affine)}"
+    if isinstance(params, PalettizedAffineParams):
+        return f"{describe(params.affine)}, integers in a {describe(params.lut)}"
     if isinstance(params, QuantizedLutParams):
         table = params.table
         return f"{describe(params.lut)}, {'int' if table.signed else 'uint'}{table.nbits} table"
@@ -100,6 +105,7 @@ def compress(
 __all__ = [
     "AffineParams",
     "CompressedForm",
+    "PalettizedAffineParams",
     "QuantizedLutParams",
     "LutParams",
     "SparseAffineParams",

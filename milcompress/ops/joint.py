@@ -10,7 +10,8 @@
   quantized or palettized weights get pruned (the mask is chosen on the values they decompress to,
   the integers or indices of the survivors are kept as they are); a palettized weight gets its
   table quantized (`QuantizedLutParams`: int8/uint8 table entries with a scale, Apple's "A8W4"
-  form when the indices are 4-bit).
+  form when the indices are 4-bit); a quantized weight gets its integers palettized
+  (`PalettizedAffineParams`: a table of integers, then the same scale and zero point).
 
 Pure numpy: this module never sees a MIL program.
 """
@@ -151,6 +152,35 @@ class QuantizedLutParams:
         return self.lut.decompress()
 
 
+@dataclass(frozen=True, eq=False)
+class PalettizedAffineParams:
+    """A quantized tensor whose integers are themselves palettized: `lut` holds the indices and a
+    table of integers (int8/uint8), `affine` the scale and zero point applied to what the table
+    gives (its `data` is that)."""
+
+    lut: LutParams
+    affine: AffineParams
+
+    @property
+    def shape(self):
+        return self.affine.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.affine.dtype
+
+    @property
+    def nbits(self) -> int:
+        return self.lut.nbits
+
+    @property
+    def nbytes(self) -> int:
+        return self.lut.nbytes + self.affine.nbytes - packed_size(self.affine.data.size, self.affine.nbits)
+
+    def decompress(self) -> np.ndarray:
+        return self.affine.decompress()
+
+
 PRUNE_CONFIGS = (MagnitudePruneConfig, ThresholdPruneConfig)
 
 # coremltools stores a const of fewer elements in the program itself, never compressed: so a
@@ -183,6 +213,12 @@ def further_compression_problem(prior, config) -> Optional[str]:
         if isinstance(prior, LutParams) and prior.cluster_dim > 1:
             return "already palettized with vectors: a pruning mask cannot follow single weights there"
         return None
+    elif isinstance(prior, AffineParams) and isinstance(config, PalettizeConfig):
+        if prior.nbits != 8:
+            return f"already quantized to {prior.nbits} bits: a table of such integers has no Core ML form (tables hold 8-bit integers)"
+        if config.enable_per_channel_scale or config.mode == "custom":
+            return "already quantized: its integers are palettized with kmeans, uniform or unique tables, without per-channel scales"
+        return None
     elif isinstance(prior, LutParams) and isinstance(config, LinearQuantizeConfig):
         if prior.lut.size < SMALLEST_STORED_TABLE:
             return f"already palettized: its table of {prior.lut.size} values is too small to quantize (coremltools leaves it too)"
@@ -193,8 +229,6 @@ def further_compression_problem(prior, config) -> Optional[str]:
                 "joint compression for palettization-quantization, please make sure to use per-tensor quantization.)",
                 field="granularity",
             )
-        if prior.scale is not None:
-            return "already palettized with per-channel scales: its table cannot be quantized as well"
         return None
     return f"joint compression: a weight stored as {_kind(prior)} cannot take {type(config).__name__} on top"
 
@@ -220,5 +254,11 @@ def compress_further(prior, config, *, output_axis: int = 0, input_axis: int = 1
         return SparseAffineParams(mask, prior) if isinstance(prior, AffineParams) else SparseLutParams(mask, prior)
     if isinstance(prior, LutParams) and isinstance(config, LinearQuantizeConfig):
         table = quantize(prior.lut, config)
-        return QuantizedLutParams(LutParams(prior.indices, table.decompress(), prior.vector_axis), table)
+        return QuantizedLutParams(LutParams(prior.indices, table.decompress(), prior.vector_axis, prior.scale), table)
+    if isinstance(prior, AffineParams) and isinstance(config, PalettizeConfig):
+        palette = palettize(prior.data.astype(np.float32), config, channel_axis=output_axis)
+        info = np.iinfo(prior.data.dtype)  # integers of the table: rounded, in the data's range
+        table = np.clip(np.round(palette.lut), info.min, info.max).astype(prior.data.dtype)
+        lut = LutParams(palette.indices, table, palette.vector_axis)
+        return PalettizedAffineParams(lut, AffineParams(lut.decompress(), prior.scale, prior.zero_point, prior.nbits, prior.signed))
     raise TypeError(f"no joint form for {type(prior).__name__} and {type(config).__name__}")

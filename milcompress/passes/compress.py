@@ -99,7 +99,8 @@ def compress_program(
     `joint_compression=True` (coremltools' option of the same name) also takes weights already
     compressed, and compresses them again where coremltools 9.0 has a joint form: sparse weights
     get their non-zeros palettized or quantized; quantized or palettized weights get pruned; a
-    palettized weight gets its table quantized. Any other already compressed weight is recorded
+    palettized weight gets its table quantized; a quantized weight gets its integers palettized.
+    Any other already compressed weight is recorded
     with the reason, and so are dense weights a prune config would take (coremltools' joint
     pruning prunes compressed weights only). It needs iOS18 (coremltools' ValueError otherwise).
 

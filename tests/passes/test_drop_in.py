@@ -325,6 +325,7 @@ JOINT = [
     ("quantize -> prune", CtQuantize, OpLinearQuantizerConfig(weight_threshold=500), CtPrune, OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=500)),
     ("palettize -> prune", CtPalettize, OpPalettizerConfig(nbits=4, weight_threshold=500), CtPrune, OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=500)),
     ("palettize -> quantize the table", CtPalettize, OpPalettizerConfig(nbits=4, weight_threshold=500), CtQuantize, OpLinearQuantizerConfig(granularity="per_tensor", weight_threshold=500)),
+    ("quantize -> palettize the integers", CtQuantize, OpLinearQuantizerConfig(weight_threshold=500), CtPalettize, OpPalettizerConfig(nbits=4, weight_threshold=500)),
 ]
 
 
@@ -347,6 +348,9 @@ def test_the_joint_directions_give_coremltools_chains_and_decompress_correctly(l
             kept = back.dense != 0
             assert np.mean(~kept) == pytest.approx(0.5, abs=0.01)
             np.testing.assert_array_equal(back.dense[kept], before[name][kept])
+        elif first is CtQuantize:  # the integers palettized: a table of int8, the same scales
+            assert back.form.lut.lut.dtype == np.int8 and len(np.unique(back.form.affine.data)) <= 16
+            np.testing.assert_array_equal(back.form.affine.scale, weights(ours)[name].form.affine.scale)
         else:  # int8 table entries: error within half a step of the table's range
             assert back.form.table.data.dtype == np.int8
             step = float(np.abs(back.form.table.scale).max())

@@ -202,6 +202,7 @@ joint = st.one_of(
     st.tuples(st.just(CtQuantize), quantizer_configs, st.just(CtPrune), st.one_of(magnitude_configs, threshold_configs)),
     st.tuples(st.just(CtPalettize), palettizer_configs, st.just(CtPrune), st.one_of(magnitude_configs, threshold_configs)),
     st.tuples(st.just(CtPalettize), palettizer_configs, st.just(CtQuantize), quantizer_configs),
+    st.tuples(st.just(CtQuantize), quantizer_configs, st.just(CtPalettize), palettizer_configs),
 )
 
 
