@@ -21,10 +21,12 @@ from milcompress.errors import (
     ConfigError,
     InputError,
     MilcompressError,
+    ModelTypeError,
     NotCompressible,
     OutputError,
     PassError,
     PreconditionError,
+    UnsupportedError,
 )
 
 __version__ = "0.1.0"
@@ -93,12 +95,14 @@ __all__ = [
     "LinearQuantizeConfig",
     "MagnitudePruneConfig",
     "MilcompressError",
+    "ModelTypeError",
     "NotCompressible",
     "OutputError",
     "PalettizeConfig",
     "PassError",
     "PreconditionError",
     "ThresholdPruneConfig",
+    "UnsupportedError",
     "__version__",
     "compress_program",
     "compress_to_size",

@@ -118,12 +118,18 @@ def register_named_pipeline(name: str, pass_ids) -> None:
     PassPipeline._PIPELINE_NAME_TO_PASSES[name] = list(pass_ids)
 
 
-def program_from_mlmodel(mlmodel) -> Program:
-    """The MIL program inside an ML program model (a fresh copy: the model is not touched)."""
+def program_from_mlmodel(mlmodel, at_least_ios16: bool = False) -> Program:
+    """The MIL program inside an ML program model (a fresh copy: the model is not touched).
+
+    `at_least_ios16`: load an older model's program at the iOS16 opset, as coremltools'
+    compression functions do (`_apply_graph_pass`), so constexpr ops can be written into it; the
+    model saved from it is then an iOS16 model."""
+    from coremltools import _SPECIFICATION_VERSION_IOS_16
     from coremltools.converters.mil.frontend.milproto import load as milproto
 
     spec = mlmodel.get_spec()
-    prog = milproto.load(model_spec=spec, specification_version=spec.specificationVersion, file_weights_dir=mlmodel.weights_dir)
+    version = max(spec.specificationVersion, _SPECIFICATION_VERSION_IOS_16) if at_least_ios16 else spec.specificationVersion
+    prog = milproto.load(model_spec=spec, specification_version=version, file_weights_dir=mlmodel.weights_dir)
     # The loader names the functions but forgets which one is the default and that the model
     # describes each function separately; the backend needs both to write the model back.
     if len(spec.description.functions) > 0:
@@ -228,10 +234,10 @@ def dtype_name(dtype) -> str:
     return types.builtin_to_string(dtype)
 
 
-def uses_op_selector(optimization_config) -> bool:
-    """Whether a coremltools OptimizationConfig is the deprecated `ct.compression_utils` form (an
-    op_selector function instead of per-name and per-type configs)."""
-    return bool(getattr(optimization_config, "_is_deprecated", False)) or getattr(optimization_config, "_op_selector", None) is not None
+def op_selector_form(optimization_config):
+    """(whether a coremltools OptimizationConfig is the deprecated `ct.compression_utils` form, its
+    op_selector function or None)."""
+    return bool(getattr(optimization_config, "_is_deprecated", False)), getattr(optimization_config, "_op_selector", None)
 
 
 def attached_program(model):

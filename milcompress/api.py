@@ -4,6 +4,11 @@ Each function takes an ML program `MLModel` (converted, or loaded from a saved .
 returns a new one; the input model is never modified. The report of what happened to every weight
 stays reachable: `milcompress.report_of(new_model)`. `progress=True` draws a progress bar per stage
 on stderr (or pass a `milcompress.progress.Progress`); coremltools' own bars stay silent.
+
+As coremltools' functions do, the compressing ones load a model older than iOS16 (what
+`ct.convert` gives without a `minimum_deployment_target`) at the iOS16 opset and return an iOS16
+model. `shrink_to_fit=False` gives coremltools' exact group and block sizes (a weight they do not
+divide is left alone, with a record) instead of shrinking them to fit.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 
 from milcompress import _coremltools as ct_private
 from milcompress.config import CompressionConfig
-from milcompress.errors import InputError, OutputError
+from milcompress.errors import ModelTypeError, OutputError
 from milcompress.lowering import read_back
 from milcompress.ops import describe
 from milcompress.ops._arrays import unique_values
@@ -33,16 +38,17 @@ from milcompress.passes.graph import walk_ops
 from milcompress.progress import as_progress
 
 
-def program_of(mlmodel):
-    """A fresh copy of the MIL program inside an ML program model (InputError for other model kinds)."""
+def program_of(mlmodel, at_least_ios16: bool = False):
+    """A fresh copy of the MIL program inside an ML program model (ModelTypeError for other model
+    kinds); `at_least_ios16`: an older model's program is loaded at the iOS16 opset."""
     kind = ct_private.model_type(mlmodel)
     if kind != "mlProgram":
-        raise InputError(
+        raise ModelTypeError(
             f"milcompress works on ML program models; this model is a {kind} "
             "(convert with convert_to='mlprogram', or use coremltools.models.neural_network.quantization_utils)"
         )
     try:
-        return ct_private.program_from_mlmodel(mlmodel)
+        return ct_private.program_from_mlmodel(mlmodel, at_least_ios16=at_least_ios16)
     except Exception as error:  # a package truncated or damaged after it was opened
         from milcompress.packages import unreadable_program
 
@@ -81,7 +87,7 @@ def model_from_program(prog, like, progress=None):
 
 def _run(pass_class, mlmodel, config=None, progress=None, **options):
     progress = as_progress(progress)
-    prog = program_of(mlmodel)
+    prog = program_of(mlmodel, at_least_ios16=True)
     graph_pass = pass_class()
     if config is not None:
         graph_pass.config = config
@@ -92,37 +98,40 @@ def _run(pass_class, mlmodel, config=None, progress=None, **options):
     return model_from_program(prog, mlmodel, progress)
 
 
-def compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False, progress=False):
+def compress_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, shrink_to_fit: bool = True, strict: bool = False, progress=False):
     """Compress with any mix of algorithms (a CompressionConfig, an algorithm config, or coremltools'
     OptimizationConfig). Config entries naming no weight, op or op type of the model are warned
     about and listed in `report_of(result).warnings`; `strict=True` makes them a ConfigError."""
-    return _run(CompressWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, strict=strict)
-
-
-def palettize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False,
-                      strict: bool = False, progress=False):
-    """`joint_compression=True`: weights already pruned get their non-zeros palettized (joint form)."""
     return _run(
-        PalettizeWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression,
-        strict=strict
+        CompressWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, shrink_to_fit=shrink_to_fit, strict=strict
     )
 
 
-def prune_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False, progress=False):
-    return _run(PruneWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, strict=strict)
-
-
-def linear_quantize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False,
-                            strict: bool = False, progress=False):
-    """`joint_compression=True`: weights already pruned get their non-zeros quantized (joint form)."""
+def palettize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, shrink_to_fit: bool = True, strict: bool = False, progress=False):
+    """`joint_compression=True` (iOS18): weights already pruned get their non-zeros palettized, and
+    weights already quantized (8-bit) get their integers palettized."""
     return _run(
-        LinearQuantizeWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback,
-        joint_compression=joint_compression, strict=strict
+        PalettizeWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, shrink_to_fit=shrink_to_fit, strict=strict
     )
 
 
-def joint_compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False, progress=False):
-    return _run(JointCompressWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, strict=strict)
+def prune_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False, progress=False):
+    """`joint_compression=True` (iOS18): weights already quantized or palettized get pruned, keeping
+    their integers or indices (coremltools' quantize -> prune and palettize -> prune)."""
+    return _run(PruneWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, strict=strict)
+
+
+def linear_quantize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, shrink_to_fit: bool = True, strict: bool = False, progress=False):
+    """`joint_compression=True` (iOS18): weights already pruned get their non-zeros quantized, and
+    weights already palettized get their tables quantized (per tensor: int8/uint8 table entries,
+    `constexpr_blockwise_shift_scale` feeding `constexpr_lut_to_dense`)."""
+    return _run(
+        LinearQuantizeWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, shrink_to_fit=shrink_to_fit, strict=strict
+    )
+
+
+def joint_compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, shrink_to_fit: bool = True, strict: bool = False, progress=False):
+    return _run(JointCompressWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, shrink_to_fit=shrink_to_fit, strict=strict)
 
 
 def compress_to_size(
@@ -150,7 +159,7 @@ def compress_to_size(
     from milcompress.passes.size import compress_program_to_size
 
     progress = as_progress(progress)
-    prog = program_of(mlmodel)
+    prog = program_of(mlmodel, at_least_ios16=True)
     compress_program_to_size(
         prog,
         target_bits_per_weight=target_bits_per_weight,
@@ -167,7 +176,8 @@ def compress_to_size(
 
 
 def decompress_weights(mlmodel, *, progress=False):
-    """Every compressed weight back to a dense const."""
+    """Every compressed weight back to a dense const (the model saved at iOS16 or later, as
+    coremltools saves it)."""
     return _run(DecompressWeights, mlmodel, progress=progress)
 
 
@@ -182,7 +192,7 @@ def run_passes(mlmodel, passes, *, progress=None, save: bool = True):
     specs = parse_passes(passes) if isinstance(passes, str) else [p if isinstance(p, PassSpec) else PassSpec(p) for p in passes]
     graph_passes = [spec.instantiate() for spec in specs]  # validate every option before any work
     progress = as_progress(progress)
-    prog = program_of(mlmodel)
+    prog = program_of(mlmodel, at_least_ios16=True)
     for graph_pass in graph_passes:
         if hasattr(graph_pass, "progress"):
             graph_pass.progress = progress
@@ -216,7 +226,9 @@ class OpMetadata:
 @dataclass
 class WeightMetadata:
     """coremltools' CoreMLWeightMetaData fields (val, sparsity, unique_values, child_ops), plus how
-    the weight is stored: `form` (None when dense), `nbytes` of its stored data, `bits_per_weight`."""
+    the weight is stored: `form` (None when dense), `nbytes` of its stored data, `bits_per_weight`.
+    `unique_values` counts distinct values without sorting float16 (see the README's note on
+    NumPy's float16 sort), so it can be lower than coremltools' count where NumPy's sort errs."""
 
     val: np.ndarray
     sparsity: float
@@ -240,33 +252,59 @@ class WeightMetadata:
 
 
 def get_weights_metadata(mlmodel, weight_threshold: int = 2048) -> "OrderedDict[str, WeightMetadata]":
-    """Every weight of more than `weight_threshold` elements, dense or compressed, by name.
+    """Every weight of at least `weight_threshold` elements, dense or compressed, keyed by the name
+    of the op that produces it: for a dense weight its const op's name, the name coremltools'
+    function uses and `op_name_configs` takes, with the same fields (`child_ops` lists every op
+    reading it, each with its inputs held by such weights, by op name).
 
     Unlike coremltools' function (which lists const ops only, so a compressed weight appears as its
-    LUT and indices), a compressed weight is one entry with its decompressed value and its form.
+    LUT and indices), a compressed weight is one entry, keyed by the last op of its constexpr
+    chain, with its decompressed value and its form.
     """
     prog = program_of(mlmodel)
     found: "OrderedDict[str, WeightMetadata]" = OrderedDict()
+
+    def is_weight_value(value) -> bool:
+        return isinstance(value, np.ndarray) and value.size >= weight_threshold and np.issubdtype(value.dtype, np.number)
+
     for op, _ in walk_ops(prog):
         if op.op_type != "const" and not op.op_type.startswith("constexpr_"):
             continue
-        for var in op.outputs:
-            readers = [c for c in var.child_ops if not c.op_type.startswith("constexpr_")]
-            if not readers:
-                continue
-            back = read_back(var)
-            value = back.dense
-            if value.size <= weight_threshold or not np.issubdtype(value.dtype, np.number):
-                continue
-            found[var.name] = WeightMetadata(
-                val=value,
-                sparsity=float(np.mean(np.abs(value) <= 1e-12)),
-                unique_values=int(len(unique_values(value))),
-                child_ops=[OpMetadata(c.op_type, c.name, OrderedDict((k, v.name) for k, v in c.inputs.items() if v is var)) for c in readers],
-                form=None if back.form is None else describe(back.form),
-                nbytes=int(back.form.nbytes) if back.form is not None else int(value.nbytes),
-            )
+        var = op.outputs[0]
+        if op.op_type != "const" and all(c.op_type.startswith("constexpr_") for v in op.outputs for c in v.child_ops):
+            continue  # an inner op of a chain: its weight is listed at the chain's end
+        if op.op_type == "const" and var.child_ops and all(c.op_type.startswith("constexpr_") for c in var.child_ops):
+            continue  # stored data of a compressed weight
+        back = read_back(var)
+        value = back.dense
+        if not is_weight_value(value):
+            continue
+        child_ops = []
+        for child in dict.fromkeys(var.child_ops):
+            mapping = OrderedDict()
+            for input_name, input_var in child.inputs.items():
+                if isinstance(input_var, (list, tuple)):
+                    continue
+                held = input_var.val
+                if held is None and _is_weight_var(input_var):
+                    held = read_back(input_var).dense
+                if is_weight_value(held):
+                    mapping[input_name] = input_var.op.name
+            child_ops.append(OpMetadata(child.op_type, child.name, mapping))
+        found[op.name] = WeightMetadata(
+            val=value,
+            sparsity=float(np.sum(np.abs(value) <= 1e-12) / value.size),
+            unique_values=int(len(unique_values(value))),
+            child_ops=child_ops,
+            form=None if back.form is None else describe(back.form),
+            nbytes=int(back.form.nbytes) if back.form is not None else int(value.nbytes),
+        )
     return found
+
+
+def _is_weight_var(var) -> bool:
+    """A var produced by a constexpr chain (its dense value is what it holds)."""
+    return var.op is not None and var.op.op_type.startswith("constexpr_")
 
 
 def compression_config(config) -> CompressionConfig:

@@ -72,6 +72,12 @@ def _choice(field: str, value: Any, choices: Tuple[str, ...]) -> str:
     return name.lower()
 
 
+def _bool(field: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise _fail(field, f"must be true or false, got {value!r}")
+    return bool(value)
+
+
 def _weight_threshold(value: Any) -> int:
     return _int("weight_threshold", value, minimum=0)
 
@@ -185,15 +191,19 @@ class PalettizeConfig:
     holds 0 exactly), `unique` (the tensor's own distinct values, lossless; `nbits` optional and
     then the smallest that fits), `custom` (`lut_function(weight) -> (lut, indices)`).
     `granularity`: one table per tensor, or one per group of `group_size` channels along
-    `channel_axis` (None: the output-channel axis of the consuming op), or, in unique mode,
+    `channel_axis` (None: the output-channel axis of the consuming op; `group_size=0`, as in
+    coremltools, one group of all channels), or, in unique mode,
     `auto`: whichever lossless layout (one table, or one per group of any size) is smallest. `cluster_dim` > 1 makes
-    table entries vectors of that many consecutive channels. `enable_per_channel_scale`, as in
+    table entries vectors of that many consecutive channels (a group size that is not a multiple of
+    it leaves the weight alone with a recorded reason, as coremltools skips it). `enable_per_channel_scale`, as in
     coremltools, divides the weight by its largest magnitude across the channel axis (one scale per
     input position) before clustering and stores the scales. `outlier_aware` (kmeans mode,
     default on) weighs the squared error of weights beyond 4 times the tensor's RMS more when the
     table is fitted, so the few far-out weights a model may depend on (an LLM's super weights)
     keep entries of their own instead of being clipped; False gives the plain least-squares
-    table, as coremltools fits it (see `ops.kmeans.kmeans_1d`).
+    table, as coremltools fits it (see `ops.kmeans.kmeans_1d`). `shrink_to_fit` (default true):
+    a group size that does not divide a weight's channels is shrunk to the largest that does (and
+    the report says so); false gives coremltools' behaviour, where such a weight is left alone.
     """
 
     nbits: Optional[int] = None
@@ -207,6 +217,7 @@ class PalettizeConfig:
     weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD
     min_snr_db: Optional[float] = None
     outlier_aware: bool = True
+    shrink_to_fit: bool = True
 
     def __post_init__(self) -> None:
         mode = _choice("mode", self.mode, PALETTE_MODES)
@@ -227,16 +238,13 @@ class PalettizeConfig:
         granularity = _choice("granularity", self.granularity, PALETTE_GRANULARITIES)
         if granularity == "auto" and mode != "unique":
             raise _fail("granularity", "auto (the smallest lossless layout) is only for unique mode")
-        group_size = _int("group_size", self.group_size, minimum=1)
+        group_size = _int("group_size", self.group_size, minimum=0)
         channel_axis = None if self.channel_axis is None else _int("channel_axis", self.channel_axis)
         cluster_dim = _int("cluster_dim", self.cluster_dim, minimum=1)
         if cluster_dim > 1 and mode == "uniform":
             raise _fail("cluster_dim", "vector palettization (cluster_dim > 1) needs kmeans, unique or custom mode")
-        if granularity == "per_grouped_channel" and group_size % cluster_dim:
-            raise _fail("group_size", f"must be a multiple of cluster_dim ({cluster_dim}), got {group_size}")
         for flag in ("enable_per_channel_scale", "outlier_aware"):
-            if not isinstance(getattr(self, flag), (bool, np.bool_)):
-                raise _fail(flag, f"must be true or false, got {getattr(self, flag)!r}")
+            _bool(flag, getattr(self, flag))
         _set(
             self,
             mode=mode,
@@ -249,6 +257,7 @@ class PalettizeConfig:
             outlier_aware=bool(self.outlier_aware),
             weight_threshold=_weight_threshold(self.weight_threshold),
             min_snr_db=_min_snr_db(self.min_snr_db),
+            shrink_to_fit=_bool("shrink_to_fit", self.shrink_to_fit),
         )
 
 
@@ -268,8 +277,11 @@ class LinearQuantizeConfig:
 
     `mode`: `linear_symmetric` (range [-max|w|, max|w|], zero point 0 or mid-range) or `linear`
     (range [min(w, 0), max(w, 0)]). `dtype`: int8, uint8, int4, uint4. `granularity`: one scale per
-    tensor, per output channel, or per block of `block_size` input channels (an int), or blocks
-    given per axis (a tuple with one size per axis, 0 meaning the whole axis).
+    tensor, per output channel, or per block of `block_size` input channels (an int; 0, as in
+    coremltools, the whole input axis), or blocks given per axis (a tuple with one size per axis,
+    0 meaning the whole axis). `shrink_to_fit` (default true): a block size that does not divide
+    its axis is shrunk to the largest that does (and the report says so); false gives
+    coremltools' behaviour, where such a weight is left alone.
     """
 
     mode: str = "linear_symmetric"
@@ -278,6 +290,7 @@ class LinearQuantizeConfig:
     block_size: Union[int, Tuple[int, ...]] = 32
     weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD
     min_snr_db: Optional[float] = None
+    shrink_to_fit: bool = True
 
     def __post_init__(self) -> None:
         block = self.block_size
@@ -286,7 +299,7 @@ class LinearQuantizeConfig:
             if not block:
                 raise _fail("block_size", "a per-axis block size needs at least one axis")
         else:
-            block = _int("block_size", block, minimum=1)
+            block = _int("block_size", block, minimum=0)
         _set(
             self,
             mode=_choice("mode", self.mode, QUANTIZE_MODES),
@@ -295,6 +308,7 @@ class LinearQuantizeConfig:
             block_size=block,
             weight_threshold=_weight_threshold(self.weight_threshold),
             min_snr_db=_min_snr_db(self.min_snr_db),
+            shrink_to_fit=_bool("shrink_to_fit", self.shrink_to_fit),
         )
 
     @property
@@ -345,6 +359,19 @@ def replace(config: AlgorithmConfig, **changes: Any) -> AlgorithmConfig:
     return dataclasses.replace(config, **changes)
 
 
+def whole_tensor_sizes(config: AlgorithmConfig) -> AlgorithmConfig:
+    """coremltools' meaning of a zero size: `group_size=0` is one table for the whole tensor (our
+    per-tensor palettization); a zero `block_size` is the whole axis, which quantization already
+    reads that way."""
+    if isinstance(config, JointConfig):
+        then = whole_tensor_sizes(config.then)
+        return config if then is config.then else dataclasses.replace(config, then=then)
+    if isinstance(config, PalettizeConfig) and config.granularity == "per_grouped_channel" and config.group_size == 0:
+        return dataclasses.replace(config, granularity="per_tensor")
+    return config
+
+
+
 # ------------------------------------------------------------------------------------------------
 # Which config applies to which weight.
 
@@ -368,13 +395,21 @@ class CompressionConfig:
     resolves to `op_name_configs[op name]`, else `op_type_configs[op type]`, else `global_config`,
     and all consumers must agree (a shared const with conflicting configs is an error naming it
     and its consumers). An explicit None, at any level, means "leave this weight alone".
+    `op_type_configs` cannot name "const" (coremltools refuses it too: use `global_config`).
+
+    `op_selector` is the deprecated `ct.compression_utils` form coremltools still accepts
+    (`OptimizationConfig(is_deprecated=True, op_selector=...)`): a function of the const op that
+    says whether to compress it; only set by `from_coremltools`.
     """
 
     global_config: Optional[AlgorithmConfig] = None
     op_type_configs: Any = dataclasses.field(default_factory=dict)
     op_name_configs: Any = dataclasses.field(default_factory=dict)
+    op_selector: Optional[Callable] = None
 
     def __post_init__(self) -> None:
+        if self.op_selector is not None and not callable(self.op_selector):
+            raise _fail("op_selector", f"must be a function of the const op, got {self.op_selector!r}")
         _check_entry("global_config", self.global_config)
         for field in ("op_type_configs", "op_name_configs"):
             table = getattr(self, field)
@@ -389,7 +424,7 @@ class CompressionConfig:
             _set(self, **{field: dict(table)})
 
     def __hash__(self) -> int:
-        return hash((self.global_config, tuple(self.op_type_configs.items()), tuple(self.op_name_configs.items())))
+        return hash((self.global_config, tuple(self.op_type_configs.items()), tuple(self.op_name_configs.items()), self.op_selector))
 
     @staticmethod
     def of(config: Any) -> "CompressionConfig":
@@ -410,10 +445,17 @@ class CompressionConfig:
     def resolve(self, const_name: str, consumers) -> Tuple[Optional[AlgorithmConfig], str]:
         """The config for a const read by `consumers` [(op name, op type)], and where it came from.
 
-        Raises ConfigError if consumers resolve to different configs.
+        Raises ConfigError if consumers resolve to different configs, or if op_type_configs names
+        "const" (as coremltools does when it meets a const it would compress).
         """
         if const_name in self.op_name_configs:
             return self.op_name_configs[const_name], f"op_name_configs['{const_name}']"
+        if "const" in self.op_type_configs:
+            raise ConfigError(
+                f"op_type_configs['const']: const ops cannot be set by the `set_op_type` function. Please use `set_global` "
+                f"(met at const '{const_name}'; give one const its own config with op_name_configs['{const_name}'])",
+                field="op_type_configs.const",
+            )
         found = []
         for op_name, op_type in consumers:
             if op_name in self.op_name_configs:
@@ -494,6 +536,8 @@ class CompressionConfig:
 
     def to_dict(self) -> dict:
         """The layout `from_dict` reads; each entry names its own config_type."""
+        if self.op_selector is not None:
+            raise _fail("op_selector", "a Python function cannot be written to a dict or YAML")
         return {
             "global_config": _entry_to_dict("global_config", self.global_config),
             "op_type_configs": {k: _entry_to_dict(f"op_type_configs.{k}", v) for k, v in self.op_type_configs.items()},
@@ -591,32 +635,44 @@ def _entry_to_dict(field: str, config: Optional[AlgorithmConfig]) -> Optional[di
 
 def from_coremltools(config: Any) -> CompressionConfig:
     """Translate a coremltools OptimizationConfig (its op configs: OpPalettizerConfig,
-    OpLinearQuantizerConfig, OpMagnitudePrunerConfig, OpThresholdPrunerConfig)."""
-    from milcompress._coremltools import uses_op_selector
+    OpLinearQuantizerConfig, OpMagnitudePrunerConfig, OpThresholdPrunerConfig).
 
-    if uses_op_selector(config):
-        raise ConfigError(
-            "config: the deprecated ct.compression_utils op_selector form is not supported; "
-            "use op_name_configs / op_type_configs",
-            field="config",
-        )
+    The deprecated `ct.compression_utils` form (`is_deprecated=True`, with or without an
+    `op_selector`) means what it means to coremltools: the op configs carry no weight_threshold
+    (one set is an error, as there), every const of at least 10 elements is a candidate, and the
+    op_selector, given the const op, picks which are compressed."""
+    from milcompress._coremltools import op_selector_form
+
+    deprecated, selector = op_selector_form(config)
+    translate = lambda field, op_config: translate_coremltools_op_config(field, op_config, deprecated=deprecated)  # noqa: E731
     return CompressionConfig(
-        global_config=translate_coremltools_op_config("global_config", config.global_config),
-        op_type_configs={k: translate_coremltools_op_config(f"op_type_configs.{k}", v) for k, v in (config.op_type_configs or {}).items()},
-        op_name_configs={k: translate_coremltools_op_config(f"op_name_configs.{k}", v) for k, v in (config.op_name_configs or {}).items()},
+        global_config=translate("global_config", config.global_config),
+        op_type_configs={k: translate(f"op_type_configs.{k}", v) for k, v in (config.op_type_configs or {}).items()},
+        op_name_configs={k: translate(f"op_name_configs.{k}", v) for k, v in (config.op_name_configs or {}).items()},
+        op_selector=selector if deprecated else None,
     )
 
 
-def translate_coremltools_op_config(field: str, op_config: Any) -> Optional[AlgorithmConfig]:
+# coremltools' deprecated API compresses every const its serialiser would store in the weight file
+# (at least 10 elements): a weight_threshold of 9 in our terms (we compress more than it).
+DEPRECATED_API_WEIGHT_THRESHOLD = 9
+
+
+def translate_coremltools_op_config(field: str, op_config: Any, deprecated: bool = False) -> Optional[AlgorithmConfig]:
     """One coremltools op config as ours. Fields keep their meaning; `num_kmeans_workers` is
     accepted and unused (our k-means is batched); a None weight_threshold, which coremltools
-    rejects when the pass runs, is rejected here."""
+    rejects when the pass runs, is rejected here, except in the deprecated form (`deprecated`),
+    which needs it None, as coremltools does."""
     if op_config is None:
         return None
     kind = type(op_config).__name__
     threshold = getattr(op_config, "weight_threshold", DEFAULT_WEIGHT_THRESHOLD)
-    if threshold is None:
-        raise _fail(f"{field}.weight_threshold", "cannot be None (coremltools rejects it too)")
+    if deprecated:
+        if threshold is not None:
+            raise _fail(f"{field}.weight_threshold", "weight_threshold cannot be set through the deprecated ct.compression_util API")
+        threshold = DEPRECATED_API_WEIGHT_THRESHOLD
+    elif threshold is None:
+        raise _fail(f"{field}.weight_threshold", "weight_threshold cannot be None (coremltools rejects it too)")
     try:
         if kind == "OpPalettizerConfig":
             return PalettizeConfig(

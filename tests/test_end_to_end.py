@@ -138,3 +138,5 @@ def test_neural_network_models_are_refused_clearly():
 
     with pytest.raises(milcompress.InputError, match="ML program models; this model is a neuralNetwork"):
         milcompress.palettize_weights(Fake(), milcompress.PalettizeConfig(nbits=4))
+    with pytest.raises(TypeError):  # what coremltools raises for it, so `except TypeError` keeps working
+        milcompress.palettize_weights(Fake(), milcompress.PalettizeConfig(nbits=4))

@@ -14,6 +14,8 @@ The caller replaces the const's uses with it. What each opset can hold:
 | SparseLutParams        | -                                              | constexpr_lut_to_sparse -> constexpr_sparse_to_dense         |
 |                        |                                                | [-> constexpr_blockwise_shift_scale]                         |
 | SparseAffineParams     | -                                              | constexpr_sparse_blockwise_shift_scale -> sparse_to_dense    |
+| QuantizedLutParams     | -                                              | constexpr_blockwise_shift_scale (the table) -> lut_to_dense  |
+| PalettizedAffineParams | -                                              | constexpr_lut_to_dense (integers) -> blockwise_shift_scale   |
 
 A form the opset cannot hold raises `PreconditionError` naming the const and the
 `minimum_deployment_target` it needs; programs older than iOS16 have no constexpr ops at all.
@@ -27,7 +29,16 @@ import numpy as np
 
 from milcompress._coremltools import IOS16, IOS18, Operation, Var, building_in, integer_dtype, mb, opset_of, target_name, unsigned_dtype
 from milcompress.errors import PreconditionError
-from milcompress.ops import AffineParams, CompressedForm, LutParams, SparseAffineParams, SparseLutParams, SparseParams
+from milcompress.ops import (
+    AffineParams,
+    CompressedForm,
+    LutParams,
+    PalettizedAffineParams,
+    QuantizedLutParams,
+    SparseAffineParams,
+    SparseLutParams,
+    SparseParams,
+)
 from milcompress.ops.packing import pack_bits
 from milcompress.ops.palettize import PaletteEstimate
 
@@ -40,6 +51,8 @@ SUFFIX = {
     AffineParams: "quantized",
     SparseLutParams: "pruned_palettized",
     SparseAffineParams: "pruned_quantized",
+    QuantizedLutParams: "palettized",
+    PalettizedAffineParams: "quantized",
 }
 
 
@@ -48,6 +61,10 @@ def required_target(params: CompressedForm):
     `PaletteEstimate` stands for), and why if not iOS16."""
     if isinstance(params, (SparseLutParams, SparseAffineParams)):
         return IOS18, "joint sparse + palettized or quantized weights"
+    if isinstance(params, QuantizedLutParams):
+        return IOS18, "joint palettization with a quantized table"
+    if isinstance(params, PalettizedAffineParams):
+        return IOS18, "joint quantization with palettized integers"
     if isinstance(params, (LutParams, PaletteEstimate)):
         if params.tables > 1:
             return IOS18, f"a LUT with {params.tables} tables (per-group palettization)"
@@ -67,6 +84,43 @@ def required_target(params: CompressedForm):
     return IOS16, None
 
 
+def config_required_target(config, fake: bool = False):
+    """The oldest deployment target coremltools accepts `config` on, whatever form a weight then
+    takes (it refuses these configs before compressing: a group covering every channel is still
+    "per_grouped_channel palettization"), and why if not iOS16. `fake`: for fake compression,
+    where coremltools lets per-channel scales pass (no constexpr op is written)."""
+    from milcompress.config import JointConfig, LinearQuantizeConfig, PalettizeConfig
+
+    if isinstance(config, JointConfig):
+        need, why = config_required_target(config.then, fake)
+        return (IOS18, "joint sparse + palettized or quantized weights") if need < IOS18 else (need, why)
+    if isinstance(config, PalettizeConfig):
+        if config.granularity == "per_grouped_channel":
+            return IOS18, "per_grouped_channel palettization"
+        if config.cluster_dim > 1:
+            return IOS18, "vector palettization (cluster_dim > 1)"
+        if config.enable_per_channel_scale and not fake:
+            return IOS18, "palettization with per-channel scales"
+    if isinstance(config, LinearQuantizeConfig):
+        if config.granularity == "per_block":
+            return IOS18, "per_block quantization"
+        if config.nbits == 4:
+            return IOS18, "4-bit quantization"
+    return IOS16, None
+
+
+def opset_error(const_name: str, why: Optional[str], need, have) -> PreconditionError:
+    """The error for a form the program's opset cannot hold: our detail (the const, the form, both
+    targets) and coremltools' own wording for the same case, which callers' code may match on."""
+    what = why or "compressed weights"
+    return PreconditionError(
+        f"const '{const_name}': {what} needs minimum_deployment_target=ct.target.{target_name(need)}; "
+        f"the program targets {target_name(have)} ({what} is only supported since {target_name(need)}). "
+        f"Please re-convert your model with minimum_deployment_target set to at least ct.target.{target_name(need)}.",
+        minimum_deployment_target=target_name(need),
+    )
+
+
 def check_target(params: CompressedForm, const: Operation) -> None:
     """PreconditionError unless `const`'s program can hold `params`."""
     have = opset_of(const)
@@ -74,15 +128,12 @@ def check_target(params: CompressedForm, const: Operation) -> None:
     if have < IOS16:
         raise PreconditionError(
             f"const '{const.name}': compressed weights need minimum_deployment_target=ct.target.iOS16 or later; "
-            f"the program targets {target_name(have)}",
+            f"the program targets {target_name(have)}. "
+            "Please re-convert your model with minimum_deployment_target set to at least ct.target.iOS16.",
             minimum_deployment_target=target_name(IOS16),
         )
     if have < need:
-        raise PreconditionError(
-            f"const '{const.name}': {why} needs minimum_deployment_target=ct.target.{target_name(need)}; "
-            f"the program targets {target_name(have)}",
-            minimum_deployment_target=target_name(need),
-        )
+        raise opset_error(const.name, why, need, have)
 
 
 def lower(params: CompressedForm, const: Operation, name: Optional[str] = None) -> Var:
@@ -107,7 +158,19 @@ def lower(params: CompressedForm, const: Operation, name: Optional[str] = None) 
             return _sparse_lut(params, const, name)
         if isinstance(params, SparseAffineParams):
             return _sparse_affine(params, const, name)
+        if isinstance(params, QuantizedLutParams):
+            return _quantized_lut(params, const, name)
+        if isinstance(params, PalettizedAffineParams):
+            return _palettized_affine(params, const, name)
     raise TypeError(f"not a compressed form: {type(params).__name__}")
+
+
+def lower_fake(params: CompressedForm, const: Operation, dtype, name: Optional[str] = None) -> Var:
+    """coremltools' fake compression: the form's decompressed values, in `dtype`, as a dense const
+    named like coremltools' (`<const>_fake_palettized`, ...)."""
+    name = name or f"{const.name}_fake_{SUFFIX[type(params)].split('_')[-1]}"
+    with building_in(const.enclosing_block):
+        return mb.const(val=np.asarray(params.decompress()).astype(dtype), before_op=const, name=name)
 
 
 def _stored_mask(mask: np.ndarray) -> np.ndarray:
@@ -228,3 +291,38 @@ def _sparse_affine(params: SparseAffineParams, const: Operation, name: str) -> V
         name=f"{name}_nonzero",
     )
     return mb.constexpr_sparse_to_dense(nonzero_data=values, mask=mask_var, before_op=const, name=name)
+
+
+def _quantized_lut(params: QuantizedLutParams, const: Operation, name: str) -> Var:
+    table = params.table
+    storage = integer_dtype(table.nbits, table.signed)
+    offset = None if table.zero_point is None else _offset(table.zero_point, storage)
+    lut = mb.constexpr_blockwise_shift_scale(
+        data=table.data.astype(storage), scale=table.scale, offset=offset, before_op=const, name=f"{name}_lut_quantized"
+    )
+    kwargs = {}
+    if params.lut.cluster_dim > 1:
+        kwargs["vector_axis"] = np.int32(params.lut.vector_axis)
+    scale = params.lut.scale
+    dense = mb.constexpr_lut_to_dense(
+        indices=params.lut.indices.astype(unsigned_dtype(params.nbits)),
+        lut=lut,
+        before_op=const,
+        name=name if scale is None else f"{name}_unscaled",
+        **kwargs,
+    )
+    return dense if scale is None else _scaled(dense, scale, const, name)
+
+
+def _palettized_affine(params: PalettizedAffineParams, const: Operation, name: str) -> Var:
+    affine = params.affine
+    storage = integer_dtype(affine.nbits, affine.signed)
+    integers = mb.constexpr_lut_to_dense(
+        indices=params.lut.indices.astype(unsigned_dtype(params.nbits)),
+        lut=params.lut.lut.astype(storage),
+        before_op=const,
+        name=f"{name}_integers",
+        **({"vector_axis": np.int32(params.lut.vector_axis)} if params.lut.cluster_dim > 1 else {}),
+    )
+    offset = None if affine.zero_point is None else _offset(affine.zero_point, storage)
+    return mb.constexpr_blockwise_shift_scale(data=integers, scale=affine.scale, offset=offset, before_op=const, name=name)

@@ -15,7 +15,16 @@ from typing import Optional, Tuple
 import numpy as np
 
 from milcompress._coremltools import Operation, Var, builtin_bitwidth, is_unsigned
-from milcompress.ops import AffineParams, CompressedForm, LutParams, SparseAffineParams, SparseLutParams, SparseParams
+from milcompress.ops import (
+    AffineParams,
+    CompressedForm,
+    LutParams,
+    PalettizedAffineParams,
+    QuantizedLutParams,
+    SparseAffineParams,
+    SparseLutParams,
+    SparseParams,
+)
 from milcompress.ops.packing import unpack_bits
 
 
@@ -144,7 +153,13 @@ def _lut(op: Operation) -> Optional[LutParams]:
     if lut is None or op.indices.val is None:
         return None
     vector_axis = None if op.vector_axis is None else int(op.vector_axis.val)
-    return LutParams(np.asarray(op.indices.val).astype(np.uint8), lut, vector_axis)
+    params = LutParams(np.asarray(op.indices.val).astype(np.uint8), lut, vector_axis)
+    table_op = op.lut.op
+    if table_op is not None and table_op.op_type == "constexpr_blockwise_shift_scale":  # a quantized table
+        table = _shift_scale(table_op)
+        if isinstance(table, AffineParams):
+            return QuantizedLutParams(params, table)
+    return params
 
 
 def _shift_scale(op: Operation) -> Optional[CompressedForm]:
@@ -153,9 +168,17 @@ def _shift_scale(op: Operation) -> Optional[CompressedForm]:
     producer = op.data.op
     if is_constexpr(producer):  # a scale applied to a looked-up (maybe sparse) tensor
         reader = _READERS.get(producer.op_type)
+        if producer.op_type == "constexpr_lut_to_dense" and reader is not None:
+            integers = reader(producer)
+            if isinstance(integers, LutParams) and integers.lut.dtype.kind in "iu":  # palettized integers
+                nbits, unsigned = builtin_bitwidth(op.data), is_unsigned(op.data)
+                return PalettizedAffineParams(integers, AffineParams(integers.decompress(), scale, offset, nbits, not unsigned))
         inner = reader(producer) if reader is not None and offset is None else None
         if isinstance(inner, LutParams) and inner.scale is None:
             return LutParams(inner.indices, inner.lut, inner.vector_axis, scale)
+        if isinstance(inner, QuantizedLutParams) and inner.lut.scale is None:
+            lut = inner.lut
+            return QuantizedLutParams(LutParams(lut.indices, lut.lut, lut.vector_axis, scale), inner.table)
         if isinstance(inner, SparseLutParams) and inner.lut.scale is None:
             lut = inner.lut
             return SparseLutParams(inner.mask, LutParams(lut.indices, lut.lut, lut.vector_axis, scale))

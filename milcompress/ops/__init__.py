@@ -18,14 +18,26 @@ from milcompress.config import (
     MagnitudePruneConfig,
     PalettizeConfig,
     ThresholdPruneConfig,
+    whole_tensor_sizes,
 )
-from milcompress.ops.joint import SparseAffineParams, SparseLutParams, prune_then_compress
+from milcompress.ops.joint import (
+    PalettizedAffineParams,
+    QuantizedLutParams,
+    check_vector_groups,
+    SparseAffineParams,
+    SparseLutParams,
+    compress_further,
+    further_compression_problem,
+    prune_then_compress,
+)
 from milcompress.ops.metrics import bits_per_weight, snr_db
 from milcompress.ops.palettize import LutParams, palettize
 from milcompress.ops.prune import SparseParams, prune
 from milcompress.ops.quantize import AffineParams, quantize
 
-CompressedForm = Union[SparseParams, LutParams, AffineParams, SparseLutParams, SparseAffineParams]
+CompressedForm = Union[
+    SparseParams, LutParams, AffineParams, SparseLutParams, SparseAffineParams, QuantizedLutParams, PalettizedAffineParams
+]
 
 
 def _granularity(blocks, shape) -> str:
@@ -57,6 +69,11 @@ def describe(params: CompressedForm) -> str:
         return f"sparse {params.sparsity:.0%} + {describe(params.lut)}"
     if isinstance(params, SparseAffineParams):
         return f"sparse {params.sparsity:.0%} + {describe(params.affine)}"
+    if isinstance(params, PalettizedAffineParams):
+        return f"{describe(params.affine)}, integers in a {describe(params.lut)}"
+    if isinstance(params, QuantizedLutParams):
+        table = params.table
+        return f"{describe(params.lut)}, {'int' if table.signed else 'uint'}{table.nbits} table"
     raise TypeError(f"not a compressed form: {type(params).__name__}")
 
 
@@ -72,6 +89,8 @@ def compress(
 
     Raises `NotCompressible` (with a reason) when the tensor cannot take the requested form.
     """
+    config = whole_tensor_sizes(config)
+    check_vector_groups(config)
     if isinstance(config, (MagnitudePruneConfig, ThresholdPruneConfig)):
         return prune(weight, config)
     if isinstance(config, PalettizeConfig):
@@ -86,12 +105,16 @@ def compress(
 __all__ = [
     "AffineParams",
     "CompressedForm",
+    "PalettizedAffineParams",
+    "QuantizedLutParams",
     "LutParams",
     "SparseAffineParams",
     "SparseLutParams",
     "SparseParams",
     "bits_per_weight",
     "compress",
+    "compress_further",
+    "further_compression_problem",
     "describe",
     "palettize",
     "prune",

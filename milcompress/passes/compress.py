@@ -14,8 +14,14 @@ walks it:
    block's replaced consts are removed at once.
 It returns a `Report` and keeps it on the program.
 
+What coremltools' passes do, ours do on the same programs: a program older than iOS16 is left as
+it is, with a warning (and here a record per weight; the model-level functions in `api.py` load
+such a model at iOS16, as coremltools' do); `joint_compression=True` on an iOS16/iOS17 program is
+coremltools' ValueError; `fake_compression=True` stores the decompressed values as a dense const.
+
 The registered passes (`milcompress::compress_weights` and its narrower siblings) are thin
-wrappers with typed options settable from `PassPipeline.set_options`.
+wrappers with typed options settable from `PassPipeline.set_options`, and are constructed as
+coremltools constructs its own: `PalettizeWeights(config=..., fake_compression=...)`.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from milcompress._coremltools import AbstractGraphPass, Program, building_in, opset_of, target_name
+from milcompress._coremltools import IOS16, IOS18, AbstractGraphPass, Program, building_in, opset_of, target_name
 from milcompress.config import (
     PALETTE_NBITS,
     AlgorithmConfig,
@@ -39,22 +45,26 @@ from milcompress.config import (
     ThresholdPruneConfig,
 )
 from milcompress.errors import ConfigError, NotCompressible, PassError, PreconditionError
-from milcompress.lowering import is_constexpr, lower, read_back, required_target
-from milcompress.ops import CompressedForm, compress, describe, snr_db
-from milcompress.ops.metrics import clipped_outlier
-from milcompress.ops.prune import SparseParams
+from milcompress.lowering import config_required_target, is_constexpr, lower, lower_fake, opset_error, read_back, required_target
+from milcompress.ops import CompressedForm, compress, compress_further, describe, further_compression_problem, snr_db
 from milcompress.ops._arrays import largest_divisor_at_most
+from milcompress.ops.metrics import clipped_outlier
 from milcompress.ops.palettize import largest_group_size
 from milcompress.passes.graph import ProgramGraph
 from milcompress.progress import Progress, as_progress
 from milcompress.passes.options import PassOption, parse_bool, parse_choice, parse_compression_config, parse_path
 from milcompress.passes.report import COMPRESSED, SKIPPED, ConstRecord, Report, attach
-from milcompress.passes.skip_rules import CONFIG_RULES, SELECTION_RULES, Candidate, first_reason
+from milcompress.passes.skip_rules import CONFIG_RULES, SELECTION_RULES, Candidate, block_output, first_reason, non_finite
 from milcompress.passes.weights import WeightLayout, common_layout
 
 logger = logging.getLogger(__name__)
 
 ALL_CONFIGS = (MagnitudePruneConfig, ThresholdPruneConfig, PalettizeConfig, LinearQuantizeConfig, JointConfig)
+
+JOINT_NEEDS_IOS18 = (
+    "Joint compression is only supported since iOS18. Please re-convert your model with "
+    "minimum_deployment_target set to at least ct.target.iOS18."
+)
 
 
 @dataclasses.dataclass
@@ -75,6 +85,8 @@ def compress_program(
     pass_name: str = "milcompress::compress_weights",
     progress: Optional[Progress] = None,
     joint_compression: bool = False,
+    fake_compression: bool = False,
+    shrink_to_fit: bool = True,
     strict: bool = False,
 ) -> Report:
     """Compress the weights of `prog` in place as `config` says; return (and keep) the report.
@@ -84,23 +96,35 @@ def compress_program(
     `min_snr_db` with gentler forms (more bits, less sparsity) before skipping it. `progress`
     (a `milcompress.progress.Progress`) hears of each weight as it is computed.
 
-    `joint_compression=True` (coremltools' option of the same name) also takes weights that are
-    already sparse (a plain sparse chain, as pruning leaves them): their non-zeros are palettized
-    or quantized under the same mask, giving the joint forms.
+    `joint_compression=True` (coremltools' option of the same name) also takes weights already
+    compressed, and compresses them again where coremltools 9.0 has a joint form: sparse weights
+    get their non-zeros palettized or quantized; quantized or palettized weights get pruned; a
+    palettized weight gets its table quantized; a quantized weight gets its integers palettized.
+    Any other already compressed weight is recorded
+    with the reason, and so are dense weights a prune config would take (coremltools' joint
+    pruning prunes compressed weights only). It needs iOS18 (coremltools' ValueError otherwise).
+
+    `fake_compression=True` (coremltools' pass option): compress, then store the decompressed
+    values as a dense const. `shrink_to_fit=False`: a group or block size that does not divide a
+    weight is not shrunk to fit (coremltools' behaviour: the weight is left alone, with a record).
 
     An `op_name_configs` or `op_type_configs` entry that matches no weight, and no op or op type
     reading one, is a warning (logged, and kept in the report with the closest names), or with
     `strict=True` a ConfigError before anything is computed.
     """
     config = CompressionConfig.of(config)
+    if joint_compression:
+        _check_joint_opsets(prog)
     graph = ProgramGraph(prog)
     records: Dict[object, ConstRecord] = {}
     kept = []
-    sparse = _sparse_weights(graph) if joint_compression else {}
-    sources = graph.consts() + list(sparse)
+    chains = _compressed_weights(graph) if joint_compression else {}
+    sources = graph.consts() + list(chains)
     names, op_types = set(), set()  # of the weights and the ops reading them: what config entries can match
     for const in sources:
-        candidate, record = _select(const, graph, config, sparse.get(const))
+        candidate, record = _select(
+            const, graph, config, chains.get(const), on_unsupported=on_unsupported, fake_compression=fake_compression, joint_compression=joint_compression
+        )
         records[const] = record
         if candidate.config_source is not None:
             names.add(const.name)
@@ -113,15 +137,21 @@ def compress_program(
         raise ConfigError(f"{pass_name}: {warnings[0]}" + (f"; and {len(warnings) - 1} more" if len(warnings) > 1 else ""), field="strict")
     for warning in warnings:
         logger.warning("%s: %s", pass_name, warning)
+    too_old = [name for name, function in prog.functions.items() if opset_of(function) < IOS16]
+    if too_old and records:
+        logger.warning(
+            "%s: the program's opset is older than iOS16 (functions %s): no weight compressed, as coremltools' passes skip such "
+            "programs too (reasons in the report)", pass_name, ", ".join(too_old)
+        )
     plans: List[_Plan] = []
     with as_progress(progress).stage(pass_name.split("::")[-1], total=len(kept), unit="weights") as advance:
         for candidate, record in kept:
-            plan = _compute(candidate, record, on_unsupported, snr_fallback)
+            plan = _compute(candidate, record, on_unsupported, snr_fallback, fake_compression=fake_compression, shrink_to_fit=shrink_to_fit)
             if plan is not None:
                 plans.append(plan)
             advance(candidate.const.name)
     kept.clear()  # the plans now hold the only references to the dense values
-    _rewrite(plans)
+    _rewrite(plans, fake=fake_compression)
     report = Report(pass_name, [records[c] for c in sources], warnings=warnings)
     attach(prog, report)
     totals = report.totals()
@@ -129,6 +159,18 @@ def compress_program(
         "%s: %d of %d consts compressed, %s -> %s bytes", pass_name, totals["compressed"], totals["candidates"], totals["bytes_before"], totals["bytes_after"]
     )
     return report
+
+
+def _check_joint_opsets(prog: Program) -> None:
+    """coremltools' ValueError for joint compression on an iOS16/iOS17 function (older programs
+    are skipped, as every compression pass skips them)."""
+    for name, function in prog.functions.items():
+        opset = opset_of(function)
+        if IOS16 <= opset < IOS18:
+            raise PreconditionError(f"{JOINT_NEEDS_IOS18} (function '{name}' targets {target_name(opset)})", minimum_deployment_target="iOS18")
+
+
+OPSET_TOO_OLD = "opset too old"
 
 
 def _record(candidate: Candidate, action: str, reason: Optional[str] = None) -> ConstRecord:
@@ -146,45 +188,101 @@ def _record(candidate: Candidate, action: str, reason: Optional[str] = None) -> 
     )
 
 
-def _sparse_weights(graph: ProgramGraph) -> dict:
-    """The last ops of plain sparse chains read as weights (mask and non-zeros stored as they are),
-    each with what it holds."""
+def _compressed_weights(graph: ProgramGraph) -> dict:
+    """The last op of every constexpr chain read as a weight, with what it holds (joint compression)."""
     found = {}
     for op in graph.ops():
-        if is_constexpr(op) and any(not is_constexpr(c) for c in op.outputs[0].child_ops):
-            back = read_back(op.outputs[0])
-            if isinstance(back.form, SparseParams):
-                found[op] = back
+        if is_constexpr(op) and op.op_type != "constexpr_cast" and any(not is_constexpr(c) for v in op.outputs for c in v.child_ops):
+            found[op] = read_back(op.outputs[0])
     return found
 
 
-def _select(const, graph: ProgramGraph, config: CompressionConfig, sparse=None) -> Tuple[Candidate, ConstRecord]:
-    """`sparse`: the ReadBack of a sparse chain (joint compression); None for a const."""
-    if sparse is None:
-        value, stored = np.asarray(const.outputs[0].val), None
+def _select(
+    const,
+    graph: ProgramGraph,
+    config: CompressionConfig,
+    chain=None,
+    on_unsupported: str = "error",
+    fake_compression: bool = False,
+    joint_compression: bool = False,
+) -> Tuple[Candidate, ConstRecord]:
+    """`chain`: the ReadBack of a compressed chain (joint compression); None for a const.
+
+    A config the program's opset cannot take at all (coremltools refuses it for every weight it
+    would compress, whatever its shape: per_grouped_channel or vector palettization, per_block or
+    4-bit quantization before iOS18) raises here, before any work, or is recorded with
+    `on_unsupported="skip"`; that includes a weight coremltools would compress and we leave
+    alone because it is also a block output, so both libraries raise on the same programs."""
+    if chain is None:
+        value, stored, prior = np.asarray(const.outputs[0].val), None, None
     else:
-        value, stored = sparse.dense, int(sparse.form.nbytes)
-    candidate = Candidate(const, graph.function_of[const], value, tuple(graph.uses(const)), stored_bytes=stored)
+        value, prior = chain.dense, chain.form
+        stored = int(prior.nbytes) if prior is not None else sum(int(np.asarray(c.outputs[0].val).nbytes) for c in _chain_consts(const))
+    candidate = Candidate(const, graph.function_of[const], value, tuple(graph.uses(const)), stored_bytes=stored, prior=prior)
     reason = first_reason(candidate, SELECTION_RULES)
-    if reason is None:
+    # A weight also returned as a block output: left alone, but checked as coremltools checks it.
+    op_uses = tuple(u for u in candidate.uses if u.op is not None)
+    also_output = reason is not None and reason == block_output(candidate) and bool(op_uses)
+    also_output = also_output and first_reason(dataclasses.replace(candidate, uses=op_uses), SELECTION_RULES) is None
+    if reason is None and config.op_selector is not None:
+        if const.op_type != "const":
+            reason = "op_selector (the deprecated ct.compression_utils form) chooses among const ops only"
+        elif not config.op_selector(const):
+            reason = "op_selector returned False (the deprecated ct.compression_utils form)"
+    if reason is None or also_output:
         consumers = [(u.op.name, u.op.op_type) for u in candidate.weight_uses]
         algorithm, source = config.resolve(const.name, consumers)
         candidate = dataclasses.replace(candidate, config=algorithm, config_source=source)
-        reason = first_reason(candidate, CONFIG_RULES)
-    if reason is None and candidate.is_sparse:
-        if not isinstance(candidate.config, (PalettizeConfig, LinearQuantizeConfig)):
-            reason = f"already sparse: joint compression palettizes or quantizes the non-zeros, not {type(candidate.config).__name__}"
-        else:  # keep the mask exactly as it is: prune exact zeros only
-            keep_mask = ThresholdPruneConfig(threshold=0.0, minimum_sparsity_percentile=0.0, weight_threshold=candidate.config.weight_threshold)
-            candidate = dataclasses.replace(candidate, config=JointConfig(prune=keep_mask, then=candidate.config))
+        config_reason = first_reason(candidate, CONFIG_RULES)
+        have = opset_of(const)
+        if (config_reason is None or config_reason == non_finite(candidate)) and IOS16 <= have and candidate.prior is None:
+            need, why = config_required_target(candidate.config, fake=fake_compression)
+            if have < need:
+                if on_unsupported != "skip":
+                    raise opset_error(const.name, why, need, have)
+                config_reason = f"{OPSET_TOO_OLD}: {why} needs {target_name(need)}, the program targets {target_name(have)}"
+        reason = reason or config_reason
+    if reason is None and opset_of(const) < IOS16:
+        have = target_name(opset_of(const))
+        reason = (
+            f"{OPSET_TOO_OLD}: the program targets {have} and compressed weights need iOS16 (coremltools' passes skip such "
+            "programs too); re-convert with minimum_deployment_target=ct.target.iOS16 or later, or compress the saved model "
+            "with milcompress.palettize_weights and its siblings, which load it at iOS16 as coremltools does"
+        )
+    if reason is None and joint_compression and not candidate.is_chain and isinstance(candidate.config, (MagnitudePruneConfig, ThresholdPruneConfig)):
+        reason = (
+            "joint compression prunes weights already quantized or palettized, not dense ones (as coremltools' "
+            "prune_weights does with joint_compression=True); prune it without joint_compression"
+        )
+    if reason is None and candidate.is_chain:
+        if prior is None:
+            reason = f"joint compression: stored as {' -> '.join(chain.chain)}, a chain milcompress does not read as a form"
+        else:
+            reason = further_compression_problem(prior, candidate.config)
     return candidate, _record(candidate, SKIPPED if reason else COMPRESSED, reason)
+
+
+def _chain_consts(op) -> list:
+    """Every const feeding a constexpr chain ending at `op`."""
+    found = []
+    for value in op.inputs.values():
+        producer = getattr(value, "op", None)
+        if producer is None:
+            continue
+        if producer.op_type == "const":
+            found.append(producer)
+        elif is_constexpr(producer):
+            found.extend(_chain_consts(producer))
+    return found
 
 
 def _skip(record: ConstRecord, reason: str) -> None:
     record.action, record.reason = SKIPPED, reason
 
 
-def _compute(candidate: Candidate, record: ConstRecord, on_unsupported: str, snr_fallback: bool) -> Optional[_Plan]:
+def _compute(
+    candidate: Candidate, record: ConstRecord, on_unsupported: str, snr_fallback: bool, *, fake_compression: bool = False, shrink_to_fit: bool = True
+) -> Optional[_Plan]:
     const, value, config = candidate.const, candidate.value, candidate.config
     layout, disagreement = common_layout(candidate.weight_uses, value.ndim)
     if layout is None or layout.output_axis is None:
@@ -195,25 +293,24 @@ def _compute(candidate: Candidate, record: ConstRecord, on_unsupported: str, snr
     attempts = [config] + (gentler(config) if snr_fallback else [])
     minimum = config.min_snr_db
     for attempt in attempts:
-        fitted, notes = fit_to_shape(attempt, value.shape, layout)
+        fitted, notes = fit_to_shape(attempt, value.shape, layout, shrink=shrink_to_fit)
         try:
-            params = compress(value, fitted, output_axis=layout.output_axis, input_axis=layout.input_axis)
+            if candidate.prior is not None:
+                params = compress_further(candidate.prior, fitted, output_axis=layout.output_axis, input_axis=layout.input_axis)
+            else:
+                params = compress(value, fitted, output_axis=layout.output_axis, input_axis=layout.input_axis)
         except NotCompressible as error:
             _skip(record, error.reason)
             return None
         need, why = required_target(params)
         have = opset_of(const)
-        if have < need:
-            message = (
-                f"const '{const.name}': {why} needs minimum_deployment_target=ct.target.{target_name(need)}; "
-                f"the program targets {target_name(have)}"
-            )
+        if have < need and not fake_compression:  # a fake form is written dense: any opset holds it
             if on_unsupported == "skip":
-                _skip(record, f"opset too old: {why} needs {target_name(need)}, the program targets {target_name(have)}")
+                _skip(record, f"{OPSET_TOO_OLD}: {why} needs {target_name(need)}, the program targets {target_name(have)}")
                 return None
-            raise PreconditionError(message, minimum_deployment_target=target_name(need))
+            raise opset_error(const.name, why, need, have)
         if params.nbytes >= candidate.stored:
-            now = "sparse" if candidate.is_sparse else "dense"
+            now = describe(candidate.prior) if candidate.prior is not None else "dense"
             _skip(record, f"{describe(params)} ({params.nbytes:,} bytes) would not be smaller than {now} ({candidate.stored:,} bytes)")
             return None
         dense = params.decompress()
@@ -224,6 +321,9 @@ def _compute(candidate: Candidate, record: ConstRecord, on_unsupported: str, snr
             notes.append(f"fell back to {describe(params)} to reach min_snr_db {minimum:g}")
         record.form, record.notes, record.snr_db, record.bytes_after = describe(params), notes, snr, int(params.nbytes)
         record.warnings = outlier_warnings(value, dense)
+        if fake_compression:
+            record.notes.append("fake_compression: stored as its decompressed dense values")
+            record.bytes_after = int(value.nbytes)
         return _Plan(candidate, params, record)
     tried = "" if len(attempts) == 1 else f" (and with {len(attempts) - 1} gentler forms)"
     _skip(record, f"SNR {snr:.1f} dB < min_snr_db {minimum:g}{tried}")
@@ -240,9 +340,10 @@ def outlier_warnings(value: np.ndarray, dense: np.ndarray) -> List[str]:
     return [f"clipped outlier: element {list(index)} = {original:.6g} came back as {back:.6g}"]
 
 
-def _rewrite(plans: List[_Plan]) -> None:
+def _rewrite(plans: List[_Plan], fake: bool = False) -> None:
     """Lower each plan and retire its const at once, so the dense value, the computed form and the
-    emitted ops are never all held for every weight (peak memory stays near one weight's worth)."""
+    emitted ops are never all held for every weight (peak memory stays near one weight's worth).
+    `fake`: store each form's decompressed values as a dense const (coremltools' fake_compression)."""
     by_block = defaultdict(list)
     for plan in plans:
         by_block[plan.candidate.const.enclosing_block].append(plan)
@@ -253,7 +354,7 @@ def _rewrite(plans: List[_Plan]) -> None:
                 plan = block_plans.pop(0)
                 const = plan.candidate.const
                 try:
-                    var = lower(plan.params, const)
+                    var = lower_fake(plan.params, const, plan.candidate.value.dtype) if fake else lower(plan.params, const)
                     block.replace_uses_of_var_after_op(
                         anchor_op=const, old_var=const.outputs[0], new_var=var, no_check_var_types=True, force_replace=True
                     )
@@ -261,15 +362,18 @@ def _rewrite(plans: List[_Plan]) -> None:
                     raise
                 except Exception as error:  # a bug, not a user error: name the const
                     raise PassError(f"const '{const.name}': rewriting as {plan.record.form} failed: {error}") from error
-                block.remove_ops([const])
-                if const.op_type != "const":  # a sparse chain: its consts go too, unless shared
-                    for producer in _input_consts(const):
-                        if not producer.outputs[0].child_ops:
-                            block.remove_ops([producer])
+                _remove_with_orphans(block, const)
 
 
-def _input_consts(op) -> list:
-    return [v.op for v in op.inputs.values() if getattr(v, "op", None) is not None and v.op.op_type == "const"]
+def _remove_with_orphans(block, op) -> None:
+    """Remove `op`, then every const or constexpr op of its chain left with no reader."""
+    producers = list(dict.fromkeys(v.op for v in op.inputs.values() if getattr(v, "op", None) is not None))
+    block.remove_ops([op])
+    for producer in producers:
+        if producer.op_type != "const" and not is_constexpr(producer):
+            continue
+        if producer.enclosing_block is block and not any(v.child_ops or v.consuming_blocks for v in producer.outputs):
+            _remove_with_orphans(block, producer)
 
 
 def needs_axes(config: AlgorithmConfig) -> bool:
@@ -283,12 +387,17 @@ def needs_axes(config: AlgorithmConfig) -> bool:
     return False
 
 
-def fit_to_shape(config: AlgorithmConfig, shape, layout: WeightLayout) -> Tuple[AlgorithmConfig, List[str]]:
-    """`config` with group and block sizes shrunk to the largest that divide `shape`, and notes."""
+def fit_to_shape(config: AlgorithmConfig, shape, layout: WeightLayout, shrink: bool = True) -> Tuple[AlgorithmConfig, List[str]]:
+    """`config` with group and block sizes shrunk to the largest that divide `shape`, and notes.
+
+    Not shrunk when `shrink` is false or the config's own `shrink_to_fit` is (coremltools'
+    behaviour): the kernel then finds the size does not divide, and the weight is skipped."""
     if isinstance(config, JointConfig):
-        then, notes = fit_to_shape(config.then, shape, layout)
+        then, notes = fit_to_shape(config.then, shape, layout, shrink)
         return dataclasses.replace(config, then=then), notes
-    if isinstance(config, PalettizeConfig) and config.granularity == "per_grouped_channel":
+    if not (shrink and getattr(config, "shrink_to_fit", True)):
+        return config, []
+    if isinstance(config, PalettizeConfig) and config.granularity == "per_grouped_channel" and config.group_size:
         axis = layout.output_axis if config.channel_axis is None else config.channel_axis % len(shape)
         channels = shape[axis]
         if channels % config.group_size or config.group_size > channels:
@@ -299,7 +408,7 @@ def fit_to_shape(config: AlgorithmConfig, shape, layout: WeightLayout) -> Tuple[
     if isinstance(config, LinearQuantizeConfig) and config.granularity == "per_block":
         if isinstance(config.block_size, int):
             axis, dim = layout.input_axis, shape[layout.input_axis]
-            if dim % config.block_size:
+            if config.block_size and dim % config.block_size:
                 block = largest_divisor_at_most(dim, config.block_size)
                 note = f"block_size {config.block_size} -> {block}: input axis {axis} has {dim} channels"
                 return dataclasses.replace(config, block_size=block), [note]
@@ -345,10 +454,18 @@ class CompressWeights(AbstractGraphPass):
     - on_unsupported: "error" (default) or "skip", for forms the program's opset cannot hold;
     - snr_fallback: retry weights below min_snr_db with gentler forms (default false);
     - report_path: also write the JSON report there;
-    - joint_compression: also palettize or quantize the non-zeros of weights already pruned
+    - joint_compression: also compress weights already compressed, where coremltools has a joint
+      form (coremltools' option of the same name; default false; needs iOS18);
+    - fake_compression: store each compressed weight's decompressed values as a dense const
       (coremltools' option of the same name; default false);
+    - shrink_to_fit: shrink a group or block size that does not divide a weight to the largest
+      that does (default true); false gives coremltools' behaviour, the weight left alone;
     - strict: an op_name_configs / op_type_configs entry that matches nothing is an error rather
       than a warning (default false).
+
+    Constructed as coremltools constructs its compression passes: `PalettizeWeights()`,
+    `PalettizeWeights(config=OptimizationConfig(...))`, `PalettizeWeights(config, fake_compression=True)`;
+    then `graph_pass.apply(prog)` or `graph_pass(prog)`.
     """
 
     PASS_ID = "milcompress::compress_weights"
@@ -359,11 +476,16 @@ class CompressWeights(AbstractGraphPass):
     snr_fallback = PassOption(parse_bool, default=False)
     report_path = PassOption(parse_path)
     joint_compression = PassOption(parse_bool, default=False)
+    fake_compression = PassOption(parse_bool, default=False)
+    shrink_to_fit = PassOption(parse_bool, default=True)
     strict = PassOption(parse_bool, default=False)
 
-    def __init__(self):
+    def __init__(self, config=None, fake_compression: bool = False):
         super().__init__()
         self._config = None if self.DEFAULT is None else CompressionConfig.of(self.DEFAULT)
+        if config is not None:
+            self.config = config
+        self.fake_compression = fake_compression
         self.progress: Optional[Progress] = None  # set by callers that draw progress
 
     @property
@@ -376,7 +498,11 @@ class CompressWeights(AbstractGraphPass):
         for algorithm in config.algorithms():
             if not isinstance(algorithm, self.ACCEPTS):
                 accepted = ", ".join(c.__name__ for c in self.ACCEPTS)
-                raise ConfigError(f"{self.PASS_ID} accepts {accepted}; got {type(algorithm).__name__}", field="config")
+                raise ConfigError(
+                    f"{self.PASS_ID} accepts {accepted}; got {type(algorithm).__name__} "
+                    f"(coremltools: {type(self).__name__} only accept {accepted} type config)",
+                    field="config",
+                )
         self._config = config
 
     def apply(self, prog: Program) -> None:
@@ -390,6 +516,8 @@ class CompressWeights(AbstractGraphPass):
             pass_name=self.PASS_ID,
             progress=self.progress,
             joint_compression=self.joint_compression,
+            fake_compression=self.fake_compression,
+            shrink_to_fit=self.shrink_to_fit,
             strict=self.strict,
         )
         if self.report_path:

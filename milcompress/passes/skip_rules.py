@@ -29,10 +29,11 @@ class Candidate:
     config: Optional[AlgorithmConfig] = None
     config_source: Optional[str] = None  # where its config came from; None until resolved (not a weight)
     stored_bytes: Optional[int] = None  # what the weight takes now, where it is not a dense const
+    prior: Optional[object] = None  # the form a constexpr chain holds (joint compression), else None
 
     @property
-    def is_sparse(self) -> bool:
-        """A sparse chain (joint compression), rather than a const."""
+    def is_chain(self) -> bool:
+        """A constexpr chain already compressed (joint compression), rather than a const."""
         return self.stored_bytes is not None
 
     @property

@@ -26,12 +26,16 @@ WEIGHT_INPUTS = {
     "gather": {"x": _ROWS},  # embedding tables: one row per token
     "gather_along_axis": {"x": _ROWS},
     "gather_nd": {"x": _ROWS},
+    # Initial states are learned weights too (coremltools compresses them): [batch, hidden].
     "lstm": {
         name: _ROWS
-        for name in ("weight_ih", "weight_hh", "bias", "peephole", "weight_ih_back", "weight_hh_back", "bias_back", "peephole_back")
+        for name in (
+            "weight_ih", "weight_hh", "bias", "peephole", "weight_ih_back", "weight_hh_back", "bias_back", "peephole_back",
+            "initial_h", "initial_c",
+        )
     },
-    "gru": {"weight_ih": _ROWS, "weight_hh": _ROWS, "bias": _VECTOR},
-    "rnn": {"weight_ih": _ROWS, "weight_hh": _ROWS, "bias": _VECTOR},
+    "gru": {"weight_ih": _ROWS, "weight_hh": _ROWS, "bias": _VECTOR, "initial_h": _ROWS},
+    "rnn": {"weight_ih": _ROWS, "weight_hh": _ROWS, "bias": _VECTOR, "initial_h": _ROWS},
     "batch_norm": {"mean": _VECTOR, "variance": _VECTOR, "gamma": _VECTOR, "beta": _VECTOR},
     "layer_norm": {"gamma": _VECTOR, "beta": _VECTOR},
     "instance_norm": {"gamma": _VECTOR, "beta": _VECTOR},
@@ -68,6 +72,11 @@ def layout(use: Use, rank: int) -> WeightLayout:
         if op.op_type == "transpose":
             perm = [int(p) for p in op.perm.val]
             out_axis, in_axis = perm[out_axis], perm[in_axis]
+        elif op.op_type == "squeeze" and op.axes is not None and op.axes.val is not None:
+            before = op.x.rank
+            squeezed = {int(a) % before for a in op.axes.val}
+            kept = [axis for axis in range(before) if axis not in squeezed]
+            out_axis, in_axis = kept[min(out_axis, len(kept) - 1)], kept[min(in_axis, len(kept) - 1)]
         elif op.op_type not in ("cast", "identity"):
             return WeightLayout(None, None)
     rank = max(rank, 1)

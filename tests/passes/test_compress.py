@@ -124,11 +124,11 @@ def test_a_form_the_opset_cannot_hold_is_an_error_that_leaves_the_program_alone_
     prog = net(IOS17)
     before = [op.op_type for op, _ in walk_ops(prog)]
     grouped = PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=16)
-    with pytest.raises(PreconditionError, match=r"const '\w+': a LUT with 4 tables .* needs minimum_deployment_target=ct\.target\.iOS18; the program targets iOS17"):
+    with pytest.raises(PreconditionError, match=r"const '\w+': per_grouped_channel palettization needs minimum_deployment_target=ct\.target\.iOS18; the program targets iOS17"):
         compress_program(prog, grouped)
     assert [op.op_type for op, _ in walk_ops(prog)] == before
     report = compress_program(prog, grouped, on_unsupported="skip")
-    assert records(report)["fc_w"].reason == "opset too old: a LUT with 4 tables (per-group palettization) needs iOS18, the program targets iOS17"
+    assert records(report)["fc_w"].reason == "opset too old: per_grouped_channel palettization needs iOS18, the program targets iOS17"
 
 
 def test_group_and_block_sizes_shrink_to_fit_and_say_so():
