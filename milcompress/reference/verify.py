@@ -149,6 +149,41 @@ def samples_of(inputs: Union[Mapping[str, np.ndarray], Sequence[Mapping[str, np.
     return [{name: np.asarray(inputs[name])[index] for name in spec} for index in range(count)]
 
 
+CALIBRATION_STEPS = 4
+"""One-token calls at the end of each calibration sequence of a stateful decoder (after its prefill)."""
+
+
+def sequences_of(inputs, interpreter: Interpreter, steps: int = CALIBRATION_STEPS) -> List[List[Sample]]:
+    """Inputs as sequences of calls, each sequence to run in one session (`run_sequence`): the
+    calibration format of every program, stateful ones included.
+
+    - a list whose items are lists of input dicts: those sequences, as given (a prefill and its
+      decode steps, written out);
+    - a decoder (`reference/decoder.py`) given only its token ids, {ids: (sequences, length)} as
+      an .npz holds them: each row as an app runs it, a stateful decoder's prefill of all but the
+      last `steps` tokens, then one token a call (causal masks made for each call); a stateless
+      decoder's one call on the whole row (every position sees what it would step by step);
+    - anything else `samples_of` takes: every sample is a sequence of one call (a stateful program
+      then runs it from zero states)."""
+    if not isinstance(inputs, Mapping) and len(inputs) and all(isinstance(item, (list, tuple)) for item in inputs):
+        return [[dict(call) for call in sequence] for sequence in inputs]
+    if isinstance(inputs, Mapping):
+        decoder = Decoder.of(interpreter)
+        if decoder is not None and set(inputs) == {decoder.ids}:
+            ids = np.asarray(inputs[decoder.ids])
+            rows = ids[None] if ids.ndim == 1 else ids
+            if rows.ndim != 2:
+                raise InputError(f"token ids for '{decoder.ids}' must be (length,) or (sequences, length), not {list(ids.shape)}")
+            return [decoder.sequence_calls(row, steps) for row in rows]
+    return [[sample] for sample in samples_of(inputs, interpreter)]
+
+
+def run_sequence(interpreter: Interpreter, sequence: Sequence[Sample], replace=None) -> List[Dict[str, np.ndarray]]:
+    """The outputs of each call of `sequence`, run in one new session (zero states)."""
+    runner = interpreter.new_session() if interpreter.stateful else interpreter
+    return [runner.run(call, replace=replace) for call in sequence]
+
+
 def random_samples(interpreter: Interpreter, count: int, seed: int = 0, shapes: Optional[Mapping[str, Sequence[int]]] = None) -> List[Sample]:
     """`count` samples drawn from each input's declared type, at its default shape or the shape
     `shapes` gives it (by input name; it must be one the input accepts)."""
