@@ -32,7 +32,7 @@ class InputShape:
     name: str
     dtype: np.dtype
     ranges: Tuple[Range, ...]
-    enumerated: Tuple[Tuple[int, ...], ...] = ()
+    enumerated: Tuple[Tuple[int, ...], ...] = ()  # sorted
     default: Optional[Tuple[int, ...]] = None  # None where nothing declares one
 
     @property
@@ -104,7 +104,7 @@ def _from_feature(feature, dtype: np.dtype) -> Optional[InputShape]:
         )
         return InputShape(feature.name, dtype, ranges, default=default or None)
     if flexibility == "enumeratedShapes":
-        shapes = tuple(tuple(int(size) for size in shape.shape) for shape in array.enumeratedShapes.shapes)
+        shapes = tuple(sorted(tuple(int(size) for size in shape.shape) for shape in array.enumeratedShapes.shapes))
         rank = len(shapes[0]) if shapes else len(default)
         ranges = tuple(
             (min(s[axis] for s in shapes), max(s[axis] for s in shapes)) for axis in range(rank)
@@ -152,7 +152,7 @@ def _from_input_type(name: str, input_type, dtype: np.dtype) -> Optional[InputSh
     if shape is None:
         return None
     if hasattr(shape, "shapes"):  # EnumeratedShapes
-        shapes = tuple(tuple(int(size) for size in s.shape) for s in shape.shapes)
+        shapes = tuple(sorted(tuple(int(size) for size in s.shape) for s in shape.shapes))
         ranges = tuple((min(s[axis] for s in shapes), max(s[axis] for s in shapes)) for axis in range(len(shapes[0])))
         return InputShape(name, dtype, ranges, enumerated=shapes, default=tuple(int(size) for size in shape.default))
     ranges = []
