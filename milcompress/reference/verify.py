@@ -24,6 +24,17 @@ default, as `ct.convert` was given it) or the one `shapes` names. Random integer
 a `gather` (token ids) are drawn below the gathered axis' size; other integers are 0 or 1 (masks).
 A stateful program runs each sample from zero states.
 
+Decoders (`reference/decoder.py` says how one is recognised: an integer token-id input read by a
+gather, a causal-mask input, a logits output) given only token ids, or `random=N`, are verified as
+they are used instead (`verify_decoder`, a `DecoderReport`): each prompt is a prefill, then N greedy
+decode steps on the original's top-1 tokens, each model keeping its own state (a stateless one
+reruns the growing sequence); per step the logits' cosine, the top-1 agreement and
+KL(original || compressed), and for given ids the perplexity of the prompts under each model.
+Stateful and stateless conversions of one model give the same report for the same compression.
+
+Calibration and other multi-call inputs: `sequences_of` (sequences of calls sharing a session),
+`run_sequence`.
+
 Precision: "float32" by default, so the comparison isolates what compression did to the weights;
 "float16" emulates Core ML's GPU / Neural Engine activations in both models.
 """
