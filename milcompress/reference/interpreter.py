@@ -146,6 +146,11 @@ class Interpreter:
         self.precision = precision
         self.observers = list(observers)
         self.inputs: Dict[str, InputShape] = declared_inputs(program, function_name)
+        self._states: Dict[str, Tuple[Tuple[int, ...], np.dtype]] = {}
+        for name, var in self.function.inputs.items():
+            if is_state(var):
+                wrapped = state_wrapped_type(var)
+                self._states[name] = (tuple(int(d) for d in wrapped.get_shape()), np.dtype(types.nptype_from_builtin(wrapped.get_primitive())))
         self._check_supported()
         self._static: Dict[str, Value] = {}
         for block, op in _blocks_and_ops(self.function):
@@ -170,16 +175,11 @@ class Interpreter:
 
     def state_spec(self) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
         """State name -> (shape, numpy dtype of what it wraps); empty for a stateless program."""
-        spec = {}
-        for name, var in self.function.inputs.items():
-            if is_state(var):
-                wrapped = state_wrapped_type(var)
-                spec[name] = (tuple(int(d) for d in wrapped.get_shape()), np.dtype(types.nptype_from_builtin(wrapped.get_primitive())))
-        return spec
+        return dict(self._states)
 
     @property
     def stateful(self) -> bool:
-        return bool(self.state_spec())
+        return bool(self._states)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -209,29 +209,30 @@ class Interpreter:
         outputs = self._run_block(self.function, env, ())
         return {var.name: value_to_numpy(value) for var, value in zip(self.function.outputs, outputs)}
 
+    def _state_dtype(self, name: str) -> torch.dtype:
+        return torch_dtype(state_wrapped_type(self.function.inputs[name]).get_primitive())
+
     def _zero_states(self) -> Dict[str, StateCell]:
-        cells = {}
-        for name, (shape, dtype) in self.state_spec().items():
-            var = self.function.inputs[name]
-            cells[name] = StateCell(name, torch.zeros(shape, dtype=torch_dtype(state_wrapped_type(var).get_primitive())))
-        return cells
+        return {name: StateCell(name, torch.zeros(shape, dtype=self._state_dtype(name))) for name, (shape, _) in self._states.items()}
+
+    def _check_state_name(self, name: str) -> None:
+        if name not in self._states:
+            raise InputError(
+                f"no state named '{name}'; the function '{self.function_name}' has "
+                + (", ".join(f"{n} {list(s)} {d}" for n, (s, d) in self._states.items()) or "no states")
+            )
 
     def _state_value(self, name: str, value) -> torch.Tensor:
         """`value` as the content of state `name`; InputError naming the state if it does not fit."""
-        spec = self.state_spec()
-        if name not in spec:
-            raise InputError(
-                f"no state named '{name}'; the function '{self.function_name}' has "
-                + (", ".join(f"{n} {list(s)} {d}" for n, (s, d) in spec.items()) or "no states")
-            )
-        shape, dtype = spec[name]
+        self._check_state_name(name)
+        shape, dtype = self._states[name]
         tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
         given = "b" if tensor.dtype == torch.bool else "f" if tensor.is_floating_point() else "i"
         if given != {"f": "f", "i": "i", "u": "i", "b": "b"}[dtype.kind]:
             raise InputError(f"state '{name}' holds {dtype} {list(shape)}; the value given is {str(tensor.dtype).replace('torch.', '')}")
         if tuple(tensor.shape) != shape:
             raise InputError(f"state '{name}' holds {dtype} {list(shape)}; the value given has shape {list(tensor.shape)}")
-        stored = tensor.to(torch_dtype(state_wrapped_type(self.function.inputs[name]).get_primitive()))
+        stored = tensor.to(self._state_dtype(name))
         if stored.dtype == torch.float32 and self.precision == "float16":
             stored = stored.to(torch.float16).to(torch.float32)
         return stored
@@ -345,8 +346,7 @@ class Session:
         return self.interpreter._call(inputs, replace, self._cells)
 
     def read_state(self, name: str) -> np.ndarray:
-        if name not in self._cells:
-            self.interpreter._state_value(name, None)  # raises, naming the states there are
+        self.interpreter._check_state_name(name)
         return value_to_numpy(self._cells[name].value).copy()
 
     def write_state(self, name: str, value) -> None:

@@ -10,6 +10,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import milcompress
 from benchmarks.models.llama import LlamaConfig, convert, random_llama
@@ -71,6 +73,28 @@ def test_the_cache_step_by_step_equals_the_whole_sequence_and_torch(decoders):
     more = resumed.run({"input_ids": np.array([[7]], np.int32), "causal_mask": causal_mask(1, 11)})["logits"][0]
     extended = np.append(IDS, 7)
     np.testing.assert_allclose(more[0], _torch_logits(torch_model, extended)[-1], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def interpreters(decoders):
+    """(stateful or stateless, precision) -> Interpreter."""
+    return {
+        (name, precision): Interpreter(load_program(model), precision=precision)
+        for name, (_, model) in decoders.items()
+        for precision in ("float32", "float16")
+    }
+
+
+@settings(max_examples=8)
+@given(st.integers(1, 10), st.sampled_from(["float32", "float16"]))
+def test_any_prefill_then_one_token_a_call_equals_the_whole_sequence(interpreters, prefill, precision):
+    whole = interpreters["stateless", precision].run({"input_ids": IDS[None].astype(np.int32), "causal_mask": causal_mask(10, 10)})["logits"][0]
+    session = interpreters["stateful", precision].new_session()
+    logits = [session.run({"input_ids": IDS[None, :prefill].astype(np.int32), "causal_mask": causal_mask(prefill, prefill)})["logits"][0]]
+    for end in range(prefill + 1, 11):
+        logits.append(session.run({"input_ids": IDS[None, end - 1 : end].astype(np.int32), "causal_mask": causal_mask(1, end)})["logits"][0])
+    # Equal to float rounding (float16 emulation: within about two float16 steps at |logit| ~ 0.7).
+    np.testing.assert_allclose(np.concatenate(logits), whole, atol=1e-6 if precision == "float32" else 1e-3)
 
 
 def test_flexible_lengths_and_wrong_states_are_checked_by_name(decoders):
