@@ -396,6 +396,11 @@ def _compare_logits(step: int, reference: np.ndarray, candidate: np.ndarray) -> 
     )
 
 
+def _exp(value: float) -> float:
+    """exp, inf past float64's range (a destroyed model's perplexity) rather than an OverflowError."""
+    return math.inf if value > 709.0 else math.exp(value)
+
+
 def _negative_log_likelihood(prompt_logits: np.ndarray, ids: np.ndarray) -> float:
     """Sum over positions 1.. of -log p(ids[i] | ids[:i]) under `prompt_logits` (positions, vocab)."""
     log_p = _log_softmax(np.asarray(prompt_logits[:-1], dtype=np.float64))
@@ -470,7 +475,7 @@ def _verify_decoder(reference: Interpreter, candidate: Interpreter, ids, random:
     predicted = prompts.shape[0] * (prompts.shape[1] - 1)
     perplexity = None
     if ids is not None and predicted > 0:
-        perplexity = (math.exp(likelihood[0] / predicted), math.exp(likelihood[1] / predicted))
+        perplexity = tuple(_exp(total / predicted) for total in likelihood)
     return DecoderReport(
         precision=precision,
         sequences=int(prompts.shape[0]),

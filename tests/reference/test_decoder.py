@@ -204,6 +204,11 @@ def test_compress_verify_and_calibrated_compress_to_size_on_a_stateful_decoder(d
     assert main(["verify", str(original), str(packed), "--inputs", str(tmp_path / "ids.npz"), "--steps", "2"]) == 0
     assert main(["verify", str(original), str(packed), "--random", "1", "--shape", "input_ids=1x40"]) == 2
     assert main(["verify", str(original), str(packed), "--random", "1", "--shape", "input_ids"]) == 2
+    # The runner calibrates on the same token ids.
+    again = tmp_path / "decoder_cli.mlpackage"
+    spec = f"compress_to_size{{target_bits_per_weight=4,weight_threshold=0,calibration={tmp_path / 'ids.npz'}}}"
+    assert main(["run", str(original), "-o", str(again), "--passes", spec]) == 0
+    assert main(["verify", str(original), str(again), "--random", "1", "--steps", "1"]) == 0
 
 
 def test_the_command_line_prints_the_steps(decoders, compressed, tmp_path, capsys):

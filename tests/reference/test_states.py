@@ -49,6 +49,13 @@ def test_a_session_carries_its_state_from_call_to_call():
     np.testing.assert_array_equal(interpreter.new_session().states["state"], np.zeros((2, 3)))
 
 
+def test_verify_runs_each_sample_of_a_stateful_program_from_zero_states():
+    from milcompress.reference import verify
+
+    report = verify(_accumulator(), _accumulator(), random=3)
+    assert report.samples == 3 and report["out"].snr_db == float("inf") and report["seen"].max_abs_error == 0
+
+
 @given(st.lists(st.floats(-100, 100, width=16), min_size=6, max_size=6), st.integers(1, 4))
 def test_states_start_where_the_caller_says(start, calls):
     initial = np.array(start, np.float32).reshape(2, 3)
