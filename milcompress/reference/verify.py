@@ -197,13 +197,20 @@ def run_sequence(interpreter: Interpreter, sequence: Sequence[Sample], replace=N
 
 def random_samples(interpreter: Interpreter, count: int, seed: int = 0, shapes: Optional[Mapping[str, Sequence[int]]] = None) -> List[Sample]:
     """`count` samples drawn from each input's declared type, at its default shape or the shape
-    `shapes` gives it (by input name; it must be one the input accepts)."""
+    `shapes` gives it (by input name; it must be one the input accepts). A decoder's sample is a
+    whole sequence of random token ids (its length from the ids' shape) with its causal mask, a
+    stateful decoder's prefill."""
     generator = np.random.default_rng(seed)
-    chosen = shapes_with(interpreter.inputs, shapes)
+    decoder = Decoder.of(interpreter)
+    if decoder is not None and shapes and decoder.mask in shapes:
+        raise InputError(f"the causal mask '{decoder.mask}' follows the length of '{decoder.ids}': give the shape of '{decoder.ids}' only")
+    chosen = shapes_with({name: d for name, d in interpreter.inputs.items() if decoder is None or name != decoder.mask}, shapes)
     samples = []
     for _ in range(count):
         sample = {}
         for name, (_, dtype) in interpreter.input_spec().items():
+            if decoder is not None and name == decoder.mask:
+                continue
             shape = chosen[name]
             if dtype.kind == "f":
                 sample[name] = generator.standard_normal(shape).astype(dtype)
@@ -214,6 +221,9 @@ def random_samples(interpreter: Interpreter, count: int, seed: int = 0, shapes: 
                 sample[name] = generator.integers(0, 2, size=shape).astype(bool)
             else:
                 raise InputError(f"input '{name}' of type {dtype}: give inputs (--inputs) instead of random ones")
+        if decoder is not None:
+            length = sample[decoder.ids].shape[-1]
+            sample.update(decoder.call(sample[decoder.ids][0], length))
         samples.append(sample)
     return samples
 

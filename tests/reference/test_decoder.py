@@ -168,6 +168,19 @@ def test_ids_outside_the_vocabulary_or_too_long_are_refused(decoders, compressed
     assert verify(model, compressed["stateful"], random=1, shapes={"input_ids": (1, 3)}, steps=1).prompt_length == 3
 
 
+def test_random_inputs_of_a_decoder_are_token_ids_with_their_causal_mask(interpreters):
+    from milcompress.reference.verify import random_samples
+
+    interpreter = interpreters["stateful", "float32"]
+    (sample,) = random_samples(interpreter, 1, shapes={"input_ids": (1, 5)})
+    assert sample["input_ids"].shape == (1, 5) and sample["input_ids"].dtype == np.int32 and sample["input_ids"].max() < 64
+    np.testing.assert_array_equal(sample["causal_mask"], causal_mask(5, 5, np.float16))
+    assert random_samples(interpreter, 2)[1]["causal_mask"].shape == (1, 1, 8, 8)  # the default length
+    assert np.all(np.isfinite(interpreter.run(sample)["logits"]))
+    with pytest.raises(InputError, match=r"the causal mask 'causal_mask' follows the length of 'input_ids'"):
+        random_samples(interpreter, 1, shapes={"causal_mask": (1, 1, 5, 5)})
+
+
 def test_calibration_sequences_of_a_stateful_decoder(decoders):
     interpreter = Interpreter(load_program(decoders["stateful"][1]))
     ids = np.stack([IDS, IDS[::-1]])
