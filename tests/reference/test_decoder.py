@@ -202,7 +202,7 @@ def test_compress_verify_and_calibrated_compress_to_size_on_a_stateful_decoder(d
 
     _, model = decoders["stateful"]
     calibration = {"input_ids": np.random.default_rng(0).integers(0, 64, size=(4, 10))}
-    small = milcompress.compress_to_size(model, 4.0, calibration=calibration, sensitivity_seconds=2, error_feedback=True, weight_threshold=0)
+    small = milcompress.compress_to_size(model, 4.0, calibration=calibration, sensitivity_seconds=1, error_feedback=True, weight_threshold=0)
     summary = milcompress.report_of(small).summary
     assert summary["calibrated"] and summary["sensitivity_measured"] > 0 and summary["biases_corrected"] > 0  # from the statistics of every call
     assert 3.5 < summary["bits_per_weight"] <= 4.0
