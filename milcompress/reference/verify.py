@@ -337,6 +337,11 @@ def verify(
             length = int(shapes[decoder.ids][-1])
         ids = None if inputs is None else inputs[decoder.ids]
         return _verify_decoder(reference, candidate, ids, random, DECODE_STEPS if steps is None else steps, length, precision, seed)
+    if steps is not None:
+        raise InputError("steps (decode steps) apply to a decoder given token ids or random prompts; "
+                         + ("these inputs are not token ids alone" if decoder is not None else "this model is not a decoder (see milcompress/reference/decoder.py)"))
+    if shapes and random is None:
+        raise InputError("shapes set the shapes of random inputs: give them with random=N")
     samples = random_samples(reference, random, seed, shapes) if random is not None else samples_of(inputs, reference)
     if not samples:
         raise InputError("no input samples")

@@ -54,6 +54,10 @@ def test_verify_runs_each_sample_of_a_stateful_program_from_zero_states():
 
     report = verify(_accumulator(), _accumulator(), random=3)
     assert report.samples == 3 and report["out"].snr_db == float("inf") and report["seen"].max_abs_error == 0
+    with pytest.raises(InputError, match=r"steps \(decode steps\) apply to a decoder.*this model is not a decoder"):
+        verify(_accumulator(), _accumulator(), random=1, steps=2)
+    with pytest.raises(InputError, match=r"shapes set the shapes of random inputs"):
+        verify(_accumulator(), _accumulator(), {"x": np.zeros((2, 3), np.float16)}, shapes={"x": (2, 3)})
 
 
 @given(st.lists(st.floats(-100, 100, width=16), min_size=6, max_size=6), st.integers(1, 4))
