@@ -190,6 +190,30 @@ def declared_inputs(prog, function_name: str) -> Dict[str, InputShape]:
     return declared
 
 
+def declared_states(prog, function_name: str) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
+    """Every state of the function: name -> (shape, numpy dtype of the tensor it wraps)."""
+    from milcompress._coremltools import is_state, state_wrapped_type, types
+
+    states = {}
+    for name, var in prog.functions[function_name].inputs.items():
+        if is_state(var):
+            wrapped = state_wrapped_type(var)
+            states[name] = (tuple(int(d) for d in wrapped.get_shape()), np.dtype(types.nptype_from_builtin(wrapped.get_primitive())))
+    return states
+
+
+def describe_io(prog) -> Dict[str, Dict[str, Dict[str, str]]]:
+    """Per function, each input's and each state's dtype and shapes, as a reader writes them:
+    {"main": {"inputs": {"input_ids": "int32 (1, 1..256)"}, "states": {"key_cache": "float16 (30, 1, 3, 256, 64)"}}}."""
+    described = {}
+    for function_name in prog.functions:
+        inputs = {name: f"{d.dtype} {d.describe()}" + ("" if d.default is None or not d.flexible else f", default {_tuple_text(d.default)}")
+                  for name, d in declared_inputs(prog, function_name).items()}
+        states = {name: f"{dtype} {_tuple_text(shape)}" for name, (shape, dtype) in declared_states(prog, function_name).items()}
+        described[function_name] = {"inputs": inputs, "states": states}
+    return described
+
+
 def shapes_with(declared: Mapping[str, InputShape], overrides: Optional[Mapping[str, Sequence[int]]]) -> Dict[str, Tuple[int, ...]]:
     """Each input's shape for made-up inputs: its default, or the one `overrides` gives (checked
     against what the input accepts). InputError for an input with no default and no override."""

@@ -40,11 +40,11 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 import numpy as np
 import torch
 
-from milcompress._coremltools import Block, Operation, Program, Var, is_state, is_symbolic, state_wrapped_type, types
+from milcompress._coremltools import Block, Operation, Program, Var, is_symbolic, state_wrapped_type, types
 from milcompress.errors import InputError, MilcompressError
 from milcompress.reference.kernels import KERNELS, OpArgs, Value, supported_op_types, torch_dtype
 from milcompress.reference.kernels.state import StateCell
-from milcompress.signature import InputShape, declared_inputs
+from milcompress.signature import InputShape, declared_inputs, declared_states
 
 PRECISIONS = ("float32", "float16")
 
@@ -146,11 +146,7 @@ class Interpreter:
         self.precision = precision
         self.observers = list(observers)
         self.inputs: Dict[str, InputShape] = declared_inputs(program, function_name)
-        self._states: Dict[str, Tuple[Tuple[int, ...], np.dtype]] = {}
-        for name, var in self.function.inputs.items():
-            if is_state(var):
-                wrapped = state_wrapped_type(var)
-                self._states[name] = (tuple(int(d) for d in wrapped.get_shape()), np.dtype(types.nptype_from_builtin(wrapped.get_primitive())))
+        self._states: Dict[str, Tuple[Tuple[int, ...], np.dtype]] = declared_states(program, function_name)
         self._check_supported()
         self._static: Dict[str, Value] = {}
         for block, op in _blocks_and_ops(self.function):

@@ -205,13 +205,16 @@ def _labeller(functions):
 def _inspect(args) -> int:
     from milcompress.api import inspect_model
     from milcompress.packages import package_size
+    from milcompress.signature import describe_io
     from milcompress.table import format_table
 
-    model, _ = _load(args.model, _progress())
+    model, prog = _load(args.model, _progress())
     opsets, weights = inspect_model(model)
     size = package_size(args.model)
+    io = describe_io(prog)
     if args.json:
-        print(json.dumps({"model": str(args.model), "size_bytes": size, "opsets": opsets, "weights": [w.to_dict() for w in weights]}, indent=2))
+        print(json.dumps({"model": str(args.model), "size_bytes": size, "opsets": opsets, "functions": io,
+                          "weights": [w.to_dict() for w in weights]}, indent=2))
         return EXIT_OK
     label = _labeller(opsets)
     rows = [[label(w.function, w.name), w.form, "x".join(map(str, w.shape)), f"{w.bits_per_weight:.2f}", _kb(w.stored_bytes)] for w in weights]
@@ -221,6 +224,11 @@ def _inspect(args) -> int:
     targets = ", ".join(f"{name}: {target}" for name, target in opsets.items())
     print(f"\n{len(weights)} weights, {count:,} values, {_kb(stored)} stored ({8 * stored / max(count, 1):.2f} bits/weight)")
     print(f"package {_kb(size)} on disk; opset {targets}")
+    for function_name, described in io.items():
+        where = f" of '{function_name}'" if len(io) > 1 else ""
+        print(f"inputs{where}: " + "; ".join(f"{name} {text}" for name, text in described["inputs"].items()))
+        if described["states"]:
+            print(f"states{where}: " + "; ".join(f"{name} {text}" for name, text in described["states"].items()))
     return EXIT_OK
 
 

@@ -239,3 +239,17 @@ def test_the_command_line_prints_the_steps(decoders, compressed, tmp_path, capsy
     assert main(["verify", str(original), str(packed), "--random", "1", "--steps", "1", "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["perplexity"] is None and [s["step"] for s in found["steps"]] == [0, 1]
+
+
+def test_inspect_shows_flexible_inputs_and_states(decoders, tmp_path, capsys):
+    from milcompress.tools.cli import main
+
+    path = tmp_path / "decoder.mlpackage"
+    decoders["stateful"][1].save(str(path))
+    capsys.readouterr()
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "inputs: input_ids int32 (1, 1..16), default (1, 8); causal_mask float16 (1, 1, 1..16, 1..16), default (1, 1, 8, 8)" in out
+    assert "states: key_cache float16 (2, 1, 2, 16, 8); value_cache float16 (2, 1, 2, 16, 8)" in out
+    assert main(["inspect", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["functions"]["main"]["states"]["value_cache"] == "float16 (2, 1, 2, 16, 8)"
