@@ -21,6 +21,9 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from milcompress._coremltools import function_input_types, is_state, is_symbolic, state_wrapped_type, types
+from milcompress.errors import ConfigError, InputError
+
 _ATTRIBUTE = "_milcompress_declared_inputs"
 Range = Tuple[int, Optional[int]]  # (lower bound, upper bound or None: unbounded)
 
@@ -64,8 +67,6 @@ class InputShape:
         return _tuple_text(parts)
 
     def check(self, shape: Sequence[int]) -> None:
-        from milcompress.errors import InputError
-
         if not self.accepts(shape):
             raise InputError(f"input '{self.name}' has shape {list(int(s) for s in shape)}; the model takes {self.describe()}")
 
@@ -77,8 +78,6 @@ def _tuple_text(parts) -> str:
 
 def parse_shape(text: str) -> Tuple[int, ...]:
     """'1x8' -> (1, 8) (the command line's --shape NAME=1x8)."""
-    from milcompress.errors import ConfigError
-
     try:
         shape = tuple(int(part) for part in text.lower().split("x"))
     except ValueError:
@@ -117,8 +116,6 @@ def attach_description(prog, description) -> None:
     """Keep with `prog` the input shapes a model description (`spec.description`) declares, per
     function (a multi-function description describes each function; otherwise it is `main`'s,
     or the default function's)."""
-    from milcompress._coremltools import types
-
     if len(description.functions) > 0:
         described = {function.name: function.input for function in description.functions}
     else:
@@ -134,7 +131,7 @@ def attach_description(prog, description) -> None:
         shapes = {}
         for feature in features:
             var = function.inputs.get(feature.name)
-            if var is None or types.is_state(var.sym_type):
+            if var is None or is_state(var):
                 continue
             found = _from_feature(feature, np.dtype(types.nptype_from_builtin(var.dtype)))
             if found is not None and found.rank == len(var.shape):
@@ -168,14 +165,12 @@ def declared_inputs(prog, function_name: str) -> Dict[str, InputShape]:
     """Every tensor input of the function (states excluded), in the function's order, with the
     shapes it accepts: from the model description kept with `prog`, else from `ct.convert`'s
     input types, else from the program's declared shapes."""
-    from milcompress._coremltools import function_input_types, is_symbolic, types
-
     function = prog.functions[function_name]
     described = (getattr(prog, _ATTRIBUTE, None) or {}).get(function_name, {})
     converted = {t.name: t for t in function_input_types(function) if getattr(t, "name", None)}
     declared: Dict[str, InputShape] = {}
     for name, var in function.inputs.items():
-        if types.is_state(var.sym_type):
+        if is_state(var):
             continue
         dtype = np.dtype(types.nptype_from_builtin(var.dtype))
         found = described.get(name)
@@ -192,8 +187,6 @@ def declared_inputs(prog, function_name: str) -> Dict[str, InputShape]:
 
 def declared_states(prog, function_name: str) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
     """Every state of the function: name -> (shape, numpy dtype of the tensor it wraps)."""
-    from milcompress._coremltools import is_state, state_wrapped_type, types
-
     states = {}
     for name, var in prog.functions[function_name].inputs.items():
         if is_state(var):
@@ -217,8 +210,6 @@ def describe_io(prog) -> Dict[str, Dict[str, Dict[str, str]]]:
 def shapes_with(declared: Mapping[str, InputShape], overrides: Optional[Mapping[str, Sequence[int]]]) -> Dict[str, Tuple[int, ...]]:
     """Each input's shape for made-up inputs: its default, or the one `overrides` gives (checked
     against what the input accepts). InputError for an input with no default and no override."""
-    from milcompress.errors import InputError
-
     overrides = dict(overrides or {})
     unknown = [name for name in overrides if name not in declared]
     if unknown:
