@@ -253,3 +253,28 @@ def test_inspect_shows_flexible_inputs_and_states(decoders, tmp_path, capsys):
     assert "states: key_cache float16 (2, 1, 2, 16, 8); value_cache float16 (2, 1, 2, 16, 8)" in out
     assert main(["inspect", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["functions"]["main"]["states"]["value_cache"] == "float16 (2, 1, 2, 16, 8)"
+
+
+@pytest.mark.slow
+def test_a_larger_decoder_verifies_alike_stateful_and_stateless_through_compress_to_size():
+    """A 26M-parameter random decoder (8 layers, vocabulary 8000): compress_to_size data-free and
+    calibrated on both conversions, then verify; both conversions give the same choices and the
+    same per-step comparisons."""
+    from benchmarks.models.llama import llama_of_size
+
+    config = llama_of_size(25e6, vocab_size=8000, max_context=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models = {stateful: convert(random_llama(config, stateful=stateful, seed=5)) for stateful in (True, False)}
+    ids = np.random.default_rng(2).integers(0, config.vocab_size, size=(4, 24))
+    for calibration in (None, {"input_ids": ids}):
+        reports, choices = {}, {}
+        for stateful, model in models.items():
+            small = milcompress.compress_to_size(model, 4.0, calibration=calibration)
+            choices[stateful] = [(c["name"], c["form"]) for c in milcompress.report_of(small).summary["choices"]]
+            reports[stateful] = verify(model, small, {"input_ids": ids[:2, :16]}, steps=8)
+        assert choices[True] == choices[False]
+        for ours, theirs in zip(reports[True].steps, reports[False].steps):
+            assert ours.top1_agreement == theirs.top1_agreement
+            assert ours.cosine == pytest.approx(theirs.cosine, abs=1e-5) and ours.kl == pytest.approx(theirs.kl, rel=1e-3)
+        assert reports[True].perplexity == pytest.approx(reports[False].perplexity, rel=1e-4)
