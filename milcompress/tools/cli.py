@@ -558,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="a YAML config: ours or coremltools' OptimizationConfig layout")
     run.add_argument("--passes", help="passes as text: pass_id{option=value,...},...")
     run.add_argument("--target-bpw", help="one form per weight, chosen to average this many bits per weight with least error")
-    run.add_argument("--calibration", help="with --target-bpw: an .npz of inputs for activation-aware errors and bias correction")
+    run.add_argument("--calibration", help="with --target-bpw: an .npz of inputs for activation-aware errors and bias correction (a decoder: its token ids alone, one sequence per row)")
     run.add_argument("--sensitivity-seconds", help="with --target-bpw and --calibration: time to measure each weight's end-to-end sensitivity")
     run.add_argument("--error-feedback", action="store_true",
                      help="with --target-bpw and --calibration: re-encode matrix-like weights by error feedback (GPTQ) where held-out calibration inputs confirm it helps")
