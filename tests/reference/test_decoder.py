@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import milcompress
 from benchmarks.models.llama import LlamaConfig, convert, random_llama
 from benchmarks.models.llama import causal_mask as torch_causal_mask
-from milcompress.config import LinearQuantizeConfig
+from milcompress.config import LinearQuantizeConfig, PalettizeConfig
 from milcompress.errors import InputError
 from milcompress.reference import Interpreter, load_program
 from milcompress.reference.decoder import Decoder, DecoderRun, causal_mask
@@ -202,11 +202,17 @@ def test_compress_verify_and_calibrated_compress_to_size_on_a_stateful_decoder(d
 
     _, model = decoders["stateful"]
     calibration = {"input_ids": np.random.default_rng(0).integers(0, 64, size=(4, 10))}
-    small = milcompress.compress_to_size(model, 4.0, calibration=calibration, sensitivity_seconds=1, error_feedback=True, weight_threshold=0)
+    candidates = [  # a short menu keeps the test fast; the allocation's own candidates are tested in tests/passes
+        ("int8", LinearQuantizeConfig(dtype="int8", granularity="per_channel", weight_threshold=0)),
+        ("int4 per block 32", LinearQuantizeConfig(dtype="int4", granularity="per_block", block_size=32, weight_threshold=0)),
+        ("palette 4-bit", PalettizeConfig(nbits=4, weight_threshold=0)),
+    ]
+    small = milcompress.compress_to_size(model, 5.0, calibration=calibration, candidates=candidates, sensitivity_seconds=1,
+                                         error_feedback=True, weight_threshold=0)
     summary = milcompress.report_of(small).summary
     assert summary["calibrated"] and summary["sensitivity_measured"] > 0 and summary["biases_corrected"] > 0  # from the statistics of every call
-    assert 3.5 < summary["bits_per_weight"] <= 4.0
-    report = milcompress.verify(model, small, calibration, steps=4)
+    assert 4.5 < summary["bits_per_weight"] <= 5.0
+    report = milcompress.verify(model, small, {"input_ids": calibration["input_ids"][:2]}, steps=4)
     assert report.decode_top1_agreement > 0.5 and all(s.cosine > 0.9 for s in report.steps)
 
     original, packed = tmp_path / "decoder.mlpackage", tmp_path / "decoder_small.mlpackage"
@@ -219,7 +225,7 @@ def test_compress_verify_and_calibrated_compress_to_size_on_a_stateful_decoder(d
     assert main(["verify", str(original), str(packed), "--random", "1", "--shape", "input_ids"]) == 2
     # The runner calibrates on the same token ids.
     again = tmp_path / "decoder_cli.mlpackage"
-    spec = f"compress_to_size{{target_bits_per_weight=4,weight_threshold=0,calibration={tmp_path / 'ids.npz'}}}"
+    spec = f"compress_to_size{{target_bits_per_weight=8,weight_threshold=1024,calibration={tmp_path / 'ids.npz'}}}"
     assert main(["run", str(original), "-o", str(again), "--passes", spec]) == 0
     assert main(["verify", str(original), str(again), "--random", "1", "--steps", "1"]) == 0
 
