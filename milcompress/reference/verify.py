@@ -18,7 +18,8 @@ are often nearly flat and their arg-max says little about real inputs: top-1 agr
 a smoke test, not an accuracy.
 
 Inputs: one sample as {name: array of the declared shape}, several as {name: array with one more
-leading dimension} (as an .npz written with `np.savez` holds them) or a list of dicts; or
+leading dimension} (as an .npz written with `np.savez` holds them) or a list of dicts; sequences of
+calls as a list of lists of dicts, each sequence run in one session (states carry over); or
 `random=N` samples drawn from each input's declared type, at its default shape (a flexible input's
 default, as `ct.convert` was given it) or the one `shapes` names. Random integer inputs that index
 a `gather` (token ids) are drawn below the gathered axis' size; other integers are 0 or 1 (masks).
@@ -281,11 +282,12 @@ def _kl_divergence(reference_rows: np.ndarray, rows: np.ndarray) -> float:
         return float(np.mean(np.sum(np.exp(reference_log) * (reference_log - log), axis=1)))
 
 
-def _run_all(interpreter: Interpreter, samples: List[Sample], progress: Progress, name: str) -> List[Dict[str, np.ndarray]]:
+def _run_all(interpreter: Interpreter, sequences: List[List[Sample]], progress: Progress, name: str) -> List[Dict[str, np.ndarray]]:
+    """The outputs of every call of every sequence, in order (each sequence in one session)."""
     outputs = []
-    with progress.stage(name, total=len(samples), unit="samples") as advance:
-        for sample in samples:
-            outputs.append(interpreter.run(sample))
+    with progress.stage(name, total=len(sequences), unit="samples") as advance:
+        for sequence in sequences:
+            outputs.extend(run_sequence(interpreter, sequence))
             advance()
     return outputs
 
@@ -316,6 +318,9 @@ def verify(
     """Run `original` and `compressed` (Programs, MLModels or .mlpackage paths) on the same inputs
     in the reference executor and compare every output. Give `inputs` or `random=N`; `shapes`
     (input name -> shape) sets the shape of random inputs (default: each input's default shape).
+    `inputs` may also be sequences of calls (a list of lists of input dicts), each run in one
+    session of each model (a stateful program's states carry over); every call's outputs count
+    as a sample.
     `progress=True` draws a bar per model run (or pass a `milcompress.progress.Progress`).
 
     On a decoder (`reference/decoder.py`) given only token ids (`inputs` holding just the ids
@@ -342,16 +347,16 @@ def verify(
                          + ("these inputs are not token ids alone" if decoder is not None else "this model is not a decoder (see milcompress/reference/decoder.py)"))
     if shapes and random is None:
         raise InputError("shapes set the shapes of random inputs: give them with random=N")
-    samples = random_samples(reference, random, seed, shapes) if random is not None else samples_of(inputs, reference)
-    if not samples:
+    sequences = [[sample] for sample in random_samples(reference, random, seed, shapes)] if random is not None else sequences_of(inputs, reference)
+    if not sequences or not all(sequences):
         raise InputError("no input samples")
-    reference_outputs = _run_all(reference, samples, progress, "running the original")
-    candidate_outputs = _run_all(candidate, samples, progress, "running the compressed")
+    reference_outputs = _run_all(reference, sequences, progress, "running the original")
+    candidate_outputs = _run_all(candidate, sequences, progress, "running the compressed")
     comparisons = tuple(
         compare_output(name, [o[name] for o in reference_outputs], [o[name] for o in candidate_outputs])
         for name in reference.output_names
     )
-    return VerifyReport(precision=precision, samples=len(samples), outputs=comparisons, random_inputs=random is not None)
+    return VerifyReport(precision=precision, samples=len(reference_outputs), outputs=comparisons, random_inputs=random is not None)
 
 
 # -- decoders ---------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from milcompress.reference.verify import random_samples
 from milcompress.signature import InputShape, declared_inputs, parse_shape, shapes_with
 
 
-def _accumulator():
-    """state <- state + x, then out = state * 2 read back after the update (program order)."""
+def _accumulator(scale: float = 2.0):
+    """state <- state + x, then out = state * scale read back after the update (program order)."""
 
     @mb.program(input_specs=[mb.StateTensorSpec((2, 3), dtype=types.fp16), mb.TensorSpec((2, 3), dtype=types.fp16)], opset_version=IOS18)
     def program(state, x):
@@ -26,7 +26,7 @@ def _accumulator():
         total = mb.add(x=before, y=x)
         mb.coreml_update_state(state=state, value=total)
         after = mb.read_state(input=state)
-        return mb.mul(x=after, y=np.float16(2), name="out"), mb.identity(x=before, name="seen")
+        return mb.mul(x=after, y=np.float16(scale), name="out"), mb.identity(x=before, name="seen")
 
     return program
 
@@ -54,6 +54,12 @@ def test_verify_runs_each_sample_of_a_stateful_program_from_zero_states():
 
     report = verify(_accumulator(), _accumulator(), random=3)
     assert report.samples == 3 and report["out"].snr_db == float("inf") and report["seen"].max_abs_error == 0
+    # Sequences of calls run in one session each: the second call sees what the first wrote.
+    x = np.ones((2, 3), np.float16)
+    halved = _accumulator(scale=1.0)
+    sequential = verify(_accumulator(), halved, [[{"x": x}, {"x": x}]])
+    assert sequential.samples == 2 and sequential["seen"].max_abs_error == 0
+    assert sequential["out"].max_abs_error == pytest.approx(2.0)  # the state is 2 after two calls: 2 x 2 against 1 x 2
     with pytest.raises(InputError, match=r"steps \(decode steps\) apply to a decoder.*this model is not a decoder"):
         verify(_accumulator(), _accumulator(), random=1, steps=2)
     with pytest.raises(InputError, match=r"shapes set the shapes of random inputs"):
