@@ -156,13 +156,11 @@ class DecoderRun:
 
     def __init__(self, decoder: Decoder, replace: Optional[Mapping[str, np.ndarray]] = None):
         self.decoder = decoder
-        self.replace = replace
-        self.session = decoder.interpreter.new_session() if decoder.stateful else None
+        self.session = decoder.interpreter.new_session(replace=replace)  # a stateless one keeps nothing between calls
         self.ids = np.zeros(0, dtype=np.int64)
 
     def _run(self, inputs) -> np.ndarray:
-        runner = self.session if self.session is not None else self.decoder.interpreter
-        logits = runner.run(inputs, replace=self.replace)[self.decoder.logits]
+        logits = self.session.run(inputs)[self.decoder.logits]
         return np.asarray(logits).reshape(-1, logits.shape[-1])
 
     def prefill(self, ids) -> np.ndarray:
@@ -177,6 +175,6 @@ class DecoderRun:
         if not self.ids.size:
             raise InputError("a decode step follows a prefill")
         self.ids = self.decoder.check_ids(np.append(self.ids, int(token)))
-        if self.session is not None:
+        if self.decoder.stateful:
             return self._run(self.decoder.call(self.ids[-1:], self.ids.size))[-1]
         return self._run(self.decoder.call(self.ids, self.ids.size))[-1]

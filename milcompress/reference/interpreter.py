@@ -179,9 +179,10 @@ class Interpreter:
 
     # -- running --------------------------------------------------------------------------------
 
-    def new_session(self, initial_states: Optional[Mapping[str, object]] = None) -> "Session":
-        """A session whose states start at zeros, or at `initial_states` (by state name; others zeros)."""
-        return Session(self, initial_states)
+    def new_session(self, initial_states: Optional[Mapping[str, object]] = None, replace: Optional[Mapping[str, np.ndarray]] = None) -> "Session":
+        """A session whose states start at zeros, or at `initial_states` (by state name; others
+        zeros); `replace` (as `run` takes it) holds for every call of the session."""
+        return Session(self, initial_states, replace)
 
     def run(self, inputs: Mapping[str, object], replace: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
         """Output name -> value (floats as float32) for one set of input values.
@@ -190,16 +191,22 @@ class Interpreter:
         this run only, without touching the program: what-if runs such as one weight compressed.
         A stateful program runs from zero states (a fresh session's first call).
         """
-        return self._call(inputs, replace, self._zero_states() if self.stateful else {})
+        return self._call(inputs, self._replacements(replace), self._zero_states() if self.stateful else {})
 
-    def _call(self, inputs: Mapping[str, object], replace: Optional[Mapping[str, np.ndarray]], cells: Mapping[str, StateCell]) -> Dict[str, np.ndarray]:
-        env = dict(self._static)
+    def _replacements(self, replace: Optional[Mapping[str, np.ndarray]]) -> Dict[str, Value]:
+        """`replace` checked and converted to the values the executor holds (once per session)."""
+        converted = {}
         for name, value in (replace or {}).items():
             if name not in self._static:
                 raise InputError(f"replace: '{name}' is not the output of a const or constexpr op")
             if tuple(np.shape(value)) != tuple(self._static[name].shape):
                 raise InputError(f"replace: '{name}' has shape {list(self._static[name].shape)}, not {list(np.shape(value))}")
-            env[name] = self._stored_like(self._static[name], value_from_numpy(np.asarray(value)))
+            converted[name] = self._stored_like(self._static[name], value_from_numpy(np.asarray(value)))
+        return converted
+
+    def _call(self, inputs: Mapping[str, object], replacements: Mapping[str, Value], cells: Mapping[str, StateCell]) -> Dict[str, np.ndarray]:
+        env = dict(self._static)
+        env.update(replacements)
         self._bind_inputs(inputs, env)
         env.update(cells)
         outputs = self._run_block(self.function, env, ())
@@ -328,18 +335,23 @@ class Session:
     `initial_states` maps state names to values of the state's shape (a float state takes any
     float array, an integer state any integer array); states not given start at zeros. A value
     that does not fit is an InputError naming the state. `read_state` / `write_state` are
-    `MLState`'s; `states` is a copy of them all.
+    `MLState`'s; `states` is a copy of them all. `replace` (const name -> value, as
+    `Interpreter.run` takes it) holds for every call, converted once.
     """
 
-    def __init__(self, interpreter: Interpreter, initial_states: Optional[Mapping[str, object]] = None):
+    def __init__(self, interpreter: Interpreter, initial_states: Optional[Mapping[str, object]] = None,
+                 replace: Optional[Mapping[str, np.ndarray]] = None):
         self.interpreter = interpreter
+        self._replacements = interpreter._replacements(replace)
         self._cells = interpreter._zero_states()
         for name, value in (initial_states or {}).items():
             self.write_state(name, value)
 
     def run(self, inputs: Mapping[str, object], replace: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
-        """One call: outputs as `Interpreter.run` gives them; the states keep what it wrote."""
-        return self.interpreter._call(inputs, replace, self._cells)
+        """One call: outputs as `Interpreter.run` gives them; the states keep what it wrote.
+        `replace` adds to (or overrides) the session's own for this call."""
+        replacements = self._replacements if not replace else {**self._replacements, **self.interpreter._replacements(replace)}
+        return self.interpreter._call(inputs, replacements, self._cells)
 
     def read_state(self, name: str) -> np.ndarray:
         self.interpreter._check_state_name(name)

@@ -191,9 +191,10 @@ def sequences_of(inputs, interpreter: Interpreter, steps: int = CALIBRATION_STEP
 
 
 def run_sequence(interpreter: Interpreter, sequence: Sequence[Sample], replace=None) -> List[Dict[str, np.ndarray]]:
-    """The outputs of each call of `sequence`, run in one new session (zero states)."""
-    runner = interpreter.new_session() if interpreter.stateful else interpreter
-    return [runner.run(call, replace=replace) for call in sequence]
+    """The outputs of each call of `sequence`, run in one new session (zero states; `replace`
+    converted once for all its calls)."""
+    session = interpreter.new_session(replace=replace)
+    return [session.run(call) for call in sequence]
 
 
 def random_samples(interpreter: Interpreter, count: int, seed: int = 0, shapes: Optional[Mapping[str, Sequence[int]]] = None) -> List[Sample]:

@@ -26,7 +26,7 @@ def _accumulator(scale: float = 2.0):
         total = mb.add(x=before, y=x)
         mb.coreml_update_state(state=state, value=total)
         after = mb.read_state(input=state)
-        return mb.mul(x=after, y=np.float16(scale), name="out"), mb.identity(x=before, name="seen")
+        return mb.mul(x=after, y=mb.const(val=np.float16(scale), name="scale"), name="out"), mb.identity(x=before, name="seen")
 
     return program
 
@@ -64,6 +64,16 @@ def test_verify_runs_each_sample_of_a_stateful_program_from_zero_states():
         verify(_accumulator(), _accumulator(), random=1, steps=2)
     with pytest.raises(InputError, match=r"shapes set the shapes of random inputs"):
         verify(_accumulator(), _accumulator(), {"x": np.zeros((2, 3), np.float16)}, shapes={"x": (2, 3)})
+
+
+def test_a_session_replaces_consts_for_every_call():
+    session = Interpreter(_accumulator()).new_session(replace={"scale": np.float16(3)})
+    x = np.ones((2, 3), np.float16)
+    assert session.run({"x": x})["out"][0, 0] == 3 and session.run({"x": x})["out"][0, 0] == 6
+    assert session.run({"x": x}, replace={"scale": np.float16(-1)})["out"][0, 0] == -3  # this call only
+    assert session.run({"x": x})["out"][0, 0] == 12
+    with pytest.raises(InputError, match=r"replace: 'x' is not the output of a const"):
+        Interpreter(_accumulator()).new_session(replace={"x": x})
 
 
 @given(st.lists(st.floats(-100, 100, width=16), min_size=6, max_size=6), st.integers(1, 4))
