@@ -3,7 +3,7 @@
 `Decoder.of(interpreter)` recognises a decoder from its program (None when it is not one):
 - token ids: an integer input of rank 2, (batch, length), that indexes a `gather` (through
   layout-only ops); the gathered axis' size is the vocabulary;
-- a causal mask: a float input of rank 4, (batch, 1 or heads, query length, end), that reaches the
+- a causal mask: a float input of rank 4, (batch, 1, query length, end), that reaches the
   `attn_mask` of a `scaled_dot_product_attention` (through layout-only ops) or, where attention is
   written out in matmuls, whose name contains "mask";
 - logits: a float output whose last dimension is the vocabulary;
