@@ -189,6 +189,17 @@ def test_a_symbolic_dimension_without_a_declaration_needs_a_shape():
     assert shapes_with(declared, {"x": (1, 300)}) == {"x": (1, 300)}
 
 
+@given(st.lists(st.tuples(st.integers(0, 6), st.one_of(st.none(), st.integers(0, 6))), min_size=1, max_size=4), st.data())
+def test_a_range_accepts_exactly_the_sizes_between_its_bounds(bounds, data):
+    ranges = tuple((lower, None if upper is None else lower + upper) for lower, upper in bounds)
+    declared = InputShape("x", np.dtype(np.float32), ranges)
+    shape = data.draw(st.lists(st.integers(0, 14), min_size=len(ranges), max_size=len(ranges)))
+    inside = all(lower <= size and (upper is None or size <= upper) for size, (lower, upper) in zip(shape, ranges))
+    assert declared.accepts(shape) == inside
+    assert not declared.accepts(shape + [1])  # another rank
+    assert declared.accepts([lower for lower, _ in ranges]) and declared.flexible == any(lower != upper for lower, upper in ranges)
+
+
 def test_shapes_parse_as_the_command_line_writes_them():
     assert parse_shape("1x8") == (1, 8) and parse_shape("3") == (3,)
     with pytest.raises(Exception, match="sizes joined by 'x'"):
