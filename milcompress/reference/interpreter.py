@@ -191,10 +191,11 @@ class Interpreter:
         this run only, without touching the program: what-if runs such as one weight compressed.
         A stateful program runs from zero states (a fresh session's first call).
         """
-        return self._call(inputs, self._replacements(replace), self._zero_states() if self.stateful else {})
+        return self.new_session(replace=replace).run(inputs) if self.stateful else self.run_with(inputs, self.converted_replacements(replace))
 
-    def _replacements(self, replace: Optional[Mapping[str, np.ndarray]]) -> Dict[str, Value]:
-        """`replace` checked and converted to the values the executor holds (once per session)."""
+    def converted_replacements(self, replace: Optional[Mapping[str, np.ndarray]]) -> Dict[str, Value]:
+        """`replace` (as `run` takes it) checked and converted to the values the executor holds,
+        for `run_with` (a session converts its own once for all its calls)."""
         converted = {}
         for name, value in (replace or {}).items():
             if name not in self._static:
@@ -204,41 +205,19 @@ class Interpreter:
             converted[name] = self._stored_like(self._static[name], value_from_numpy(np.asarray(value)))
         return converted
 
-    def _call(self, inputs: Mapping[str, object], replacements: Mapping[str, Value], cells: Mapping[str, StateCell]) -> Dict[str, np.ndarray]:
+    def run_with(self, inputs: Mapping[str, object], replacements: Mapping[str, Value], states: Optional[Mapping[str, StateCell]] = None) -> Dict[str, np.ndarray]:
+        """One call with converted `replacements` and the given state cells, which it updates: what
+        `run` and `Session.run` do. A stateful function needs a cell for every state."""
+        states = dict(states or {})
+        missing = [name for name in self._states if name not in states]
+        if missing:
+            raise InputError(f"state(s) {', '.join(missing)} missing: run a stateful program through a session (new_session)")
         env = dict(self._static)
         env.update(replacements)
         self._bind_inputs(inputs, env)
-        env.update(cells)
+        env.update(states)
         outputs = self._run_block(self.function, env, ())
         return {var.name: value_to_numpy(value) for var, value in zip(self.function.outputs, outputs)}
-
-    def _state_dtype(self, name: str) -> torch.dtype:
-        return torch_dtype(state_wrapped_type(self.function.inputs[name]).get_primitive())
-
-    def _zero_states(self) -> Dict[str, StateCell]:
-        return {name: StateCell(name, torch.zeros(shape, dtype=self._state_dtype(name))) for name, (shape, _) in self._states.items()}
-
-    def _check_state_name(self, name: str) -> None:
-        if name not in self._states:
-            raise InputError(
-                f"no state named '{name}'; the function '{self.function_name}' has "
-                + (", ".join(f"{n} {list(s)} {d}" for n, (s, d) in self._states.items()) or "no states")
-            )
-
-    def _state_value(self, name: str, value) -> torch.Tensor:
-        """`value` as the content of state `name`; InputError naming the state if it does not fit."""
-        self._check_state_name(name)
-        shape, dtype = self._states[name]
-        tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
-        given = "b" if tensor.dtype == torch.bool else "f" if tensor.is_floating_point() else "i"
-        if given != {"f": "f", "i": "i", "u": "i", "b": "b"}[dtype.kind]:
-            raise InputError(f"state '{name}' holds {dtype} {list(shape)}; the value given is {str(tensor.dtype).replace('torch.', '')}")
-        if tuple(tensor.shape) != shape:
-            raise InputError(f"state '{name}' holds {dtype} {list(shape)}; the value given has shape {list(tensor.shape)}")
-        stored = tensor.to(self._state_dtype(name))
-        if stored.dtype == torch.float32 and self.precision == "float16":
-            stored = stored.to(torch.float16).to(torch.float32)
-        return stored
 
     def _bind_inputs(self, inputs: Mapping[str, object], env: Dict[str, Value]) -> None:
         expected = self.inputs
@@ -342,25 +321,51 @@ class Session:
     def __init__(self, interpreter: Interpreter, initial_states: Optional[Mapping[str, object]] = None,
                  replace: Optional[Mapping[str, np.ndarray]] = None):
         self.interpreter = interpreter
-        self._replacements = interpreter._replacements(replace)
-        self._cells = interpreter._zero_states()
+        self._replacements = interpreter.converted_replacements(replace)
+        self._cells = {
+            name: StateCell(name, torch.zeros(shape, dtype=self._dtype(name))) for name, (shape, _) in interpreter.state_spec().items()
+        }
         for name, value in (initial_states or {}).items():
             self.write_state(name, value)
 
     def run(self, inputs: Mapping[str, object], replace: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
         """One call: outputs as `Interpreter.run` gives them; the states keep what it wrote.
         `replace` adds to (or overrides) the session's own for this call."""
-        replacements = self._replacements if not replace else {**self._replacements, **self.interpreter._replacements(replace)}
-        return self.interpreter._call(inputs, replacements, self._cells)
+        replacements = self._replacements if not replace else {**self._replacements, **self.interpreter.converted_replacements(replace)}
+        return self.interpreter.run_with(inputs, replacements, self._cells)
 
     def read_state(self, name: str) -> np.ndarray:
-        self.interpreter._check_state_name(name)
+        self._check_name(name)
         return value_to_numpy(self._cells[name].value).copy()
 
     def write_state(self, name: str, value) -> None:
-        self._cells[name] = StateCell(name, self.interpreter._state_value(name, value))
+        """Set state `name` to `value`; InputError naming the state if it does not fit."""
+        self._check_name(name)
+        shape, dtype = self.interpreter.state_spec()[name]
+        tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
+        given = "b" if tensor.dtype == torch.bool else "f" if tensor.is_floating_point() else "i"
+        if given != {"f": "f", "i": "i", "u": "i", "b": "b"}[dtype.kind]:
+            raise InputError(f"state '{name}' holds {dtype} {list(shape)}; the value given is {str(tensor.dtype).replace('torch.', '')}")
+        if tuple(tensor.shape) != shape:
+            raise InputError(f"state '{name}' holds {dtype} {list(shape)}; the value given has shape {list(tensor.shape)}")
+        stored = tensor.to(self._dtype(name))
+        if stored.dtype == torch.float32 and self.interpreter.precision == "float16":
+            stored = stored.to(torch.float16).to(torch.float32)
+        self._cells[name] = StateCell(name, stored)
 
     @property
     def states(self) -> Dict[str, np.ndarray]:
         """State name -> a copy of its content (floats as float32)."""
         return {name: value_to_numpy(cell.value).copy() for name, cell in self._cells.items()}
+
+    def _dtype(self, name: str) -> torch.dtype:
+        """The torch dtype the executor keeps state `name` in."""
+        return torch_dtype(state_wrapped_type(self.interpreter.function.inputs[name]).get_primitive())
+
+    def _check_name(self, name: str) -> None:
+        spec = self.interpreter.state_spec()
+        if name not in spec:
+            raise InputError(
+                f"no state named '{name}'; the function '{self.interpreter.function_name}' has "
+                + (", ".join(f"{n} {list(s)} {d}" for n, (s, d) in spec.items()) or "no states")
+            )

@@ -374,6 +374,17 @@ class StepComparison:
     min_cosine: float
     top1_agreement: float  # the compressed model's next token is the original's
     kl: float  # KL(softmax(original) || softmax(compressed)), nats
+    nonfinite_original: int = 0  # NaN or infinite logits; then every metric is NaN
+    nonfinite_compressed: int = 0
+
+    @property
+    def problems(self) -> List[str]:
+        where = "the prompt" if self.step == 0 else f"decode step {self.step}"
+        return [
+            f"logits of the {model} model at {where} have {count:,} NaN or infinite values"
+            for model, count in (("original", self.nonfinite_original), ("compressed", self.nonfinite_compressed))
+            if count
+        ]
 
 
 @dataclass(frozen=True)
@@ -388,9 +399,21 @@ class DecoderReport:
     steps: Tuple[StepComparison, ...]
     perplexity: Optional[Tuple[float, float]]  # of the given ids under (original, compressed); None for random ids
 
+    @property
+    def problems(self) -> List[str]:
+        """What makes the comparison fail whatever its thresholds: non-finite logits."""
+        return [problem for step in self.steps for problem in step.problems]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
     def as_dict(self) -> dict:
+        """JSON-ready: non-finite numbers as the strings "inf", "-inf", "nan" (JSON has none)."""
         found = asdict(self)
-        found["steps"] = [asdict(step) for step in self.steps]
+        found["steps"] = [{key: _json_number(value) for key, value in asdict(step).items()} for step in self.steps]
+        found["perplexity"] = None if self.perplexity is None else [_json_number(value) for value in self.perplexity]
+        found["problems"] = self.problems
         return found
 
     @property
@@ -403,6 +426,9 @@ class DecoderReport:
 def _compare_logits(step: int, reference: np.ndarray, candidate: np.ndarray) -> StepComparison:
     ref = np.asarray(reference, dtype=np.float64).reshape(-1, reference.shape[-1])
     out = np.asarray(candidate, dtype=np.float64).reshape(-1, candidate.shape[-1])
+    nonfinite_ref, nonfinite_out = int(np.sum(~np.isfinite(ref))), int(np.sum(~np.isfinite(out)))
+    if nonfinite_ref or nonfinite_out:
+        return StepComparison(step, len(ref), math.nan, math.nan, math.nan, math.nan, nonfinite_ref, nonfinite_out)
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
     cosines = np.where(norms > 0, np.sum(ref * out, axis=1) / np.where(norms > 0, norms, 1), 1.0)
     log_p, log_q = _log_softmax(ref), _log_softmax(out)
@@ -423,7 +449,10 @@ def _exp(value: float) -> float:
 
 
 def _negative_log_likelihood(prompt_logits: np.ndarray, ids: np.ndarray) -> float:
-    """Sum over positions 1.. of -log p(ids[i] | ids[:i]) under `prompt_logits` (positions, vocab)."""
+    """Sum over positions 1.. of -log p(ids[i] | ids[:i]) under `prompt_logits` (positions, vocab);
+    NaN where a logit is not finite."""
+    if not np.all(np.isfinite(prompt_logits)):
+        return math.nan
     log_p = _log_softmax(np.asarray(prompt_logits[:-1], dtype=np.float64))
     return float(-np.sum(log_p[np.arange(len(ids) - 1), ids[1:]]))
 

@@ -157,6 +157,17 @@ def test_stateful_and_stateless_conversions_verify_alike(decoders, compressed):
     assert all(s.top1_agreement == 1 and s.kl < 1e-6 and s.cosine > 0.999999 for s in same.steps)
 
 
+def test_non_finite_logits_fail_the_verification():
+    from milcompress.reference.verify import _compare_logits
+
+    step = _compare_logits(1, np.zeros((1, 4)), np.array([[0.0, np.inf, 1.0, np.nan]]))
+    assert (step.nonfinite_original, step.nonfinite_compressed) == (0, 2) and np.isnan([step.cosine, step.kl, step.top1_agreement]).all()
+    report = DecoderReport("float32", 1, 4, 1, (False, False), (step,), (10.0, float("nan")))
+    assert not report.ok and report.problems == ["logits of the compressed model at decode step 1 have 2 NaN or infinite values"]
+    found = json.loads(json.dumps(report.as_dict(), allow_nan=False))
+    assert found["perplexity"] == [10.0, "nan"] and found["steps"][0]["cosine"] == "nan" and found["problems"] == report.problems
+
+
 def test_ids_outside_the_vocabulary_or_too_long_are_refused(decoders, compressed):
     model = decoders["stateful"][1]
     with pytest.raises(InputError, match=r"token id 64 at position 2 of 'input_ids' is outside the vocabulary \(0\.\.63\)"):
