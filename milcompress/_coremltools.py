@@ -135,7 +135,27 @@ def program_from_mlmodel(mlmodel, at_least_ios16: bool = False) -> Program:
     if len(spec.description.functions) > 0:
         prog.default_function_name = spec.description.defaultFunctionName
         prog.export_as_multifunction = True
+    # Flexible input shapes (bounds, enumerated shapes, defaults) live only in the description.
+    from milcompress.signature import attach_description
+
+    attach_description(prog, spec.description)
     return prog
+
+
+def function_input_types(function: Function) -> tuple:
+    """The input types `ct.convert` was given for a function (TensorType, StateType ...); empty
+    for a program loaded from a model."""
+    return tuple(getattr(function, "input_types", None) or ())
+
+
+def is_state(var: Var) -> bool:
+    """Whether a function input is a state (`ct.StateType`) rather than a tensor."""
+    return types.is_state(var.sym_type)
+
+
+def state_wrapped_type(var: Var):
+    """The tensor type a state var wraps."""
+    return var.sym_type.wrapped_type()
 
 
 def model_type(mlmodel) -> str:

@@ -306,7 +306,9 @@ def compress_program_to_size(
     or not) or `target_bytes` (the weights' total stored bytes); see the module docstring.
 
     `calibration`: inputs for the reference executor (a dict of arrays, stacked along a new first
-    axis for several samples, or a list of dicts); `sensitivity_seconds` > 0 (needs calibration)
+    axis for several samples, or a list of dicts; for a stateful program, also a list of
+    sequences, each a list of per-call dicts, or, for a decoder, its token ids alone:
+    `reference.verify.sequences_of`); `sensitivity_seconds` > 0 (needs calibration)
     also measures each weight's end-to-end sensitivity within that many seconds. `progress` (a
     `milcompress.progress.Progress`) hears of each stage: calibration, evaluation, sensitivity,
     rewrite (computing the chosen forms) and error feedback.
@@ -488,7 +490,9 @@ class CompressToSize(AbstractGraphPass):
 class _CalibrationRun:
     """The calibration inputs run once through the dense program: the outputs (the reference for
     measured sensitivity) and the interpreter, kept for what-if runs; with error feedback, also
-    the inputs' second moments of the first and of the second half of the samples (`folds`)."""
+    the inputs' second moments of the first and of the second half of the samples (`folds`).
+    A sample is a sequence of calls run in one session (`reference.verify.sequences_of`: one call
+    for a stateless program's sample); its outputs are one dict per call."""
 
     interpreter: object
     samples: list
@@ -502,12 +506,12 @@ def _calibrate(prog: Program, calibration, weights: List[_Weight], second_moment
     also the inputs' second moment matrices of two halves of the samples, for error feedback),
     and weight every weight's errors by it."""
     from milcompress.reference import ChannelStatistics, Interpreter
-    from milcompress.reference.verify import samples_of
+    from milcompress.reference.verify import run_sequence, sequences_of
 
     statistics = ChannelStatistics()
     folds = [ChannelStatistics(gram_limit=FEEDBACK_MAX_INPUTS) for _ in range(2)] if second_moments else []
     interpreter = Interpreter(prog, observers=[statistics])
-    samples = samples_of(calibration, interpreter)
+    samples = sequences_of(calibration, interpreter)  # each a sequence of calls sharing states
     outputs = []
     half = (len(samples) + 1) // 2
     with progress.stage("calibration", total=len(samples), unit="samples") as advance:
@@ -515,7 +519,7 @@ def _calibrate(prog: Program, calibration, weights: List[_Weight], second_moment
             # The first and the second half, not alternate samples: neighbours are often related
             # (crops of one photo, passages of one text), and the check must see inputs it did not fit.
             interpreter.observers[:] = [statistics] + folds[index // half : index // half + 1]
-            outputs.append(interpreter.run(sample))
+            outputs.append(run_sequence(interpreter, sample))
             advance()
     interpreter.observers.clear()  # what-if runs must not add to the statistics
     for weight in weights:
@@ -574,12 +578,14 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
     time: on all-MiniLM-L6-v2 a run on one passage takes 30-40 ms on two cores, so its 38 weights
     on all 32 calibration passages take about 45 s, and on a busy machine 30 s measured only 5
     of them. Weights there was still no time for get the median."""
+    from milcompress.reference.verify import run_sequence
+
     interpreter, samples = run.interpreter, run.samples
     if not samples or not weights:
         return 0, 0
     start = time.perf_counter()
     deadline = start + seconds
-    interpreter.run(samples[0])
+    run_sequence(interpreter, samples[0])
     per_run = time.perf_counter() - start
     count = sensitivity_samples(len(samples), len(weights), seconds - per_run, per_run)
     chosen = np.linspace(0, len(samples) - 1, count).round().astype(int)  # distinct: count <= len(samples)
@@ -603,6 +609,8 @@ def _sensitivity(run: _CalibrationRun, weight: _Weight, sample_indices: List[int
     """The output noise-to-signal ratio with `weight` alone compressed (the probe form) over its own
     weighted one, on the calibration samples `sample_indices`; None where the probe cannot take it
     or leaves it exact."""
+    from milcompress.reference.verify import run_sequence
+
     value = weight.candidate.value
     fitted, _ = fit_to_shape(_PROBE, value.shape, weight.layout)
     try:
@@ -620,9 +628,8 @@ def _sensitivity(run: _CalibrationRun, weight: _Weight, sample_indices: List[int
             replace[found[0].name] = found[1]
     noise = signal = 0.0
     for sample_index in sample_indices:
-        expected = run.outputs[sample_index]
-        outputs = run.interpreter.run(run.samples[sample_index], replace=replace)
-        for name, value_out in outputs.items():
-            noise += float(np.sum(np.square(value_out.astype(np.float64) - expected[name].astype(np.float64))))
-            signal += float(np.sum(np.square(expected[name].astype(np.float64))))
+        for expected, outputs in zip(run.outputs[sample_index], run_sequence(run.interpreter, run.samples[sample_index], replace=replace)):
+            for name, value_out in outputs.items():
+                noise += float(np.sum(np.square(value_out.astype(np.float64) - expected[name].astype(np.float64))))
+                signal += float(np.sum(np.square(expected[name].astype(np.float64))))
     return (noise / signal) / own if signal > 0 else 1.0

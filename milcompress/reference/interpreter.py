@@ -15,6 +15,22 @@ Two precisions:
 
 Every output is checked against the shape the program declares for it (where it is known), so a
 kernel that gets an op wrong fails loudly at that op instead of producing a plausible wrong number.
+
+Inputs are checked against the shapes the model accepts (`milcompress.signature`): a flexible
+input (`ct.RangeDim`, `ct.EnumeratedShapes`) takes any conforming shape, and anything else is an
+`InputError` naming the input and what it takes.
+
+Stateful programs (`ct.StateType` inputs, such as a decoder's KV caches) run in a `Session`: its
+states start at zeros or at values the caller gives, every `run` reads and updates them (ops run
+in program order), and they carry over to the session's next `run`, as an app's `MLState` does:
+
+    session = interpreter.new_session()               # or new_session({"key_cache": array, ...})
+    prefill = session.run({"input_ids": prompt, "causal_mask": mask})
+    step = session.run({"input_ids": next_id, "causal_mask": step_mask})
+    session.states["key_cache"]                        # a copy, floats as float32
+
+`Interpreter.run` on a stateful program runs one call from zero states. States are values like any
+other: in "float32" precision a float16 state holds float32 values, in "float16" they are rounded.
 """
 
 from __future__ import annotations
@@ -24,9 +40,11 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 import numpy as np
 import torch
 
-from milcompress._coremltools import Block, Operation, Program, Var, is_symbolic, types
+from milcompress._coremltools import Block, Operation, Program, Var, is_symbolic, state_wrapped_type, types
 from milcompress.errors import InputError, MilcompressError
 from milcompress.reference.kernels import KERNELS, OpArgs, Value, supported_op_types, torch_dtype
+from milcompress.reference.kernels.state import StateCell
+from milcompress.signature import InputShape, declared_inputs, declared_states
 
 PRECISIONS = ("float32", "float16")
 
@@ -127,6 +145,8 @@ class Interpreter:
         self.function = program.functions[function_name]
         self.precision = precision
         self.observers = list(observers)
+        self.inputs: Dict[str, InputShape] = declared_inputs(program, function_name)
+        self._states: Dict[str, Tuple[Tuple[int, ...], np.dtype]] = declared_states(program, function_name)
         self._check_supported()
         self._static: Dict[str, Value] = {}
         for block, op in _blocks_and_ops(self.function):
@@ -137,55 +157,85 @@ class Interpreter:
 
     @property
     def input_names(self) -> List[str]:
-        return list(self.function.inputs)
+        """The tensor inputs a run takes (states are not among them)."""
+        return list(self.inputs)
 
     @property
     def output_names(self) -> List[str]:
         return [var.name for var in self.function.outputs]
 
     def input_spec(self) -> Dict[str, Tuple[Tuple, np.dtype]]:
-        """Input name -> (shape, numpy dtype); a symbolic dimension is None."""
-        spec = {}
-        for name, var in self.function.inputs.items():
-            shape = tuple(int(d) if not is_symbolic(d) else None for d in var.shape)
-            spec[name] = (shape, np.dtype(types.nptype_from_builtin(var.dtype)))
-        return spec
+        """Input name -> (shape, numpy dtype); a dimension that is not fixed is None. States are
+        not inputs (see `state_spec`); `inputs` says what shapes a flexible input accepts."""
+        return {name: (declared.shape, declared.dtype) for name, declared in self.inputs.items()}
+
+    def state_spec(self) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
+        """State name -> (shape, numpy dtype of what it wraps); empty for a stateless program."""
+        return dict(self._states)
+
+    @property
+    def stateful(self) -> bool:
+        return bool(self._states)
 
     # -- running --------------------------------------------------------------------------------
+
+    def new_session(self, initial_states: Optional[Mapping[str, object]] = None, replace: Optional[Mapping[str, np.ndarray]] = None) -> "Session":
+        """A session whose states start at zeros, or at `initial_states` (by state name; others
+        zeros); `replace` (as `run` takes it) holds for every call of the session."""
+        return Session(self, initial_states, replace)
 
     def run(self, inputs: Mapping[str, object], replace: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
         """Output name -> value (floats as float32) for one set of input values.
 
         `replace` maps names of const (or constexpr) outputs to values used instead of theirs for
         this run only, without touching the program: what-if runs such as one weight compressed.
+        A stateful program runs from zero states (a fresh session's first call).
         """
-        env = dict(self._static)
+        return self.new_session(replace=replace).run(inputs) if self.stateful else self.run_with(inputs, self.converted_replacements(replace))
+
+    def converted_replacements(self, replace: Optional[Mapping[str, np.ndarray]]) -> Dict[str, Value]:
+        """`replace` (as `run` takes it) checked and converted to the values the executor holds,
+        for `run_with` (a session converts its own once for all its calls)."""
+        converted = {}
         for name, value in (replace or {}).items():
             if name not in self._static:
                 raise InputError(f"replace: '{name}' is not the output of a const or constexpr op")
             if tuple(np.shape(value)) != tuple(self._static[name].shape):
                 raise InputError(f"replace: '{name}' has shape {list(self._static[name].shape)}, not {list(np.shape(value))}")
-            env[name] = self._stored_like(self._static[name], value_from_numpy(np.asarray(value)))
+            converted[name] = self._stored_like(self._static[name], value_from_numpy(np.asarray(value)))
+        return converted
+
+    def run_with(self, inputs: Mapping[str, object], replacements: Mapping[str, Value], states: Optional[Mapping[str, StateCell]] = None) -> Dict[str, np.ndarray]:
+        """One call with converted `replacements` and the given state cells, which it updates: what
+        `run` and `Session.run` do. A stateful function needs a cell for every state."""
+        states = dict(states or {})
+        missing = [name for name in self._states if name not in states]
+        if missing:
+            raise InputError(f"state(s) {', '.join(missing)} missing: run a stateful program through a session (new_session)")
+        env = dict(self._static)
+        env.update(replacements)
         self._bind_inputs(inputs, env)
+        env.update(states)
         outputs = self._run_block(self.function, env, ())
         return {var.name: value_to_numpy(value) for var, value in zip(self.function.outputs, outputs)}
 
     def _bind_inputs(self, inputs: Mapping[str, object], env: Dict[str, Value]) -> None:
-        expected = self.function.inputs
+        expected = self.inputs
         missing = [name for name in expected if name not in inputs]
         unknown = [name for name in inputs if name not in expected]
         if missing or unknown:
-            spec = ", ".join(f"{name} {list(shape)}" for name, (shape, _) in self.input_spec().items())
+            spec = ", ".join(f"{name} {declared.describe()}" for name, declared in expected.items())
+            states = [name for name in unknown if name in self.function.inputs]
             raise InputError(
                 (f"missing input(s) {', '.join(missing)}" if missing else f"unknown input(s) {', '.join(unknown)}")
                 + f"; the function '{self.function_name}' takes {spec}"
+                + (f" ({', '.join(states)}: state(s), given to a session, not to a run)" if states else "")
             )
-        for name, var in expected.items():
+        for name, declared in expected.items():
             value = inputs[name]
             tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
-            if not _fits(var.shape, tensor.shape):
-                raise InputError(f"input '{name}' has shape {list(tensor.shape)}; the program declares {list(var.shape)}")
-            env[var.name] = self._stored(var, tensor)
+            declared.check(tensor.shape)
+            env[name] = self._stored(self.function.inputs[name], tensor)
 
     def _run_block(self, block: Block, env: Dict[str, Value], inputs: Sequence[Value]) -> List[Value]:
         for var, value in zip(block.inputs, inputs):
@@ -255,3 +305,67 @@ class Interpreter:
                 unsupported[op.op_type] = _where(self.function_name, block, op)
         if unsupported:
             raise UnsupportedOpError(unsupported)
+
+
+class Session:
+    """Several runs of one interpreter's function sharing its states, as an app's `MLState` does
+    (a prefill, then decode steps). Made by `Interpreter.new_session(initial_states)`.
+
+    `initial_states` maps state names to values of the state's shape (a float state takes any
+    float array, an integer state any integer array); states not given start at zeros. A value
+    that does not fit is an InputError naming the state. `read_state` / `write_state` are
+    `MLState`'s; `states` is a copy of them all. `replace` (const name -> value, as
+    `Interpreter.run` takes it) holds for every call, converted once.
+    """
+
+    def __init__(self, interpreter: Interpreter, initial_states: Optional[Mapping[str, object]] = None,
+                 replace: Optional[Mapping[str, np.ndarray]] = None):
+        self.interpreter = interpreter
+        self._replacements = interpreter.converted_replacements(replace)
+        self._cells = {
+            name: StateCell(name, torch.zeros(shape, dtype=self._dtype(name))) for name, (shape, _) in interpreter.state_spec().items()
+        }
+        for name, value in (initial_states or {}).items():
+            self.write_state(name, value)
+
+    def run(self, inputs: Mapping[str, object], replace: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+        """One call: outputs as `Interpreter.run` gives them; the states keep what it wrote.
+        `replace` adds to (or overrides) the session's own for this call."""
+        replacements = self._replacements if not replace else {**self._replacements, **self.interpreter.converted_replacements(replace)}
+        return self.interpreter.run_with(inputs, replacements, self._cells)
+
+    def read_state(self, name: str) -> np.ndarray:
+        self._check_name(name)
+        return value_to_numpy(self._cells[name].value).copy()
+
+    def write_state(self, name: str, value) -> None:
+        """Set state `name` to `value`; InputError naming the state if it does not fit."""
+        self._check_name(name)
+        shape, dtype = self.interpreter.state_spec()[name]
+        tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
+        given = "b" if tensor.dtype == torch.bool else "f" if tensor.is_floating_point() else "i"
+        if given != {"f": "f", "i": "i", "u": "i", "b": "b"}[dtype.kind]:
+            raise InputError(f"state '{name}' holds {dtype} {list(shape)}; the value given is {str(tensor.dtype).replace('torch.', '')}")
+        if tuple(tensor.shape) != shape:
+            raise InputError(f"state '{name}' holds {dtype} {list(shape)}; the value given has shape {list(tensor.shape)}")
+        stored = tensor.to(self._dtype(name))
+        if stored.dtype == torch.float32 and self.interpreter.precision == "float16":
+            stored = stored.to(torch.float16).to(torch.float32)
+        self._cells[name] = StateCell(name, stored)
+
+    @property
+    def states(self) -> Dict[str, np.ndarray]:
+        """State name -> a copy of its content (floats as float32)."""
+        return {name: value_to_numpy(cell.value).copy() for name, cell in self._cells.items()}
+
+    def _dtype(self, name: str) -> torch.dtype:
+        """The torch dtype the executor keeps state `name` in."""
+        return torch_dtype(state_wrapped_type(self.interpreter.function.inputs[name]).get_primitive())
+
+    def _check_name(self, name: str) -> None:
+        spec = self.interpreter.state_spec()
+        if name not in spec:
+            raise InputError(
+                f"no state named '{name}'; the function '{self.interpreter.function_name}' has "
+                + (", ".join(f"{n} {list(s)} {d}" for n, (s, d) in spec.items()) or "no states")
+            )

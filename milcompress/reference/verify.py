@@ -18,9 +18,23 @@ are often nearly flat and their arg-max says little about real inputs: top-1 agr
 a smoke test, not an accuracy.
 
 Inputs: one sample as {name: array of the declared shape}, several as {name: array with one more
-leading dimension} (as an .npz written with `np.savez` holds them) or a list of dicts; or
-`random=N` samples drawn from each input's declared type. Random integer inputs that index a
-`gather` (token ids) are drawn below the gathered axis' size; other integers are 0 or 1 (masks).
+leading dimension} (as an .npz written with `np.savez` holds them) or a list of dicts; sequences of
+calls as a list of lists of dicts, each sequence run in one session (states carry over); or
+`random=N` samples drawn from each input's declared type, at its default shape (a flexible input's
+default, as `ct.convert` was given it) or the one `shapes` names. Random integer inputs that index
+a `gather` (token ids) are drawn below the gathered axis' size; other integers are 0 or 1 (masks).
+A stateful program runs each sample from zero states.
+
+Decoders (`reference/decoder.py` says how one is recognised: an integer token-id input read by a
+gather, a causal-mask input, a logits output) given only token ids, or `random=N`, are verified as
+they are used instead (`verify_decoder`, a `DecoderReport`): each prompt is a prefill, then N greedy
+decode steps on the original's top-1 tokens, each model keeping its own state (a stateless one
+reruns the growing sequence); per step the logits' cosine, the top-1 agreement and
+KL(original || compressed), and for given ids the perplexity of the prompts under each model.
+Stateful and stateless conversions of one model give the same report for the same compression.
+
+Calibration and other multi-call inputs: `sequences_of` (sequences of calls sharing a session),
+`run_sequence`.
 
 Precision: "float32" by default, so the comparison isolates what compression did to the weights;
 "float16" emulates Core ML's GPU / Neural Engine activations in both models.
@@ -38,10 +52,13 @@ import numpy as np
 from milcompress._coremltools import Program, Var
 from milcompress.errors import InputError
 from milcompress.progress import Progress, as_progress
+from milcompress.reference.decoder import Decoder, DecoderRun, gather_bound
 from milcompress.reference.interpreter import Interpreter
+from milcompress.signature import shapes_with
 
 Sample = Dict[str, np.ndarray]
-_INDEX_PASSTHROUGH = ("cast", "identity", "reshape", "expand_dims", "squeeze", "transpose")
+DECODE_STEPS = 8
+"""Greedy decode steps `verify` runs after a decoder's prompt unless told otherwise."""
 
 
 def load_program(model) -> Program:
@@ -144,41 +161,71 @@ def samples_of(inputs: Union[Mapping[str, np.ndarray], Sequence[Mapping[str, np.
     return [{name: np.asarray(inputs[name])[index] for name in spec} for index in range(count)]
 
 
-def _gather_bound(var: Var) -> Optional[int]:
-    """The size of the axis a `gather` indexes with `var`, following layout-only ops."""
-    bounds = []
-    for op in var.child_ops:
-        if op.op_type in _INDEX_PASSTHROUGH:
-            bound = _gather_bound(op.outputs[0])
-        elif op.op_type == "gather" and op.inputs.get("indices") is var:
-            axis = int(op.inputs["axis"].val) if "axis" in op.inputs else 0
-            shape = op.inputs["x"].shape
-            bound = int(shape[axis]) if isinstance(shape[axis], (int, np.integer)) else None
-        else:
-            bound = None
-        if bound is not None:
-            bounds.append(bound)
-    return min(bounds) if bounds else None
+CALIBRATION_STEPS = 4
+"""One-token calls at the end of each calibration sequence of a stateful decoder (after its prefill)."""
 
 
-def random_samples(interpreter: Interpreter, count: int, seed: int = 0) -> List[Sample]:
+def sequences_of(inputs, interpreter: Interpreter, steps: int = CALIBRATION_STEPS) -> List[List[Sample]]:
+    """Inputs as sequences of calls, each sequence to run in one session (`run_sequence`): the
+    calibration format of every program, stateful ones included.
+
+    - a list whose items are lists of input dicts: those sequences, as given (a prefill and its
+      decode steps, written out);
+    - a decoder (`reference/decoder.py`) given only its token ids, {ids: (sequences, length)} as
+      an .npz holds them: each row as an app runs it, a stateful decoder's prefill of all but the
+      last `steps` tokens, then one token a call (causal masks made for each call); a stateless
+      decoder's one call on the whole row (every position sees what it would step by step);
+    - anything else `samples_of` takes: every sample is a sequence of one call (a stateful program
+      then runs it from zero states)."""
+    if not isinstance(inputs, Mapping) and len(inputs) and all(isinstance(item, (list, tuple)) for item in inputs):
+        return [[dict(call) for call in sequence] for sequence in inputs]
+    if isinstance(inputs, Mapping):
+        decoder = Decoder.of(interpreter)
+        if decoder is not None and set(inputs) == {decoder.ids}:
+            ids = np.asarray(inputs[decoder.ids])
+            rows = ids[None] if ids.ndim == 1 else ids
+            if rows.ndim != 2:
+                raise InputError(f"token ids for '{decoder.ids}' must be (length,) or (sequences, length), not {list(ids.shape)}")
+            return [decoder.sequence_calls(row, steps) for row in rows]
+    return [[sample] for sample in samples_of(inputs, interpreter)]
+
+
+def run_sequence(interpreter: Interpreter, sequence: Sequence[Sample], replace=None) -> List[Dict[str, np.ndarray]]:
+    """The outputs of each call of `sequence`, run in one new session (zero states; `replace`
+    converted once for all its calls)."""
+    session = interpreter.new_session(replace=replace)
+    return [session.run(call) for call in sequence]
+
+
+def random_samples(interpreter: Interpreter, count: int, seed: int = 0, shapes: Optional[Mapping[str, Sequence[int]]] = None) -> List[Sample]:
+    """`count` samples drawn from each input's declared type, at its default shape or the shape
+    `shapes` gives it (by input name; it must be one the input accepts). A decoder's sample is a
+    whole sequence of random token ids (its length from the ids' shape) with its causal mask, a
+    stateful decoder's prefill."""
     generator = np.random.default_rng(seed)
-    spec = interpreter.input_spec()
+    decoder = Decoder.of(interpreter)
+    if decoder is not None and shapes and decoder.mask in shapes:
+        raise InputError(f"the causal mask '{decoder.mask}' follows the length of '{decoder.ids}': give the shape of '{decoder.ids}' only")
+    chosen = shapes_with({name: d for name, d in interpreter.inputs.items() if decoder is None or name != decoder.mask}, shapes)
     samples = []
     for _ in range(count):
         sample = {}
-        for name, (shape, dtype) in spec.items():
-            if any(size is None for size in shape):
-                raise InputError(f"input '{name}' has a flexible shape {list(shape)}: give inputs (--inputs) instead of random ones")
+        for name, (_, dtype) in interpreter.input_spec().items():
+            if decoder is not None and name == decoder.mask:
+                continue
+            shape = chosen[name]
             if dtype.kind == "f":
                 sample[name] = generator.standard_normal(shape).astype(dtype)
             elif dtype.kind in "iu":
-                bound = _gather_bound(interpreter.function.inputs[name]) or 2
+                bound = gather_bound(interpreter.function.inputs[name]) or 2
                 sample[name] = generator.integers(0, bound, size=shape).astype(dtype)
             elif dtype.kind == "b":
                 sample[name] = generator.integers(0, 2, size=shape).astype(bool)
             else:
                 raise InputError(f"input '{name}' of type {dtype}: give inputs (--inputs) instead of random ones")
+        if decoder is not None:
+            length = sample[decoder.ids].shape[-1]
+            sample.update(decoder.call(sample[decoder.ids][0], length))
         samples.append(sample)
     return samples
 
@@ -236,13 +283,24 @@ def _kl_divergence(reference_rows: np.ndarray, rows: np.ndarray) -> float:
         return float(np.mean(np.sum(np.exp(reference_log) * (reference_log - log), axis=1)))
 
 
-def _run_all(interpreter: Interpreter, samples: List[Sample], progress: Progress, name: str) -> List[Dict[str, np.ndarray]]:
+def _run_all(interpreter: Interpreter, sequences: List[List[Sample]], progress: Progress, name: str) -> List[Dict[str, np.ndarray]]:
+    """The outputs of every call of every sequence, in order (each sequence in one session)."""
     outputs = []
-    with progress.stage(name, total=len(samples), unit="samples") as advance:
-        for sample in samples:
-            outputs.append(interpreter.run(sample))
+    with progress.stage(name, total=len(sequences), unit="samples") as advance:
+        for sequence in sequences:
+            outputs.extend(run_sequence(interpreter, sequence))
             advance()
     return outputs
+
+
+def _interpreters(original, compressed, precision: str, function_name: Optional[str]) -> Tuple[Interpreter, Interpreter]:
+    reference = Interpreter(load_program(original), function_name, precision)
+    candidate = Interpreter(load_program(compressed), function_name, precision)
+    if reference.input_spec() != candidate.input_spec():
+        raise InputError(f"the two models take different inputs: {reference.input_spec()} and {candidate.input_spec()}")
+    if reference.output_names != candidate.output_names:
+        raise InputError(f"the two models have different outputs: {reference.output_names} and {candidate.output_names}")
+    return reference, candidate
 
 
 def verify(
@@ -254,29 +312,226 @@ def verify(
     precision: str = "float32",
     seed: int = 0,
     function_name: Optional[str] = None,
+    shapes: Optional[Mapping[str, Sequence[int]]] = None,
+    steps: Optional[int] = None,
     progress=False,
-) -> VerifyReport:
+) -> Union[VerifyReport, "DecoderReport"]:
     """Run `original` and `compressed` (Programs, MLModels or .mlpackage paths) on the same inputs
-    in the reference executor and compare every output. Give `inputs` or `random=N`.
-    `progress=True` draws a bar per model run (or pass a `milcompress.progress.Progress`)."""
+    in the reference executor and compare every output. Give `inputs` or `random=N`; `shapes`
+    (input name -> shape) sets the shape of random inputs (default: each input's default shape).
+    `inputs` may also be sequences of calls (a list of lists of input dicts), each run in one
+    session of each model (a stateful program's states carry over); every call's outputs count
+    as a sample.
+    `progress=True` draws a bar per model run (or pass a `milcompress.progress.Progress`).
+
+    On a decoder (`reference/decoder.py`) given only token ids (`inputs` holding just the ids
+    input, or `random=N` sequences), this is `verify_decoder`: prefill and `steps` greedy decode
+    steps, compared per step (a `DecoderReport`)."""
     progress = as_progress(progress)
     if (inputs is None) == (random is None):
         raise InputError("give either inputs or random=N (the number of random samples)")
-    reference = Interpreter(load_program(original), function_name, precision)
-    candidate = Interpreter(load_program(compressed), function_name, precision)
-    if reference.input_spec() != candidate.input_spec():
-        raise InputError(f"the two models take different inputs: {reference.input_spec()} and {candidate.input_spec()}")
-    if reference.output_names != candidate.output_names:
-        raise InputError(f"the two models have different outputs: {reference.output_names} and {candidate.output_names}")
     if random is not None and random < 1:
         raise InputError(f"random must be a positive number of samples, not {random}")
-    samples = random_samples(reference, random, seed) if random is not None else samples_of(inputs, reference)
-    if not samples:
+    reference, candidate = _interpreters(original, compressed, precision, function_name)
+    decoder = Decoder.of(reference)
+    if decoder is not None and (random is not None or (isinstance(inputs, Mapping) and set(inputs) == {decoder.ids})):
+        length = None
+        if shapes:
+            unknown = [name for name in shapes if name != decoder.ids]
+            if unknown:
+                raise InputError(f"a decoder is verified on token ids: give the shape of '{decoder.ids}' only, not {', '.join(unknown)}")
+            length = int(shapes[decoder.ids][-1])
+        ids = None if inputs is None else inputs[decoder.ids]
+        return _verify_decoder(reference, candidate, ids, random, DECODE_STEPS if steps is None else steps, length, precision, seed)
+    if steps is not None:
+        raise InputError("steps (decode steps) apply to a decoder given token ids or random prompts; "
+                         + ("these inputs are not token ids alone" if decoder is not None else "this model is not a decoder (see milcompress/reference/decoder.py)"))
+    if shapes and random is None:
+        raise InputError("shapes set the shapes of random inputs: give them with random=N")
+    sequences = [[sample] for sample in random_samples(reference, random, seed, shapes)] if random is not None else sequences_of(inputs, reference)
+    if not sequences or not all(sequences):
         raise InputError("no input samples")
-    reference_outputs = _run_all(reference, samples, progress, "running the original")
-    candidate_outputs = _run_all(candidate, samples, progress, "running the compressed")
+    reference_outputs = _run_all(reference, sequences, progress, "running the original")
+    candidate_outputs = _run_all(candidate, sequences, progress, "running the compressed")
     comparisons = tuple(
         compare_output(name, [o[name] for o in reference_outputs], [o[name] for o in candidate_outputs])
         for name in reference.output_names
     )
-    return VerifyReport(precision=precision, samples=len(samples), outputs=comparisons, random_inputs=random is not None)
+    return VerifyReport(precision=precision, samples=len(reference_outputs), outputs=comparisons, random_inputs=random is not None)
+
+
+# -- decoders ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepComparison:
+    """The two decoders' logits at one step: step 0 is the prompt (every position), then each
+    decode step (one position per sequence); means over those positions."""
+
+    step: int
+    positions: int
+    cosine: float
+    min_cosine: float
+    top1_agreement: float  # the compressed model's next token is the original's
+    kl: float  # KL(softmax(original) || softmax(compressed)), nats
+    nonfinite_original: int = 0  # NaN or infinite logits; then every metric is NaN
+    nonfinite_compressed: int = 0
+
+    @property
+    def problems(self) -> List[str]:
+        where = "the prompt" if self.step == 0 else f"decode step {self.step}"
+        return [
+            f"logits of the {model} model at {where} have {count:,} NaN or infinite values"
+            for model, count in (("original", self.nonfinite_original), ("compressed", self.nonfinite_compressed))
+            if count
+        ]
+
+
+@dataclass(frozen=True)
+class DecoderReport:
+    """What compression did to a decoder, step by step (see `verify_decoder`)."""
+
+    precision: str
+    sequences: int
+    prompt_length: int
+    decode_steps: int
+    stateful: Tuple[bool, bool]  # original, compressed
+    steps: Tuple[StepComparison, ...]
+    perplexity: Optional[Tuple[float, float]]  # of the given ids under (original, compressed); None for random ids
+
+    @property
+    def problems(self) -> List[str]:
+        """What makes the comparison fail whatever its thresholds: non-finite logits."""
+        return [problem for step in self.steps for problem in step.problems]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        """JSON-ready: non-finite numbers as the strings "inf", "-inf", "nan" (JSON has none)."""
+        found = asdict(self)
+        found["steps"] = [{key: _json_number(value) for key, value in asdict(step).items()} for step in self.steps]
+        found["perplexity"] = None if self.perplexity is None else [_json_number(value) for value in self.perplexity]
+        found["problems"] = self.problems
+        return found
+
+    @property
+    def decode_top1_agreement(self) -> float:
+        """The top-1 agreement over every decode step (the prompt's excluded)."""
+        decode = [s for s in self.steps if s.step > 0]
+        return float(np.mean([s.top1_agreement for s in decode])) if decode else float("nan")
+
+
+def _compare_logits(step: int, reference: np.ndarray, candidate: np.ndarray) -> StepComparison:
+    ref = np.asarray(reference, dtype=np.float64).reshape(-1, reference.shape[-1])
+    out = np.asarray(candidate, dtype=np.float64).reshape(-1, candidate.shape[-1])
+    nonfinite_ref, nonfinite_out = int(np.sum(~np.isfinite(ref))), int(np.sum(~np.isfinite(out)))
+    if nonfinite_ref or nonfinite_out:
+        return StepComparison(step, len(ref), math.nan, math.nan, math.nan, math.nan, nonfinite_ref, nonfinite_out)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    cosines = np.where(norms > 0, np.sum(ref * out, axis=1) / np.where(norms > 0, norms, 1), 1.0)
+    log_p, log_q = _log_softmax(ref), _log_softmax(out)
+    kl = np.sum(np.exp(log_p) * (log_p - log_q), axis=1)
+    return StepComparison(
+        step=step,
+        positions=len(ref),
+        cosine=float(np.mean(cosines)),
+        min_cosine=float(np.min(cosines)),
+        top1_agreement=float(np.mean(np.argmax(ref, axis=1) == np.argmax(out, axis=1))),
+        kl=float(np.mean(kl)),
+    )
+
+
+def _exp(value: float) -> float:
+    """exp, inf past float64's range (a destroyed model's perplexity) rather than an OverflowError."""
+    return math.inf if value > 709.0 else math.exp(value)
+
+
+def _negative_log_likelihood(prompt_logits: np.ndarray, ids: np.ndarray) -> float:
+    """Sum over positions 1.. of -log p(ids[i] | ids[:i]) under `prompt_logits` (positions, vocab);
+    NaN where a logit is not finite."""
+    if not np.all(np.isfinite(prompt_logits)):
+        return math.nan
+    log_p = _log_softmax(np.asarray(prompt_logits[:-1], dtype=np.float64))
+    return float(-np.sum(log_p[np.arange(len(ids) - 1), ids[1:]]))
+
+
+def verify_decoder(
+    original,
+    compressed,
+    ids=None,
+    *,
+    random: Optional[int] = None,
+    steps: int = DECODE_STEPS,
+    length: Optional[int] = None,
+    precision: str = "float32",
+    seed: int = 0,
+    function_name: Optional[str] = None,
+) -> DecoderReport:
+    """Compare two decoders (stateful or stateless, each run its own way) on token ids.
+
+    `ids`: prompts, (length,) or (sequences, length) integers; or `random=N` prompts of `length`
+    tokens (default: the ids input's default length) drawn uniformly from the vocabulary. Each
+    prompt runs through both models (a prefill), then `steps` greedy decode steps: the token fed
+    at each step is the original model's top-1 choice, so both models see the same sequence, each
+    keeping its own state. Reported per step (0 = the prompt): logits cosine, top-1 agreement and
+    KL(original || compressed); and, for given ids, the perplexity of the prompts under each model.
+    """
+    if (ids is None) == (random is None):
+        raise InputError("give either token ids or random=N (the number of random prompts)")
+    reference, candidate = _interpreters(original, compressed, precision, function_name)
+    return _verify_decoder(reference, candidate, ids, random, steps, length, precision, seed)
+
+
+def _verify_decoder(reference: Interpreter, candidate: Interpreter, ids, random: Optional[int], steps: int, length: Optional[int], precision: str, seed: int) -> DecoderReport:
+    decoders = Decoder.of(reference), Decoder.of(candidate)
+    if decoders[0] is None or decoders[1] is None:
+        raise InputError(
+            "not a decoder: verifying on token ids needs an integer token-id input read by a gather, a causal-mask input "
+            "and a logits output (see milcompress/reference/decoder.py); give every input instead"
+        )
+    if steps < 0:
+        raise InputError(f"steps must be zero or more, not {steps}")
+    if ids is None:
+        if random < 1:
+            raise InputError(f"random must be a positive number of prompts, not {random}")
+        length = length or decoders[0].default_length
+        if not length:
+            raise InputError(f"input '{decoders[0].ids}' has no default length: give one (length=..., --shape {decoders[0].ids}=1xN)")
+        prompts = np.random.default_rng(seed).integers(0, decoders[0].vocabulary, size=(random, length))
+    else:
+        prompts = np.asarray(ids)
+        prompts = prompts[None] if prompts.ndim == 1 else prompts
+        if prompts.ndim != 2:
+            raise InputError(f"token ids for '{decoders[0].ids}' must be (length,) or (sequences, length), not {list(np.shape(ids))}")
+    prompts = np.stack([decoders[0].check_ids(prompt, steps) for prompt in prompts])
+    per_step: List[Tuple[List[np.ndarray], List[np.ndarray]]] = [([], []) for _ in range(steps + 1)]
+    likelihood = [0.0, 0.0]
+    for prompt in prompts:
+        runs = DecoderRun(decoders[0]), DecoderRun(decoders[1])
+        logits = [run.prefill(prompt) for run in runs]
+        for side in range(2):
+            per_step[0][side].append(logits[side])
+            likelihood[side] += _negative_log_likelihood(logits[side], prompt)
+        for step in range(1, steps + 1):
+            token = int(np.argmax(logits[0][-1]))
+            logits = [run.step(token)[None] for run in runs]
+            for side in range(2):
+                per_step[step][side].append(logits[side])
+    comparisons = tuple(
+        _compare_logits(step, np.concatenate(ref), np.concatenate(out)) for step, (ref, out) in enumerate(per_step)
+    )
+    predicted = prompts.shape[0] * (prompts.shape[1] - 1)
+    perplexity = None
+    if ids is not None and predicted > 0:
+        perplexity = tuple(_exp(total / predicted) for total in likelihood)
+    return DecoderReport(
+        precision=precision,
+        sequences=int(prompts.shape[0]),
+        prompt_length=int(prompts.shape[1]),
+        decode_steps=steps,
+        stateful=(decoders[0].stateful, decoders[1].stateful),
+        steps=comparisons,
+        perplexity=perplexity,
+    )

@@ -205,13 +205,16 @@ def _labeller(functions):
 def _inspect(args) -> int:
     from milcompress.api import inspect_model
     from milcompress.packages import package_size
+    from milcompress.signature import describe_io
     from milcompress.table import format_table
 
-    model, _ = _load(args.model, _progress())
+    model, prog = _load(args.model, _progress())
     opsets, weights = inspect_model(model)
     size = package_size(args.model)
+    io = describe_io(prog)
     if args.json:
-        print(json.dumps({"model": str(args.model), "size_bytes": size, "opsets": opsets, "weights": [w.to_dict() for w in weights]}, indent=2))
+        print(json.dumps({"model": str(args.model), "size_bytes": size, "opsets": opsets, "functions": io,
+                          "weights": [w.to_dict() for w in weights]}, indent=2))
         return EXIT_OK
     label = _labeller(opsets)
     rows = [[label(w.function, w.name), w.form, "x".join(map(str, w.shape)), f"{w.bits_per_weight:.2f}", _kb(w.stored_bytes)] for w in weights]
@@ -221,6 +224,11 @@ def _inspect(args) -> int:
     targets = ", ".join(f"{name}: {target}" for name, target in opsets.items())
     print(f"\n{len(weights)} weights, {count:,} values, {_kb(stored)} stored ({8 * stored / max(count, 1):.2f} bits/weight)")
     print(f"package {_kb(size)} on disk; opset {targets}")
+    for function_name, described in io.items():
+        where = f" of '{function_name}'" if len(io) > 1 else ""
+        print(f"inputs{where}: " + "; ".join(f"{name} {text}" for name, text in described["inputs"].items()))
+        if described["states"]:
+            print(f"states{where}: " + "; ".join(f"{name} {text}" for name, text in described["states"].items()))
     return EXIT_OK
 
 
@@ -320,6 +328,7 @@ def _verify(args) -> int:
     _needs_torch("verify")
     from milcompress.packages import load_arrays
     from milcompress.reference import verify
+    from milcompress.reference.verify import DecoderReport
     from milcompress.table import format_table
 
     if (args.inputs is None) == (args.random is None):
@@ -328,10 +337,14 @@ def _verify(args) -> int:
     progress = _progress()
     _, original = _load(args.original, progress)
     _, compressed = _load(args.compressed, progress)
-    report = verify(original, compressed, inputs, random=args.random, precision=args.precision, seed=args.seed, progress=progress)
+    report = verify(original, compressed, inputs, random=args.random, precision=args.precision, seed=args.seed, progress=progress,
+                    shapes=dict(args.shape or []), steps=args.steps)
     failures = _failed_thresholds(report, args)
     if args.json:
         print(json.dumps({**report.as_dict(), "failed": failures}, indent=2, allow_nan=False))
+        return EXIT_OK if report.ok and not failures else EXIT_VERIFY_FAILED
+    if isinstance(report, DecoderReport):
+        _print_decoder_report(report, args)
     else:
         rows = [
             [
@@ -351,18 +364,32 @@ def _verify(args) -> int:
         print(format_table(["output", "SNR dB", "PSNR dB", "cosine", "min cosine", "max abs err", "top-1 agree", "KL"], rows, [False] + [True] * 7))
         if report.random_inputs and any(o.top1_agreement is not None for o in report.outputs):
             print(f"\n{RANDOM_TOP1_CAVEAT}")
-        for problem in report.problems:
-            print(f"FAILED: {problem}")
-        thresholds = [(flag, value) for flag, value in (("--min-cosine", args.min_cosine), ("--min-top1", args.min_top1), ("--max-kl", args.max_kl)) if value is not None]
-        if thresholds:
-            given = ", ".join(f"{flag} {value:g}" for flag, value in thresholds)
-            print(f"\n{'FAILED' if failures else 'passed'}: {given}" + "".join(f"\n  {failure}" for failure in failures))
+    for problem in report.problems:
+        print(f"FAILED: {problem}")
+    thresholds = [(flag, value) for flag, value in (("--min-cosine", args.min_cosine), ("--min-top1", args.min_top1), ("--max-kl", args.max_kl)) if value is not None]
+    if thresholds:
+        given = ", ".join(f"{flag} {value:g}" for flag, value in thresholds)
+        print(f"\n{'FAILED' if failures else 'passed'}: {given}" + "".join(f"\n  {failure}" for failure in failures))
     return EXIT_OK if report.ok and not failures else EXIT_VERIFY_FAILED
 
 
 def _failed_thresholds(report, args) -> List[str]:
     """What misses the thresholds given: mean cosine of every output; top-1 agreement and KL
-    divergence of every output that looks like class scores (an error if none does)."""
+    divergence of every output that looks like class scores (an error if none does). A decoder's
+    report is held to them step by step (the prompt, then each decode step)."""
+    from milcompress.reference.verify import DecoderReport
+
+    if isinstance(report, DecoderReport):
+        failures = []
+        for step in report.steps:
+            where = "prompt" if step.step == 0 else f"step {step.step}"
+            if args.min_cosine is not None and not step.cosine >= args.min_cosine:
+                failures.append(f"{where}: logits cosine {step.cosine:.5f} < {args.min_cosine:g}")
+            if args.min_top1 is not None and not step.top1_agreement >= args.min_top1:
+                failures.append(f"{where}: top-1 agreement {step.top1_agreement:.4g} < {args.min_top1:g}")
+            if args.max_kl is not None and not step.kl <= args.max_kl:
+                failures.append(f"{where}: KL divergence {step.kl:.4g} > {args.max_kl:g}")
+        return failures
     failures = []
     if args.min_cosine is not None:
         failures += [f"{o.name}: cosine {o.cosine:.5f} < {args.min_cosine:g}" for o in report.outputs if not o.cosine >= args.min_cosine]
@@ -428,6 +455,37 @@ def _sweep(args) -> int:
         print(f"\n{RANDOM_TOP1_CAVEAT}")
     print("\nwrote " + ", ".join(str(path) for path in written))
     return EXIT_OK
+
+
+def _print_decoder_report(report, args) -> None:
+    from milcompress.table import format_table
+
+    kinds = ["stateful" if stateful else "stateless" for stateful in report.stateful]
+    source = f"{args.inputs}" if args.inputs else f"{args.random} random"
+    print(
+        f"decoder ({kinds[0]} / {kinds[1]}): {report.sequences} prompts of {report.prompt_length} tokens ({source}), "
+        f"then {report.decode_steps} greedy decode steps on the original's tokens; computed in {report.precision} "
+        "by the reference executor\n"
+    )
+    rows = [
+        ["prompt" if s.step == 0 else str(s.step), str(s.positions), f"{s.cosine:.5f}", f"{s.min_cosine:.5f}", f"{s.top1_agreement:.3f}", f"{s.kl:.4g}"]
+        for s in report.steps
+    ]
+    print(format_table(["step", "positions", "logits cosine", "min cosine", "top-1 agree", "KL"], rows, [False] + [True] * 5))
+    if report.perplexity is not None:
+        print(f"\nperplexity of the given ids: original {report.perplexity[0]:.4g}, compressed {report.perplexity[1]:.4g}")
+
+
+def _shape_option(text: str):
+    from milcompress.signature import parse_shape
+
+    name, separator, shape = text.partition("=")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f"--shape takes NAME=SHAPE, such as input_ids=1x8, not {text!r}")
+    try:
+        return name, parse_shape(shape)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 # ------------------------------------------------------------------------------------------------
@@ -500,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="a YAML config: ours or coremltools' OptimizationConfig layout")
     run.add_argument("--passes", help="passes as text: pass_id{option=value,...},...")
     run.add_argument("--target-bpw", help="one form per weight, chosen to average this many bits per weight with least error")
-    run.add_argument("--calibration", help="with --target-bpw: an .npz of inputs for activation-aware errors and bias correction")
+    run.add_argument("--calibration", help="with --target-bpw: an .npz of inputs for activation-aware errors and bias correction (a decoder: its token ids alone, one sequence per row)")
     run.add_argument("--sensitivity-seconds", help="with --target-bpw and --calibration: time to measure each weight's end-to-end sensitivity")
     run.add_argument("--error-feedback", action="store_true",
                      help="with --target-bpw and --calibration: re-encode matrix-like weights by error feedback (GPTQ) where held-out calibration inputs confirm it helps")
@@ -526,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--min-cosine", type=float, help="exit 1 if any output's mean cosine similarity is below this")
     verify.add_argument("--min-top1", type=float, help="exit 1 if any class-score output's top-1 agreement is below this")
     verify.add_argument("--max-kl", type=float, help="exit 1 if any class-score output's mean KL(original || compressed) is above this")
+    verify.add_argument("--shape", type=_shape_option, action="append", metavar="NAME=SHAPE",
+                        help="with --random: the shape of a flexible input, such as input_ids=1x8 (default: its default shape)")
+    verify.add_argument("--steps", type=int, help="on a decoder given token ids or --random: greedy decode steps after the prompt (default 8)")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=_verify)
 

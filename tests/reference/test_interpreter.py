@@ -102,11 +102,11 @@ def test_a_failing_kernel_is_reported_with_its_op(monkeypatch):
 
 def test_inputs_are_checked_by_name_and_shape():
     interpreter = Interpreter(op_program(lambda x: mb.relu(x=x), {"x": np.zeros((2, 3), np.float32)}))
-    with pytest.raises(InputError, match=r"missing input\(s\) x; the function 'main' takes x \[2, 3\]"):
+    with pytest.raises(InputError, match=r"missing input\(s\) x; the function 'main' takes x \(2, 3\)"):
         interpreter.run({})
     with pytest.raises(InputError, match=r"unknown input\(s\) y"):
         interpreter.run({"x": np.zeros((2, 3), np.float32), "y": np.zeros(1)})
-    with pytest.raises(InputError, match=r"input 'x' has shape \[3, 2\]; the program declares \[2, 3\]"):
+    with pytest.raises(InputError, match=r"input 'x' has shape \[3, 2\]; the model takes \(2, 3\)"):
         interpreter.run({"x": np.zeros((3, 2), np.float32)})
 
 

@@ -8,7 +8,8 @@ rare kernel that needs an output's declared type. Values are
 - torch tensors for tensors and scalars: floats in float32 (the interpreter rounds outputs to
   float16 when emulating it), integers in int32 or int64, booleans in bool;
 - Python strings for string inputs (`pad_type`, `mode`, ...);
-- tuples of values for tuple inputs (`concat`'s `values`).
+- tuples of values for tuple inputs (`concat`'s `values`);
+- a `StateCell` for a state input (`read_state`, `coreml_update_state`; see `state.py`).
 
 Semantics come from coremltools' op definitions (`coremltools/converters/mil/mil/ops/defs/`), one
 function per op type; an op type whose signature changed between opsets (constexpr ops in iOS18,
@@ -126,5 +127,6 @@ from milcompress.reference.kernels import (  # noqa: E402, F401
     elementwise,
     nn,
     recurrent,
+    state,
     tensor,
 )
