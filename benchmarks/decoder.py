@@ -44,13 +44,14 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -216,7 +217,9 @@ def _digest(weights: Dict[str, tuple]) -> str:
 
 
 def benchmark_variant(model: str, variant: str, labels: Dict[str, List[str]], random_shape: tuple, work: Path,
-                      stateless_digests: dict) -> dict:
+                      stateless_digests: dict, save: Callable[[dict], None]) -> dict:
+    """Convert one variant, then compress it with each config, one process per config and
+    library, measuring each result as it comes; `save(result so far)` after each."""
     from benchmarks.size_sweep import bits_per_weight
     from milcompress.packages import package_size
 
@@ -233,20 +236,24 @@ def benchmark_variant(model: str, variant: str, labels: Dict[str, List[str]], ra
     }
     scorer = None
     if model == "smollm2":
+        from benchmarks.models import smollm2
+
         scorer = SmolLM2Scorer(dense_path)
         result["fp16_weights_metrics"] = scorer.weight_metrics(scorer.dense_weights)
         result["fp16_program_metrics"] = scorer.program_metrics(dense_path, dense_path)
+        result["program_error"] = scorer.program_error
         result["float32_metrics"] = scorer.bench.evaluate(scorer.bench.module)
-        from benchmarks.models import smollm2
-
         np.savez(work / CALIBRATION_FILE, **smollm2.calibration_inputs())
-    for library in LIBRARIES:
-        if not labels[library]:
-            continue
-        out = work / f"{model}-{variant}-{library}"
-        out.mkdir()
-        env = {"DECODER_CALIBRATION": str(work / CALIBRATION_FILE)}
-        for label, run in compare.run_worker(library, dense_path, labels[library], out, script=__file__, env=env).items():
+    save(result)
+    env = {"DECODER_CALIBRATION": str(work / CALIBRATION_FILE)}
+    ordered = list(dict.fromkeys(labels["milcompress"] + labels["coremltools"]))  # each config's two runs together
+    for label in ordered:
+        for library in LIBRARIES:
+            if label not in labels[library]:
+                continue
+            out = work / f"{model}-{variant}-{library}"
+            out.mkdir(exist_ok=True)
+            run = compare.run_worker(library, dense_path, [label], out, script=__file__, env=env)[label]
             if "error" not in run:
                 path = Path(run.pop("package"))
                 run["size_bytes"] = package_size(path)
@@ -256,6 +263,7 @@ def benchmark_variant(model: str, variant: str, labels: Dict[str, List[str]], ra
                     weights = scorer.weights(path)
                     run["weights_metrics"] = scorer.weight_metrics(weights)
                     run["program_metrics"] = scorer.program_metrics(path, dense_path)
+                    result["program_error"] = scorer.program_error
                     if variant == "stateless":
                         stateless_digests[(library, label)] = _digest(weights)
                     elif (library, label) in stateless_digests:
@@ -263,20 +271,23 @@ def benchmark_variant(model: str, variant: str, labels: Dict[str, List[str]], ra
                     del weights
                     print(f"  {model} {variant} {library:11s} {label:34s} {run['bits_per_weight']:.2f} bpw "
                           f"weights {run['weights_metrics']} program {run['program_metrics']}", flush=True)
+                shutil.rmtree(path)  # a 500M decoder's packages would fill the disk
             result["configs"].setdefault(label, {})[library] = run
-    if scorer is not None:
-        result["program_error"] = scorer.program_error
+            save(result)
     return result
 
 
-def benchmark_model(model: str, quick: bool, only: Optional[List[str]], random_shape: tuple) -> List[dict]:
+def benchmark_model(model: str, quick: bool, only: Optional[List[str]], random_shape: tuple,
+                    save: Callable[[List[dict]], None]) -> List[dict]:
     """Every conversion of `model` and its results; `random_shape`: the random decoder's
-    (parameters, vocabulary)."""
+    (parameters, vocabulary); `save(this model's results so far)` as results come."""
     results, stateless_digests = [], {}
     with tempfile.TemporaryDirectory(prefix=f"decoder-{model}-") as work:
         for variant in variants_of(model, quick):
             print(f"{model} ({variant}):", flush=True)
-            results.append(benchmark_variant(model, variant, labels_of(model, quick, only), random_shape, Path(work), stateless_digests))
+            labels = labels_of(model, quick, only)
+            results.append(benchmark_variant(model, variant, labels, random_shape, Path(work), stateless_digests,
+                                             lambda current: save(results + [current])))
     return results
 
 
@@ -417,14 +428,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     partial = args.models or args.configs or random_shape != (RANDOM_PARAMETERS, RANDOM_VOCABULARY)
     suffix = ("_quick" if args.quick else "") + ("_partial" if partial else "")
     args.out.mkdir(parents=True, exist_ok=True)
-    results = []
+    results: List[dict] = []
+
+    def save(in_progress: List[dict]) -> None:
+        """Write what is measured so far, so a long run that stops leaves its results."""
+        everything = results + in_progress
+        (args.out / f"decoder{suffix}.json").write_text(json.dumps({"command": command, "results": everything}, indent=1, default=float) + "\n")
+        (args.out / f"decoder{suffix}.md").write_text(report(everything, command))
+
     for name in names:
         started = time.perf_counter()
-        results += benchmark_model(name, args.quick, args.configs, random_shape)
+        results += benchmark_model(name, args.quick, args.configs, random_shape, save)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
-        # Written after every model, so a long run leaves what it has measured.
-        (args.out / f"decoder{suffix}.json").write_text(json.dumps({"command": command, "results": results}, indent=1, default=float) + "\n")
-        (args.out / f"decoder{suffix}.md").write_text(report(results, command))
+        save([])
     if not suffix:
         update_readme(results, command)
     print(report(results, command))
