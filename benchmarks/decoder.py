@@ -29,6 +29,7 @@ A stateful result also records whether its weights equal the stateless result's 
     python benchmarks/decoder.py             # everything (an hour or more on 2 shared cores)
     python benchmarks/decoder.py --models smollm2
     python benchmarks/decoder.py --readme    # README's decoder section again from decoder.json
+    python benchmarks/decoder.py --readme benchmarks/results/decoder_partial_*.json  # or from partial runs
 
 Results go to benchmarks/results/decoder[_quick][_partial].{md,json}; a full run also rewrites the
 README's decoder section (between its markers) from the results.
@@ -67,6 +68,7 @@ UNIFORM = ("int8 per channel", "int4 per block 32", "palettize 4-bit per tensor"
 QUICK_UNIFORM = ("int4 per block 32", "palettize 4-bit per tensor")
 TARGETS = (3.0, 4.0, 4.5, 5.0)
 QUICK_TARGETS = (4.0,)
+COREMLTOOLS_SKIPPED_ON_RANDOM = ("palettize 4-bit groups of 16",)
 RANDOM_PARAMETERS = 5e8  # the random decoder's size and vocabulary unless the command line says otherwise
 RANDOM_VOCABULARY = 32000
 SMOLLM2_NOTE = "SmolLM2's linear weights were stored as Q4_1 (4-bit blocks of 32), its embedding as Q8_0"
@@ -88,7 +90,10 @@ def labels_of(model: str, quick: bool, only: Optional[List[str]] = None) -> Dict
     ours = uniform + [size_label(t, False) for t in targets]
     if model == "smollm2":  # calibration needs real text; tried on the stateful program too
         ours += [size_label(t, True) for t in targets]
-    labels = {"milcompress": ours, "coremltools": uniform}
+    theirs = uniform
+    if model == "random_llama":  # coremltools' grouped k-means is scikit-learn per group: hours at this size
+        theirs = [label for label in uniform if label not in COREMLTOOLS_SKIPPED_ON_RANDOM]
+    labels = {"milcompress": ours, "coremltools": theirs}
     return {library: [label for label in wanted if only is None or label in only] for library, wanted in labels.items()}
 
 
@@ -337,13 +342,15 @@ def table(result: dict) -> str:
     return format_table(headers, rows, [False, False] + [True] * (len(headers) - 2))
 
 
-def report(results: List[dict], command: str) -> str:
+def report(results: List[dict], command) -> str:
+    """The tables; `command`: the command line that produced them, or a list of them."""
     import coremltools
     import torch
 
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other work; numpy {np.__version__}, "
                f"torch {torch.__version__}, coremltools {coremltools.__version__}")
-    lines = [f"Produced by `{command}` ({machine}).", ""]
+    commands = "` and `".join([command] if isinstance(command, str) else command)
+    lines = [f"Produced by `{commands}` ({machine}).", ""]
     for result in results:
         c = result["conversion"]
         lines += [f"### {_title(result)}", "",
@@ -363,19 +370,20 @@ def report(results: List[dict], command: str) -> str:
     return "\n".join(lines)
 
 
-def readme_section(results: List[dict], command: str) -> str:
+def readme_section(results: List[dict], command) -> str:
     return "\n".join([
         README_START, "",
-        f"`{command}` compresses SmolLM2-135M-Instruct (real weights: {SMOLLM2_NOTE}) and a random-weight Llama-shaped decoder "
-        "of about 500M parameters with both libraries, each in its own process; `python benchmarks/decoder.py --quick` is a "
-        "few minutes' subset. `python benchmarks/decoder.py --readme` rewrites this section from "
-        "`benchmarks/results/decoder.json`.", "",
-        report(results, command).split("\n", 2)[2].replace("### ", "#### "),
+        "`python benchmarks/decoder.py` compresses SmolLM2-135M-Instruct (real weights; "
+        f"{SMOLLM2_NOTE}) and a random-weight Llama-shaped decoder of about 500M parameters (speed and memory only) "
+        "with both libraries, each conversion and each compression in its own process; `--quick` is a subset, "
+        "`--models` one model (results in `benchmarks/results/decoder_partial_<model>.json`). "
+        "`python benchmarks/decoder.py --readme [RESULTS_JSON ...]` rewrites this section from results files.", "",
+        report(results, command).replace("### ", "#### "),
         README_END,
     ])
 
 
-def update_readme(results: List[dict], command: str, readme: Path = ROOT / "README.md") -> None:
+def update_readme(results: List[dict], command, readme: Path = ROOT / "README.md") -> None:
     """Replace the README's decoder section (between its markers) with one from `results`; add it
     under a "Decoder LLMs" heading at the end when the markers are absent."""
     text = readme.read_text()
@@ -411,11 +419,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--random-parameters", type=float, default=RANDOM_PARAMETERS, help="size of the random decoder")
     parser.add_argument("--random-vocabulary", type=int, default=RANDOM_VOCABULARY, help="vocabulary of the random decoder")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--readme", action="store_true", help="only rewrite README.md's decoder section from <out>/decoder.json")
+    parser.add_argument("--readme", nargs="*", type=Path, metavar="RESULTS_JSON",
+                        help="only rewrite README.md's decoder section, from these results files (default <out>/decoder.json)")
     args = parser.parse_args(argv)
-    if args.readme:
-        stored = json.loads((args.out / "decoder.json").read_text())
-        update_readme(stored["results"], stored["command"])
+    if args.readme is not None:
+        stored = [json.loads(path.read_text()) for path in args.readme or [args.out / "decoder.json"]]
+        update_readme([r for s in stored for r in s["results"]], [s["command"] for s in stored])
         return 0
     import milcompress  # noqa: F401,F811  (imports coremltools without its notices)
 
@@ -426,7 +435,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     command = "python benchmarks/decoder.py" + " ".join([""] + argv)
     random_shape = (args.random_parameters, args.random_vocabulary)
     partial = args.models or args.configs or random_shape != (RANDOM_PARAMETERS, RANDOM_VOCABULARY)
-    suffix = ("_quick" if args.quick else "") + ("_partial" if partial else "")
+    # A partial run names its models, so runs of different models never overwrite each other.
+    suffix = ("_quick" if args.quick else "") + ("_partial_" + "_".join(names) if partial else "")
     args.out.mkdir(parents=True, exist_ok=True)
     results: List[dict] = []
 
