@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -211,6 +212,11 @@ def _embedding_consts(path: Path) -> List[str]:
     return sorted(name for name in metadata if "embed_tokens" in name or "lm_head" in name)
 
 
+def _forms(weights: Dict[str, tuple]) -> Dict[str, int]:
+    """How many weights have each storage form (its kind, before the first comma: "LUT 4-bit")."""
+    return dict(Counter((form or "dense").split(",")[0] for _, form in weights.values()))
+
+
 def _digest(weights: Dict[str, tuple]) -> str:
     """One hash of every weight's name, dtype, shape and values: equal digests, equal weights."""
     digest = hashlib.sha256()
@@ -267,6 +273,8 @@ def benchmark_variant(model: str, variant: str, labels: Dict[str, List[str]], ra
                 if scorer is not None:
                     weights = scorer.weights(path)
                     run["weights_metrics"] = scorer.weight_metrics(weights)
+                    run["forms"] = _forms(weights)
+                    run["embedding_form"] = weights["model.embed_tokens.weight"][1] or "dense"
                     run["program_metrics"] = scorer.program_metrics(path, dense_path)
                     result["program_error"] = scorer.program_error
                     if variant == "stateless":
