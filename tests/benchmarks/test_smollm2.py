@@ -100,3 +100,32 @@ def test_unpermuting_the_rotary_rows_is_what_makes_it_a_language_model(bench):
     as_stored.load_state_dict(state, strict=True)
     reference = smollm2.logits_of(bench.module, ids)
     assert smollm2.metrics(smollm2.logits_of(as_stored.eval(), ids), ids, reference)["perplexity"] > 100
+
+
+def test_converted_program_keeps_names_one_tied_const_and_its_float16_perplexity(bench):
+    """The stateless conversion: every linear weight a const named after its key, the tied
+    embedding / lm_head one const, and the program run with float16 activations as good as the
+    float32 model (the layer-norm form of RMSNorm keeps the squares of SmolLM2's 25,000-sized
+    residual activations out of float16)."""
+    import warnings
+
+    import coremltools as ct
+
+    import milcompress
+    from benchmarks.models.base import ProgramModule
+    from milcompress.reference import load_program
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlmodel = llama.convert(bench.module)
+    metadata = milcompress.get_weights_metadata(mlmodel, weight_threshold=2048)
+    linear = {key for key in bench.module.state_dict() if key.endswith("proj.weight")}
+    assert {key.replace(".", "_") + "_to_fp16" for key in linear} <= set(metadata)
+    assert [name for name in metadata if "embed" in name or "lm_head" in name] == ["model_embed_tokens_weight_to_fp16"]
+    ids = smollm2.evaluation_ids()[:2]
+    reference = smollm2.logits_of(bench.module, ids)
+    program = smollm2.logits_of(ProgramModule(load_program(mlmodel), precision="float16"), ids)
+    float32 = smollm2.metrics(reference, ids, reference)["perplexity"]
+    scores = smollm2.metrics(program, ids, reference)
+    assert scores["perplexity"] == pytest.approx(float32, rel=0.02) and scores["top1_agreement"] >= 0.95
+    assert isinstance(mlmodel, ct.models.MLModel)
