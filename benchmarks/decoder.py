@@ -53,7 +53,7 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -69,7 +69,7 @@ UNIFORM = ("int8 per channel", "int4 per block 32", "palettize 4-bit per tensor"
 QUICK_UNIFORM = ("int4 per block 32", "palettize 4-bit per tensor")
 TARGETS = (3.0, 4.0, 4.5, 5.0)
 QUICK_TARGETS = (4.0,)
-COREMLTOOLS_SKIPPED_ON_RANDOM = ("palettize 4-bit groups of 16",)
+COREMLTOOLS_LAST = ("palettize 4-bit groups of 16",)  # hours on the random decoder: not run there
 RANDOM_PARAMETERS = 5e8  # the random decoder's size and vocabulary unless the command line says otherwise
 RANDOM_VOCABULARY = 32000
 SMOLLM2_NOTE = "SmolLM2's linear weights were stored as Q4_1 (4-bit blocks of 32), its embedding as Q8_0"
@@ -83,28 +83,37 @@ def size_label(target: float, calibrated: bool) -> str:
     return f"compress_to_size {target:g}" + (" calibrated" if calibrated else "")
 
 
-def labels_of(model: str, quick: bool, only: Optional[List[str]] = None) -> Dict[str, List[str]]:
-    """Library -> the config labels it runs on each conversion of a model (those in `only`, if
-    given)."""
-    uniform = list(QUICK_UNIFORM if quick else UNIFORM)
-    targets = QUICK_TARGETS if quick else TARGETS
-    ours = uniform + [size_label(t, False) for t in targets]
-    if model == "smollm2":  # calibration needs real text; tried on the stateful program too
-        ours += [size_label(t, True) for t in targets]
-    theirs = uniform
-    if model == "random_llama":  # coremltools' grouped k-means is scikit-learn per group: hours at this size
-        theirs = [label for label in uniform if label not in COREMLTOOLS_SKIPPED_ON_RANDOM]
-    labels = {"milcompress": ours, "coremltools": theirs}
-    return {library: [label for label in wanted if only is None or label in only] for library, wanted in labels.items()}
+def variants_of(model: str, quick: bool) -> List[str]:
+    return ["stateless", "stateful"] if model == "smollm2" else ["stateful"]
 
 
 def all_labels() -> List[str]:
-    labels = labels_of("smollm2", quick=False)
-    return labels["milcompress"] + [label for label in labels["coremltools"] if label not in labels["milcompress"]]
+    """Every config label, in table order: single configs, then compress_to_size by target,
+    data-free before calibrated."""
+    return list(UNIFORM) + [size_label(t, False) for t in TARGETS] + [size_label(t, True) for t in TARGETS]
 
 
-def variants_of(model: str, quick: bool) -> List[str]:
-    return ["stateless", "stateful"] if model == "smollm2" else ["stateful"]
+def plan_of(model: str, variant: str, quick: bool, only: Optional[List[str]] = None) -> List[Tuple[str, str]]:
+    """(library, label) runs on one conversion, in the order they run: what matters most first, so
+    a run stopped early has it (on shared cores a full run takes hours).
+
+    coremltools runs the single configs; milcompress those and compress_to_size, calibrated on
+    SmolLM2 only (real text). The stateful SmolLM2 runs the quick set: its weights must equal the
+    stateless ones, and it shows time and memory on the stateful program. coremltools' grouped
+    k-means (scikit-learn per group of 16 rows) runs last, and not on the random decoder."""
+    quick = quick or (model == "smollm2" and variant == "stateful")
+    uniform = QUICK_UNIFORM if quick else ("int4 per block 32", "palettize 4-bit per tensor", "palettize 4-bit groups of 16", "int8 per channel")
+    targets = QUICK_TARGETS if quick else (4.0, 4.5, 3.0, 5.0)
+    plan = []
+    for label in uniform:
+        plan.append(("milcompress", label))
+        if label not in COREMLTOOLS_LAST:
+            plan.append(("coremltools", label))
+    for calibrated in (False, True) if model == "smollm2" else (False,):
+        plan += [("milcompress", size_label(t, calibrated)) for t in targets]
+    if model != "random_llama":
+        plan += [("coremltools", label) for label in uniform if label in COREMLTOOLS_LAST]
+    return [(library, label) for library, label in plan if only is None or label in only]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -227,8 +236,8 @@ def _digest(weights: Dict[str, tuple]) -> str:
     return digest.hexdigest()
 
 
-def benchmark_variant(model: str, variant: str, labels: Dict[str, List[str]], random_shape: tuple, work: Path,
-                      stateless_digests: dict, save: Callable[[dict], None]) -> dict:
+def benchmark_variant(model: str, variant: str, plan: List[Tuple[str, str]], random_shape: tuple, work: Path,
+                      stateless_digests: dict, save: Callable[[dict], None], program_scores: bool) -> dict:
     """Convert one variant, then compress it with each config, one process per config and
     library, measuring each result as it comes; `save(result so far)` after each."""
     from benchmarks.size_sweep import bits_per_weight
@@ -257,50 +266,47 @@ def benchmark_variant(model: str, variant: str, labels: Dict[str, List[str]], ra
         np.savez(work / CALIBRATION_FILE, **smollm2.calibration_inputs())
     save(result)
     env = {"DECODER_CALIBRATION": str(work / CALIBRATION_FILE)}
-    ordered = list(dict.fromkeys(labels["milcompress"] + labels["coremltools"]))  # each config's two runs together
-    for label in ordered:
-        for library in LIBRARIES:
-            if label not in labels[library]:
-                continue
-            out = work / f"{model}-{variant}-{library}"
-            out.mkdir(exist_ok=True)
-            run = compare.run_worker(library, dense_path, [label], out, script=__file__, env=env)[label]
-            if "error" not in run:
-                path = Path(run.pop("package"))
-                run["size_bytes"] = package_size(path)
-                run["ratio_to_fp16"] = dense_size / run["size_bytes"]
-                run["bits_per_weight"] = bits_per_weight(ct.models.MLModel(str(path), skip_model_load=True))
-                if scorer is not None:
-                    weights = scorer.weights(path)
-                    run["weights_metrics"] = scorer.weight_metrics(weights)
-                    run["forms"] = _forms(weights)
-                    run["embedding_form"] = weights["model.embed_tokens.weight"][1] or "dense"
+    for library, label in plan:
+        out = work / f"{model}-{variant}-{library}"
+        out.mkdir(exist_ok=True)
+        run = compare.run_worker(library, dense_path, [label], out, script=__file__, env=env)[label]
+        if "error" not in run:
+            path = Path(run.pop("package"))
+            run["size_bytes"] = package_size(path)
+            run["ratio_to_fp16"] = dense_size / run["size_bytes"]
+            run["bits_per_weight"] = bits_per_weight(ct.models.MLModel(str(path), skip_model_load=True))
+            if scorer is not None:
+                weights = scorer.weights(path)
+                run["weights_metrics"] = scorer.weight_metrics(weights)
+                run["forms"] = _forms(weights)
+                run["embedding_form"] = weights["model.embed_tokens.weight"][1] or "dense"
+                if program_scores:
                     run["program_metrics"] = scorer.program_metrics(path, dense_path)
                     result["program_error"] = scorer.program_error
-                    if variant == "stateless":
-                        stateless_digests[(library, label)] = _digest(weights)
-                    elif (library, label) in stateless_digests:
-                        run["same_weights_as_stateless"] = _digest(weights) == stateless_digests[(library, label)]
-                    del weights
-                    print(f"  {model} {variant} {library:11s} {label:34s} {run['bits_per_weight']:.2f} bpw "
-                          f"weights {run['weights_metrics']} program {run['program_metrics']}", flush=True)
-                shutil.rmtree(path)  # a 500M decoder's packages would fill the disk
-            result["configs"].setdefault(label, {})[library] = run
-            save(result)
+                if variant == "stateless":
+                    stateless_digests[(library, label)] = _digest(weights)
+                elif (library, label) in stateless_digests:
+                    run["same_weights_as_stateless"] = _digest(weights) == stateless_digests[(library, label)]
+                del weights
+                print(f"  {model} {variant} {library:11s} {label:34s} {run['bits_per_weight']:.2f} bpw "
+                      f"weights {run['weights_metrics']} program {run.get('program_metrics')}", flush=True)
+            shutil.rmtree(path)  # a 500M decoder's packages would fill the disk
+        result["configs"].setdefault(label, {})[library] = run
+        save(result)
     return result
 
 
 def benchmark_model(model: str, quick: bool, only: Optional[List[str]], random_shape: tuple,
-                    save: Callable[[List[dict]], None]) -> List[dict]:
+                    save: Callable[[List[dict]], None], program_scores: bool = False) -> List[dict]:
     """Every conversion of `model` and its results; `random_shape`: the random decoder's
     (parameters, vocabulary); `save(this model's results so far)` as results come."""
     results, stateless_digests = [], {}
     with tempfile.TemporaryDirectory(prefix=f"decoder-{model}-") as work:
         for variant in variants_of(model, quick):
             print(f"{model} ({variant}):", flush=True)
-            labels = labels_of(model, quick, only)
-            results.append(benchmark_variant(model, variant, labels, random_shape, Path(work), stateless_digests,
-                                             lambda current: save(results + [current])))
+            plan = plan_of(model, variant, quick, only)
+            results.append(benchmark_variant(model, variant, plan, random_shape, Path(work), stateless_digests,
+                                             lambda current: save(results + [current]), program_scores))
     return results
 
 
@@ -334,7 +340,9 @@ def table(result: dict) -> str:
         headers += ["ppl (weights)", "agree (weights)", "ppl (program)", "agree (program)"]
     rows = [["float16 (dense)", "-", "-", "-", f"{result['fp16_size_bytes'] / 1e6:.1f}", "1.00", _fmt(result["fp16_bits_per_weight"])]
             + (_metric_cells(result["fp16_weights_metrics"]) + _metric_cells(result["fp16_program_metrics"]) if accuracy else [])]
-    for label, runs in result["configs"].items():
+    order = all_labels()
+    for label in sorted(result["configs"], key=order.index):
+        runs = result["configs"][label]
         for library in LIBRARIES:
             if library not in runs:
                 continue
@@ -426,6 +434,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--configs", nargs="*", help="config labels (default: all)")
     parser.add_argument("--random-parameters", type=float, default=RANDOM_PARAMETERS, help="size of the random decoder")
     parser.add_argument("--random-vocabulary", type=int, default=RANDOM_VOCABULARY, help="vocabulary of the random decoder")
+    parser.add_argument("--program-scores", action="store_true",
+                        help="also score every stateless SmolLM2 package run by the executor (about 30 s each on an idle core)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--readme", nargs="*", type=Path, metavar="RESULTS_JSON",
                         help="only rewrite README.md's decoder section, from these results files (default <out>/decoder.json)")
@@ -456,7 +466,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     for name in names:
         started = time.perf_counter()
-        results += benchmark_model(name, args.quick, args.configs, random_shape, save)
+        results += benchmark_model(name, args.quick, args.configs, random_shape, save, args.program_scores)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
         save([])
     if not suffix:

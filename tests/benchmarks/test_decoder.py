@@ -10,18 +10,19 @@ from benchmarks import decoder
 
 
 def test_compress_to_size_and_calibration_are_ours_alone_and_on_smollm2_only():
-    smollm2 = decoder.labels_of("smollm2", quick=False)
-    assert smollm2["coremltools"] == list(decoder.UNIFORM)
-    assert [label for label in smollm2["milcompress"] if label.startswith("compress_to_size")] == [
-        "compress_to_size 3", "compress_to_size 4", "compress_to_size 4.5", "compress_to_size 5",
-        "compress_to_size 3 calibrated", "compress_to_size 4 calibrated", "compress_to_size 4.5 calibrated",
-        "compress_to_size 5 calibrated",
-    ]
-    random = decoder.labels_of("random_llama", quick=False)
-    assert not any("calibrated" in label for label in random["milcompress"])
-    assert "palettize 4-bit groups of 16" in random["milcompress"] and "palettize 4-bit groups of 16" not in random["coremltools"]
-    assert decoder.labels_of("smollm2", quick=True, only=["compress_to_size 4"]) == {
-        "milcompress": ["compress_to_size 4"], "coremltools": []}
+    plan = decoder.plan_of("smollm2", "stateless", quick=False)
+    assert len(plan) == len(set(plan))
+    assert sorted(label for library, label in plan if library == "coremltools") == sorted(decoder.UNIFORM)
+    ours = [label for library, label in plan if library == "milcompress"]
+    assert sorted(ours) == sorted(decoder.all_labels())
+    assert plan[-1] == ("coremltools", "palettize 4-bit groups of 16")  # hours of scikit-learn: last
+    random = decoder.plan_of("random_llama", "stateful", quick=False)
+    assert not any("calibrated" in label for _, label in random)
+    assert ("milcompress", "palettize 4-bit groups of 16") in random and ("coremltools", "palettize 4-bit groups of 16") not in random
+    stateful = decoder.plan_of("smollm2", "stateful", quick=False)  # the quick set: same weights, time, memory
+    assert stateful == decoder.plan_of("smollm2", "stateless", quick=True)
+    assert ("milcompress", "compress_to_size 4 calibrated") in stateful
+    assert decoder.plan_of("smollm2", "stateless", quick=True, only=["compress_to_size 4"]) == [("milcompress", "compress_to_size 4")]
     match = decoder.SIZE_LABEL.match("compress_to_size 4.5 calibrated")
     assert float(match["target"]) == 4.5 and match["calibrated"]
     with pytest.raises(ValueError, match="milcompress's alone"):
