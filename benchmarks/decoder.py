@@ -205,7 +205,8 @@ class SmolLM2Scorer:
         try:
             if self.program_reference is None:
                 self.program_reference = self._program_logits(dense_path)
-            return smollm2.metrics(self._program_logits(path), self.ids, self.program_reference)
+            logits = self.program_reference if path == dense_path else self._program_logits(path)
+            return smollm2.metrics(logits, self.ids, self.program_reference)
         except Exception as error:  # the executor not running a program is a result
             self.program_error = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
             return None
