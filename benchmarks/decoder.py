@@ -9,30 +9,33 @@ float16, `ct.RangeDim` lengths, a tied embedding / lm_head):
   speed and memory only (random weights have no accuracy to keep).
 
 Each conversion runs in its own process (time, peak memory). Then each library compresses the
-converted package in its own process, as benchmarks/compare.py does (its worker, reused), with
-coremltools' config objects for the single configs (int8 per channel, int4 per block 32, 4-bit
-palettes per tensor and per groups of 16) and, for milcompress only, `compress_to_size` at 3, 4,
-4.5 and 5 bits per weight, data-free and calibrated (7 windows of 64 tokens the evaluation never
-sees; on SmolLM2 only).
+converted package, one process per config (compare.py's worker, reused), with coremltools' config
+objects for the single configs (int8 per channel, int4 per block 32, 4-bit palettes per tensor and
+per groups of 16) and, for milcompress only, `compress_to_size` at 3, 4, 4.5 and 5 bits per
+weight, data-free and, on SmolLM2, calibrated (7 windows of 64 tokens the evaluation never sees).
+The runs go in `plan_of`'s order, what matters most first; results are saved after each one. The
+stateful SmolLM2 runs the quick set (its weights must equal the stateless conversion's);
+coremltools' grouped k-means runs last, and not on the random decoder (hours there).
 
 Per result: seconds, peak MB (the rise of the process's resident memory during the call), package
-size, stored bits per weight, and on SmolLM2 perplexity on 8 windows of 64 tokens of
-`pydoc_data.topics` and next-token top-1 agreement with the float16 model, twice:
+size, stored bits per weight (every 2-D float const, compressed or not: the dense rotary tables
+too), and on SmolLM2 perplexity on 8 windows of 64 tokens of `pydoc_data.topics` and next-token
+top-1 agreement with the float16 model:
 - "weights": the float32 torch model with the weights read back from the package (the same reader
   for both libraries); agreement with the float16 weights in the same torch model;
-- "program": the package's program itself, run by milcompress's reference executor with float16
-  activations; agreement with the float16 package run the same way. Stateless packages only while
-  the executor cannot run the stateful one (its error is recorded once).
-A stateful result also records whether its weights equal the stateless result's of the same config.
+- "program" (the float16 package always; each result with --program-scores): the package's
+  program itself, run by milcompress's reference executor with float16 activations; agreement
+  with the float16 package run the same way. Stateless only while the executor cannot run the
+  stateful program (its error is recorded).
 
-    python benchmarks/decoder.py --quick     # SmolLM2 only, int4 per block and 4-bit palettes, target 4
-    python benchmarks/decoder.py             # everything (an hour or more on 2 shared cores)
-    python benchmarks/decoder.py --models smollm2
+    python benchmarks/decoder.py --quick     # SmolLM2: int4 per block, 4-bit palettes, target 4
+    python benchmarks/decoder.py             # everything (hours on 2 shared cores)
+    python benchmarks/decoder.py --models smollm2 [--configs LABEL ...] [--program-scores]
     python benchmarks/decoder.py --readme    # README's decoder section again from decoder.json
     python benchmarks/decoder.py --readme benchmarks/results/decoder_partial_*.json  # or from partial runs
 
-Results go to benchmarks/results/decoder[_quick][_partial].{md,json}; a full run also rewrites the
-README's decoder section (between its markers) from the results.
+Results go to benchmarks/results/decoder[_quick][_partial_<models>].{md,json}; a full run also
+rewrites the README's decoder section (between its markers) from the results.
 """
 
 from __future__ import annotations
