@@ -86,8 +86,10 @@ def size_label(target: float, calibrated: bool) -> str:
     return f"compress_to_size {target:g}" + (" calibrated" if calibrated else "")
 
 
-def variants_of(model: str, quick: bool) -> List[str]:
-    return ["stateless", "stateful"] if model == "smollm2" else ["stateful"]
+def variants_of(model: str, only: Optional[List[str]] = None) -> List[str]:
+    """The conversions of a model that run (those in `only`, if given)."""
+    variants = ["stateless", "stateful"] if model == "smollm2" else ["stateful"]
+    return [variant for variant in variants if only is None or variant in only]
 
 
 def all_labels() -> List[str]:
@@ -287,10 +289,11 @@ def benchmark_variant(model: str, variant: str, plan: List[Tuple[str, str]], ran
                 if program_scores:
                     run["program_metrics"] = scorer.program_metrics(path, dense_path)
                     result["program_error"] = scorer.program_error
+                run["weights_digest"] = _digest(weights)
                 if variant == "stateless":
-                    stateless_digests[(library, label)] = _digest(weights)
+                    stateless_digests[(library, label)] = run["weights_digest"]
                 elif (library, label) in stateless_digests:
-                    run["same_weights_as_stateless"] = _digest(weights) == stateless_digests[(library, label)]
+                    run["same_weights_as_stateless"] = run["weights_digest"] == stateless_digests[(library, label)]
                 del weights
                 print(f"  {model} {variant} {library:11s} {label:34s} {run['bits_per_weight']:.2f} bpw "
                       f"weights {run['weights_metrics']} program {run.get('program_metrics')}", flush=True)
@@ -301,12 +304,13 @@ def benchmark_variant(model: str, variant: str, plan: List[Tuple[str, str]], ran
 
 
 def benchmark_model(model: str, quick: bool, only: Optional[List[str]], random_shape: tuple,
-                    save: Callable[[List[dict]], None], program_scores: bool = False) -> List[dict]:
+                    save: Callable[[List[dict]], None], program_scores: bool = False,
+                    variants: Optional[List[str]] = None) -> List[dict]:
     """Every conversion of `model` and its results; `random_shape`: the random decoder's
     (parameters, vocabulary); `save(this model's results so far)` as results come."""
     results, stateless_digests = [], {}
     with tempfile.TemporaryDirectory(prefix=f"decoder-{model}-") as work:
-        for variant in variants_of(model, quick):
+        for variant in variants_of(model, variants):
             print(f"{model} ({variant}):", flush=True)
             plan = plan_of(model, variant, quick, only)
             results.append(benchmark_variant(model, variant, plan, random_shape, Path(work), stateless_digests,
@@ -333,6 +337,22 @@ def _title(result: dict) -> str:
     name = "SmolLM2-135M-Instruct" if result["model"] == "smollm2" else f"random Llama, {c['parameters'] / 1e6:.0f}M parameters"
     note = f" ({SMOLLM2_NOTE})" if result["model"] == "smollm2" else " (random weights: speed and memory only)"
     return f"{name}, {result['variant']}{note}"
+
+
+def _compare_to_stateless(results: List[dict]) -> None:
+    """Mark each stateful SmolLM2 result whose weights' digest can be compared with the same
+    config's on a stateless conversion in `results` (from another run, say) and is not yet marked."""
+    digests = {(r["model"], library, label): run["weights_digest"]
+               for r in results if r["variant"] == "stateless"
+               for label, runs in r["configs"].items() for library, run in runs.items() if "weights_digest" in run}
+    for r in results:
+        if r["variant"] != "stateful":
+            continue
+        for label, runs in r["configs"].items():
+            for library, run in runs.items():
+                key = (r["model"], library, label)
+                if "weights_digest" in run and "same_weights_as_stateless" not in run and key in digests:
+                    run["same_weights_as_stateless"] = run["weights_digest"] == digests[key]
 
 
 def table(result: dict) -> str:
@@ -369,6 +389,7 @@ def report(results: List[dict], command) -> str:
 
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other work; numpy {np.__version__}, "
                f"torch {torch.__version__}, coremltools {coremltools.__version__}")
+    _compare_to_stateless(results)
     commands = "` and `".join([command] if isinstance(command, str) else command)
     lines = [f"Produced by `{commands}` ({machine}).", ""]
     for result in results:
@@ -436,6 +457,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="SmolLM2 only, two single configs, compress_to_size at 4 bits")
     parser.add_argument("--models", nargs="*", choices=MODELS)
     parser.add_argument("--configs", nargs="*", help="config labels (default: all)")
+    parser.add_argument("--variants", nargs="*", choices=["stateless", "stateful"], help="conversions (default: all)")
     parser.add_argument("--random-parameters", type=float, default=RANDOM_PARAMETERS, help="size of the random decoder")
     parser.add_argument("--random-vocabulary", type=int, default=RANDOM_VOCABULARY, help="vocabulary of the random decoder")
     parser.add_argument("--program-scores", action="store_true",
@@ -456,9 +478,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     names = args.models or list(QUICK_MODELS if args.quick else MODELS)
     command = "python benchmarks/decoder.py" + " ".join([""] + argv)
     random_shape = (args.random_parameters, args.random_vocabulary)
-    partial = args.models or args.configs or random_shape != (RANDOM_PARAMETERS, RANDOM_VOCABULARY)
+    partial = args.models or args.configs or args.variants or random_shape != (RANDOM_PARAMETERS, RANDOM_VOCABULARY)
     # A partial run names its models, so runs of different models never overwrite each other.
-    suffix = ("_quick" if args.quick else "") + ("_partial_" + "_".join(names) if partial else "")
+    suffix = ("_quick" if args.quick else "") + ("_partial_" + "_".join(names + (args.variants or [])) if partial else "")
     args.out.mkdir(parents=True, exist_ok=True)
     results: List[dict] = []
 
@@ -470,7 +492,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     for name in names:
         started = time.perf_counter()
-        results += benchmark_model(name, args.quick, args.configs, random_shape, save, args.program_scores)
+        results += benchmark_model(name, args.quick, args.configs, random_shape, save, args.program_scores, args.variants)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
         save([])
     if not suffix:
