@@ -85,3 +85,17 @@ def test_a_tiny_random_decoder_through_both_libraries(tmp_path):
     # Bits per weight over every 2-D float const, the dense rotary tables (32k values) included.
     assert set(ours) == {"milcompress"} and 3.5 < ours["milcompress"]["bits_per_weight"] < 4.25
     assert "compress_to_size 4" in (tmp_path / "decoder_partial_random_llama.md").read_text()
+
+
+def test_stateful_weights_are_compared_with_a_stateless_run_by_digest():
+    stateless, stateful = _smollm2_result("stateless"), _smollm2_result("stateful")
+    run = stateful["configs"]["palettize 4-bit per tensor"]["milcompress"]
+    del run["same_weights_as_stateless"]
+    stateless["configs"]["palettize 4-bit per tensor"]["milcompress"]["weights_digest"] = "abc"
+    run["weights_digest"] = "abd"
+    decoder._compare_to_stateless([stateless, stateful])
+    assert run["same_weights_as_stateless"] is False
+    assert "palettize 4-bit per tensor !=" in decoder.table(stateful)
+    digest = decoder._digest({"w": (decoder.np.ones((2, 3), dtype="float16"), None)})
+    assert digest == decoder._digest({"w": (decoder.np.ones((2, 3), dtype="float16"), "LUT")})
+    assert digest != decoder._digest({"w": (decoder.np.ones((3, 2), dtype="float16"), None)})
