@@ -364,22 +364,23 @@ def table(result: dict) -> str:
         headers += ["ppl (weights)", "agree (weights)", "ppl (program)", "agree (program)"]
     rows = [["float16 (dense)", "-", "-", "-", f"{result['fp16_size_bytes'] / 1e6:.1f}", "1.00", _fmt(result["fp16_bits_per_weight"])]
             + (_metric_cells(result["fp16_weights_metrics"]) + _metric_cells(result["fp16_program_metrics"]) if accuracy else [])]
-    order = all_labels()
+    order, errors = all_labels(), []
     for label in sorted(result["configs"], key=order.index):
         runs = result["configs"][label]
         for library in LIBRARIES:
             if library not in runs:
                 continue
             run = runs[library]
-            if "error" in run:
-                rows.append([label, library, "error: " + run["error"][:90]] + [""] * (len(headers) - 3))
+            if "error" in run:  # the message goes under the table, so no column takes its width
+                errors.append(f"({len(errors) + 1}) {label}, {library}: {run['error'][:300]}")
+                rows.append([label, library, f"error ({len(errors)})"] + [""] * (len(headers) - 3))
                 continue
             same = run.get("same_weights_as_stateless")
             mark = "" if same is None else (" =" if same else " !=")
             rows.append([label + mark, library, _fmt(run["seconds"], ".1f"), _fmt(run["peak_mb"], ".0f"), f"{run['size_bytes'] / 1e6:.1f}",
                          _fmt(run["ratio_to_fp16"]), _fmt(run["bits_per_weight"])]
                         + (_metric_cells(run.get("weights_metrics")) + _metric_cells(run.get("program_metrics")) if accuracy else []))
-    return format_table(headers, rows, [False, False] + [True] * (len(headers) - 2))
+    return "\n".join([format_table(headers, rows, [False, False] + [True] * (len(headers) - 2)), *errors])
 
 
 def report(results: List[dict], command) -> str:

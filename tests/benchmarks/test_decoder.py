@@ -49,7 +49,7 @@ def test_every_smollm2_table_says_how_its_weights_were_stored(tmp_path):
     results = [_smollm2_result("stateless"), _smollm2_result("stateful")]
     text = decoder.report(results, "python benchmarks/decoder.py")
     assert text.count(decoder.SMOLLM2_NOTE) == 2
-    assert "1,234.5" in text and "0.250" in text and "error: ValueError: no" in text
+    assert "1,234.5" in text and "0.250" in text and "error (1)" in text and "(1) palettize 4-bit per tensor, coremltools: ValueError: no" in text
     assert "palettize 4-bit per tensor =" in text  # the stateful weights equal the stateless ones
     assert "UnsupportedOpError: read_state" in text
 
