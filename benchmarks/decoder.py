@@ -48,6 +48,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -477,7 +478,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         parser.error(f"unknown configs {unknown}; known: {all_labels()}")
     names = args.models or list(QUICK_MODELS if args.quick else MODELS)
-    command = "python benchmarks/decoder.py" + " ".join([""] + argv)
+    command = " ".join(["python benchmarks/decoder.py", shlex.join(argv)]).strip()  # quoted: labels have spaces
     random_shape = (args.random_parameters, args.random_vocabulary)
     partial = args.models or args.configs or args.variants or random_shape != (RANDOM_PARAMETERS, RANDOM_VOCABULARY)
     # A partial run names its models, so runs of different models never overwrite each other.
