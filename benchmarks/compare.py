@@ -41,7 +41,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -125,25 +125,46 @@ def _compress(library: str, model, steps):
     return model
 
 
-def worker(library: str, dense_path: str, labels: List[str], out_dir: str) -> None:
+def timed(call: Callable[[], object]) -> Tuple[object, float, float]:
+    """`call()`'s result, its wall seconds, and its peak MB: how far the process's resident memory
+    rose above where it stood before the call."""
+    gc.collect()
+    _reset_peak_memory()
+    before = _memory_kb("VmRSS")
+    start = time.perf_counter()
+    result = call()
+    seconds = time.perf_counter() - start
+    return result, seconds, (_memory_kb("VmHWM") - before) / 1024
+
+
+def package_path(out_dir, library: str, label: str) -> Path:
+    name = label.replace(" ", "_").replace("%", "pct").replace(":", "_").replace("/", "_")
+    return Path(out_dir) / f"{library}-{name}.mlpackage"
+
+
+def worker(library: str, dense_path: str, labels: List[str], out_dir: str,
+           compress: Optional[Callable[[str, object, str], object]] = None) -> None:
+    """Compress the dense package once per label, each from a fresh load, timed; save each result
+    and write `<library>.json` (label -> seconds, peak MB, package path, or the error) to `out_dir`.
+    `compress(library, model, label)`: default, the steps of `configs()[label]`."""
     import coremltools as ct
 
-    all_steps = configs()
+    if compress is None:
+        all_steps = configs()
+
+        def compress(library, model, label):
+            return _compress(library, model, all_steps[label])
+
     results = {}
     for label in labels:
         model = ct.models.MLModel(dense_path, skip_model_load=True)
-        gc.collect()
-        _reset_peak_memory()
-        before = _memory_kb("VmRSS")
-        start = time.perf_counter()
         try:
-            compressed = _compress(library, model, all_steps[label])
+            compressed, seconds, peak_mb = timed(lambda: compress(library, model, label))
         except Exception as error:  # a library declining a config is a result, not a crash
             results[label] = {"error": f"{type(error).__name__}: {error}"}
+            print(f"  {library:12s} {label:34s} error: {results[label]['error'][:200]}", flush=True)
             continue
-        seconds = time.perf_counter() - start
-        peak_mb = (_memory_kb("VmHWM") - before) / 1024
-        path = Path(out_dir) / f"{library}-{label.replace(' ', '_').replace('%', 'pct').replace(':', '_')}.mlpackage"
+        path = package_path(out_dir, library, label)
         compressed.save(str(path))
         results[label] = {"seconds": seconds, "peak_mb": peak_mb, "package": str(path)}
         print(f"  {library:12s} {label:34s} {seconds:8.2f} s {peak_mb:8.1f} MB", flush=True)
@@ -151,9 +172,12 @@ def worker(library: str, dense_path: str, labels: List[str], out_dir: str) -> No
     (Path(out_dir) / f"{library}.json").write_text(json.dumps(results))
 
 
-def _run_worker(library: str, dense_path: Path, labels: List[str], out_dir: Path) -> Dict[str, dict]:
-    command = [sys.executable, __file__, "--worker", library, str(dense_path), str(out_dir), *labels]
-    subprocess.run(command, check=True, cwd=ROOT)
+def run_worker(library: str, dense_path: Path, labels: List[str], out_dir: Path, script: str = __file__,
+               env: Optional[Dict[str, str]] = None) -> Dict[str, dict]:
+    """`script --worker library dense_path out_dir labels...` in its own process (`env` added to
+    its environment); its results."""
+    command = [sys.executable, script, "--worker", library, str(dense_path), str(out_dir), *labels]
+    subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, **(env or {})})
     return json.loads((out_dir / f"{library}.json").read_text())
 
 
@@ -171,9 +195,11 @@ def _convert(bench, path: Path) -> None:
     mlmodel.save(str(path))
 
 
-def _weights(path: Path, keys: Dict[str, str]) -> Dict[str, tuple]:
+def _weights(path: Path, keys: Dict[str, str], zeros_without_key: bool = False) -> Dict[str, tuple]:
     """state_dict key -> (dense value, storage form or None) for every weight of more than 2048
-    values; `keys` maps normalised state_dict keys to keys (see models/base.py)."""
+    values; `keys` maps normalised state_dict keys (or buffer names) to keys (see models/base.py).
+    A const that no key names is an error, unless `zeros_without_key` and it is all zeros (the
+    zero bias coremltools gives a bias-free linear, such as a tied lm_head): then it is left out."""
     import coremltools as ct
 
     import milcompress
@@ -183,19 +209,22 @@ def _weights(path: Path, keys: Dict[str, str]) -> Dict[str, tuple]:
     for name, m in metadata.items():
         matches = [n for n in keys if name == n or name.startswith(n + "_")]
         if not matches:
+            if zeros_without_key and not np.any(m.val):
+                continue
             raise RuntimeError(f"{path.name}: weight const {name} comes from no state_dict entry")
         found[keys[max(matches, key=len)]] = (m.val, m.form)
     return found
 
 
 def _with_weights(bench, weights: Dict[str, tuple]):
+    """A copy of the bench module with `weights` (by state_dict key or buffer name) in place."""
     import torch
 
     module = copy.deepcopy(bench.module)
-    state = module.state_dict()
-    for key, (value, _) in weights.items():
-        state[key] = torch.from_numpy(np.asarray(value, dtype=np.float32)).reshape(state[key].shape)
-    module.load_state_dict(state)
+    tensors = {**dict(module.named_buffers()), **module.state_dict()}  # state_dict tensors share storage
+    with torch.no_grad():
+        for key, (value, _) in weights.items():
+            tensors[key].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)).reshape(tensors[key].shape))
     return module.eval()
 
 
@@ -261,7 +290,7 @@ def benchmark_model(name: str, quick: bool, labels: List[str]) -> dict:
             "configs": {label: {} for label in labels},
         }
         for library in LIBRARIES:
-            runs = _run_worker(library, dense_path, labels, work)
+            runs = run_worker(library, dense_path, labels, work)
             for label, run in runs.items():
                 if "error" not in run:
                     run.update(_measure(bench, dense, Path(run.pop("package")), dense_size))

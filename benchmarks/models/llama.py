@@ -82,13 +82,22 @@ def llama_of_size(parameters: float, *, vocab_size: int = 32000, max_context: in
 
 
 class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed as the layer norm of [x, -x] (mean 0, variance
+    mean(x^2)), the first half kept: the same value, but a float16 program then never squares x
+    in float16. Written as `x.pow(2).mean()`, SmolLM2's residual stream (which reaches 25,000 from
+    layer 11 on, its massive activation) squares to infinity in float16, and its converted program
+    run with float16 activations has perplexity 37,612 instead of 41."""
+
     def __init__(self, size: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
+        self.size = size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        doubled = torch.cat([x, -x], dim=-1)
+        normalized = F.layer_norm(doubled, (2 * self.size,), eps=self.eps)
+        return normalized[..., : self.size] * self.weight
 
 
 def rotary_tables(config: LlamaConfig):
