@@ -446,7 +446,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings("ignore")
     if argv[:1] == ["--worker"]:
         library, dense_path, out_dir, *labels = argv[1:]
-        import milcompress  # noqa: F401  (imports coremltools without its notices)
+        import milcompress._coremltools  # noqa: F401  (imports coremltools without its notices)
 
         compare.worker(library, dense_path, labels, out_dir, compress=compress)
         return 0

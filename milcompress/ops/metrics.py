@@ -77,20 +77,16 @@ def clipped_outlier(reference: np.ndarray, approximation: np.ndarray) -> Optiona
         return None
     y = np.asarray(approximation).reshape(x.shape)
     noise = signal = 0.0
-    worst, where = -1.0, None
+    worst, index = -1.0, None
     for rows in row_slices(x.shape):
         xs = x[rows].astype(np.float64)
         error = np.abs(y[rows].astype(np.float64) - xs)
         noise += float((error * error).sum())
         signal += float((xs * xs).sum())
-        flat = int(error.argmax()) if error.size else 0
-        if error.size and error.reshape(-1)[flat] > worst:
-            worst = float(error.reshape(-1)[flat])
-            where = (rows, np.unravel_index(flat, error.shape))
-    if where is None:
-        return None
-    rows, inner = where
-    index = (rows.start + int(inner[0]),) + tuple(int(i) for i in inner[1:])
+        inner = np.unravel_index(int(error.argmax()), error.shape)
+        if error[inner] > worst:
+            worst = float(error[inner])
+            index = (rows.start + int(inner[0]),) + tuple(int(i) for i in inner[1:])
     original = float(x[index])
     rms_error, rms = math.sqrt(noise / x.size), math.sqrt(signal / x.size)
     if abs(original) <= ISOLATED_RMS * rms or worst <= max(CLIPPED_ERROR_RATIO * rms_error, abs(original) / 4):

@@ -168,8 +168,9 @@ class PaletteEstimate:
 
     `error` is the importance-weighted noise-to-signal ratio sum(w (W - W')^2) / sum(w W^2) of the
     whole weight (for outlier-aware configs, w includes their `kmeans.outlier_factor`, as
-    `ops.metrics.noise_to_signal` with `outlier_scale` counts it), or of `sampled` evenly spaced groups of it: each group's table depends on its
-    own weights only, so their error estimates the whole's. `nbytes` is exact either way. The
+    `ops.metrics.noise_to_signal` with `outlier_scale` counts it), or of `sampled` evenly spaced
+    groups of it: each group's table depends on its own weights (and the whole's mean square)
+    only, so their error estimates the whole's. `nbytes` is exact either way. The
     layout attributes (`nbits`, `tables`, `cluster_dim`, `scale`) are those of the `LutParams`
     it stands for, so `lowering.required_target` reads either.
     """
@@ -183,7 +184,7 @@ class PaletteEstimate:
     scale: None = None
 
 
-def estimate_layout(config: PalettizeConfig) -> Optional[Tuple[str, Optional[int], Optional[int]]]:
+def estimate_layout(config: PalettizeConfig) -> Optional[Tuple[str, Optional[int], Optional[int], bool]]:
     """The layout key (granularity, group size, channel axis, objective) under which `estimate_palettes`
     takes `config` together with others of the same key; None for configs it does not take
     (other modes, vectors, channel scales, "auto" granularity)."""
@@ -323,7 +324,9 @@ def _kmeans(values: np.ndarray, config: PalettizeConfig, dtype: np.dtype, weight
     beyond `OUTLIER_RMS` times the whole tensor's RMS (a vector: its norm against the RMS norm)
     weighs more, so one scale decides what an outlier is in every group."""
     k = 1 << config.nbits
-    scale = outlier_scale(values, weights[..., None] if weights is not None else None) * values.shape[-1] if config.outlier_aware else None
+    scale = None
+    if config.outlier_aware:  # the mean square of a value (a vector: the mean squared norm)
+        scale = outlier_scale(values, None if weights is None else weights[..., None]) * values.shape[-1]
     if values.shape[-1] == 1:
         scalars = values[..., 0]
         return _finish_scalar(scalars, kmeans_1d(scalars, k, weights, outlier_scale=scale), dtype)
