@@ -48,6 +48,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from milcompress.ops._arrays import row_slices
+
 _F16_MAX = 65504.0
 _CHUNK_ELEMENTS = 1 << 18  # bound on the elements of any padded per-chunk work array (1-D)
 _VECTOR_CHUNK_ELEMENTS = 1 << 21  # the same for vector k-means
@@ -738,8 +740,8 @@ def table_errors(
     rounded to `dtype` (ties low, as `assign_nearest` maps them); its energy is sum(w x^2)
     (`weights` w default to 1). One histogram per chunk of rows serves every k, and the errors
     come from its prefix sums, not from a pass over the values. With `outlier_scale`, the tables
-    are `kmeans_1d`'s outlier-aware ones and w includes their factor 1 + x^2 / outlier_scale, in
-    the errors and in the energies alike.
+    are `kmeans_1d`'s outlier-aware ones and w includes their `outlier_factor`, in the errors and
+    in the energies alike.
 
     This is the estimate effort: less polish than `kmeans_1d` (the 1-D problems of the sizes in
     tests/ops/test_kmeans.py: within about 1% of its error, mostly within 0.3%). Exact for
@@ -786,14 +788,13 @@ def outlier_scale(values: np.ndarray, weights: Optional[np.ndarray] = None) -> f
     """The scale of outlier-aware k-means for a tensor: the (weighted) mean square of its values,
     summed slice by slice in float64; 1 for an all-zero tensor."""
     values = np.asarray(values)
-    flat = values.reshape(-1)
-    w = None if weights is None else np.broadcast_to(weights, values.shape).reshape(-1)
+    w = None if weights is None else np.broadcast_to(weights, values.shape)  # a view: sliced below
     energy = total = 0.0
-    for start in range(0, flat.size, _CHUNK_ELEMENTS):
-        x = flat[start : start + _CHUNK_ELEMENTS].astype(np.float64)
-        ws = 1.0 if w is None else w[start : start + _CHUNK_ELEMENTS].astype(np.float64)
+    for rows in row_slices(values.shape):
+        x = values[rows].astype(np.float64)
+        ws = np.ones_like(x) if w is None else w[rows].astype(np.float64)
         energy += float((ws * x * x).sum())
-        total += float(np.sum(ws)) if w is not None else x.size
+        total += float(ws.sum())
     return energy / total if energy > 0 and total > 0 else 1.0
 
 
