@@ -41,6 +41,9 @@ def gather_bound(var: Var) -> Optional[int]:
     for op in var.child_ops:
         if op.op_type in LAYOUT_ONLY:
             bound = gather_bound(op.outputs[0])
+        elif op.op_type == "select" and op.inputs.get("a") is var:
+            # torch's negative-index wrap, `select(ids >= 0, ids, ids + vocabulary)`, before the gather
+            bound = gather_bound(op.outputs[0])
         elif op.op_type == "gather" and op.inputs.get("indices") is var:
             axis = int(op.inputs["axis"].val) if "axis" in op.inputs else 0
             shape = op.inputs["x"].shape

@@ -295,3 +295,24 @@ def test_a_larger_decoder_verifies_alike_stateful_and_stateless_through_compress
             assert ours.top1_agreement == theirs.top1_agreement
             assert ours.cosine == pytest.approx(theirs.cosine, abs=1e-5) and ours.kl == pytest.approx(theirs.kl, rel=1e-3)
         assert reports[True].perplexity == pytest.approx(reports[False].perplexity, rel=1e-4)
+
+
+def test_token_ids_wrapped_for_negative_indices_are_still_recognised():
+    """torch.export-style conversions wrap the ids as `select(ids >= 0, ids, ids + vocabulary)`
+    before the embedding's gather: the decoder is recognised through the wrap."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+
+    vocabulary = 11
+    table = np.random.default_rng(0).standard_normal((vocabulary, 4)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 3), dtype=ct.converters.mil.mil.types.int32), mb.TensorSpec((1, 1, 3, 3))],
+                opset_version=ct.target.iOS18)
+    def prog(input_ids, causal_mask):
+        wrapped = mb.select(cond=mb.greater_equal(x=input_ids, y=0), a=input_ids, b=mb.add(x=input_ids, y=vocabulary))
+        hidden = mb.expand_dims(x=mb.gather(x=table, indices=wrapped, axis=0), axes=[1])
+        attended = mb.scaled_dot_product_attention(query=hidden, key=hidden, value=hidden, attn_mask=causal_mask)
+        return mb.matmul(x=mb.squeeze(x=attended, axes=[1]), y=table.T, name="logits")
+
+    decoder = Decoder.of(Interpreter(prog))
+    assert decoder is not None and (decoder.ids, decoder.mask, decoder.logits, decoder.vocabulary) == ("input_ids", "causal_mask", "logits", vocabulary)
