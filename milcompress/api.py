@@ -145,6 +145,7 @@ def compress_to_size(
     bias_correction: bool = True,
     error_feedback: bool = False,
     weight_threshold: int = 2048,
+    synthetic_check: Optional[bool] = None,
     progress=False,
 ):
     """One compressed form per weight, chosen so the weights average `target_bits_per_weight` (or
@@ -153,7 +154,10 @@ def compress_to_size(
     activation-aware errors and k-means and, unless `bias_correction=False`, for correcting each
     compressed layer's bias by the mean output shift its compression adds and, with
     `error_feedback=True`, for re-encoding each matrix-like weight's chosen form by error feedback
-    (GPTQ); `sensitivity_seconds` > 0 also measures end-to-end sensitivity. `progress=True` draws
+    (GPTQ); `sensitivity_seconds` > 0 also measures end-to-end sensitivity. Without calibration, a
+    decoder (token ids in, logits out) is run on synthetic token ids instead, every weight's
+    sensitivity measured on them (`synthetic_check`: None for decoders only, True to require it,
+    False never). `progress=True` draws
     a bar per stage (calibration, evaluation, sensitivity, rewrite, error feedback).
     The returned model's `report_of(...).summary` holds the choice made for every weight."""
     from milcompress.passes.size import compress_program_to_size
@@ -170,6 +174,7 @@ def compress_to_size(
         bias_correction=bias_correction,
         error_feedback=error_feedback,
         weight_threshold=weight_threshold,
+        synthetic_check=synthetic_check,
         progress=progress,
     )
     return model_from_program(prog, mlmodel, progress)

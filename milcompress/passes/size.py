@@ -142,6 +142,12 @@ exact. The chosen form is always computed whole."""
 MIN_SENSITIVITY_SAMPLES = 4
 """Sensitivity is measured on at least this many calibration samples (or all, if fewer), even
 where that leaves some weights unmeasured in the time given; see `sensitivity_samples`."""
+SYNTHETIC_TOKENS = 64
+SYNTHETIC_SEED = 0
+"""The data-free check of a decoder runs one sequence of this many random token ids (`synthetic_inputs`)."""
+SNAPSHOT_BYTES = 1 << 30
+"""Sensitivity runs reuse the dense run's values (`Interpreter.snapshot`) of samples holding up to
+this many bytes in all; further samples are run whole."""
 FEEDBACK_MAX_INPUTS = 4096
 """Error feedback needs each weight's [inputs, inputs] second moment: recorded up to this size."""
 _PROBE = PalettizeConfig(nbits=4, weight_threshold=0)  # the form sensitivity is measured with
@@ -172,6 +178,7 @@ class SizeReport:
     lower_bound: float
     choices: List[Choice] = field(default_factory=list)
     calibrated: bool = False
+    synthetic: bool = False  # weighed by the data-free check on synthetic inputs (`synthetic_check`)
     sensitivity_measured: int = 0  # weights whose sensitivity was measured (the others get the median)
     sensitivity_samples: int = 0  # calibration samples each was measured on
     biases_corrected: int = 0
@@ -192,6 +199,7 @@ class SizeReport:
             "total_error": self.total_error,
             "lower_bound": self.lower_bound,
             "calibrated": self.calibrated,
+            "synthetic": self.synthetic,
             "sensitivity_measured": self.sensitivity_measured,
             "sensitivity_samples": self.sensitivity_samples,
             "biases_corrected": self.biases_corrected,
@@ -299,6 +307,7 @@ def compress_program_to_size(
     bias_correction: bool = True,
     error_feedback: bool = False,
     weight_threshold: int = 2048,
+    synthetic_check: Optional[bool] = None,
     pass_name: str = "milcompress::compress_to_size",
     progress: Optional[Progress] = None,
 ) -> SizeReport:
@@ -312,6 +321,12 @@ def compress_program_to_size(
     also measures each weight's end-to-end sensitivity within that many seconds. `progress` (a
     `milcompress.progress.Progress`) hears of each stage: calibration, evaluation, sensitivity,
     rewrite (computing the chosen forms) and error feedback.
+
+    `synthetic_check` (without calibration): run the program on synthetic inputs and weigh each
+    weight by what they show, as calibration does, measuring every weight's sensitivity. None (the
+    default) does it for decoders (`reference.decoder`: one sequence of `SYNTHETIC_TOKENS` random
+    token ids), the models whose data-free errors are known to mislead (see the module docstring);
+    True asks for it (an error for a program it cannot make inputs for); False never does it.
     """
     if (target_bits_per_weight is None) == (target_bytes is None):
         raise ConfigError("give exactly one of target_bits_per_weight and target_bytes", field="target_bits_per_weight")
@@ -324,6 +339,14 @@ def compress_program_to_size(
     if error_feedback and calibration is None:
         raise ConfigError("error_feedback needs calibration inputs", field="error_feedback")
     candidates = tuple(DEFAULT_CANDIDATES if candidates is None else candidates)
+    synthetic = None
+    if calibration is None and synthetic_check is not False:
+        synthetic = synthetic_inputs(prog)
+        if synthetic is None and synthetic_check:
+            raise ConfigError("synthetic_check: the program is not a decoder (token ids in, logits out), so there are no synthetic "
+                              "inputs to make for it; give calibration inputs instead", field="synthetic_check")
+        if synthetic is not None:
+            calibration, sensitivity_seconds = synthetic, math.inf
 
     graph = ProgramGraph(prog)
     selection = CompressionConfig.of(PalettizeConfig(nbits=8, weight_threshold=weight_threshold))
@@ -426,7 +449,8 @@ def compress_program_to_size(
         total_error=allocation.total_error,
         lower_bound=allocation.lower_bound,
         choices=choices,
-        calibrated=run is not None,
+        calibrated=run is not None and synthetic is None,
+        synthetic=synthetic is not None,
         sensitivity_measured=measured,
         sensitivity_samples=measured_on,
         biases_corrected=corrected,
@@ -448,6 +472,8 @@ class CompressToSize(AbstractGraphPass):
       measurement (needs calibration); error_feedback (default false; needs calibration):
       re-encode matrix-like weights by GPTQ where held-out calibration inputs confirm it helps;
     - weight_threshold: weights with at most this many elements stay dense (default 2048);
+    - synthetic_check: without calibration, weigh a decoder's weights by a run on synthetic token
+      ids (unset: for decoders; "true": required; "false": never; see `compress_program_to_size`);
     - report_path: also write the JSON report there.
     """
 
@@ -460,6 +486,7 @@ class CompressToSize(AbstractGraphPass):
     bias_correction = PassOption(parse_bool, default=True)
     error_feedback = PassOption(parse_bool, default=False)
     weight_threshold = PassOption(lambda name, value: parse_int(name, value, 0), default=2048)
+    synthetic_check = PassOption(optional(parse_bool))
     report_path = PassOption(parse_path)
 
     def __init__(self):
@@ -476,6 +503,7 @@ class CompressToSize(AbstractGraphPass):
             bias_correction=self.bias_correction,
             error_feedback=self.error_feedback,
             weight_threshold=self.weight_threshold,
+            synthetic_check=self.synthetic_check,
             pass_name=self.PASS_ID,
             progress=self.progress,
         )
@@ -499,6 +527,25 @@ class _CalibrationRun:
     outputs: list
     statistics: Dict[str, object]
     folds: Tuple[Dict[str, object], ...] = ()
+    snapshots: Dict[int, object] = field(default_factory=dict)  # sample index -> its snapshot, while sensitivity is measured
+
+
+def synthetic_inputs(prog: Program) -> Optional[Dict[str, np.ndarray]]:
+    """For a decoder (`reference.decoder.Decoder`), one sequence of `SYNTHETIC_TOKENS` token ids
+    (fewer if the model takes fewer positions) drawn uniformly from its vocabulary with a fixed
+    seed, as calibration inputs; None for any other program."""
+    from milcompress.reference import Interpreter
+    from milcompress.reference.decoder import Decoder
+
+    try:
+        decoder = Decoder.of(Interpreter(prog))
+    except Exception:  # a program the executor cannot run has no synthetic check
+        return None
+    if decoder is None:
+        return None
+    length = SYNTHETIC_TOKENS if decoder.max_positions is None else min(SYNTHETIC_TOKENS, decoder.max_positions)
+    ids = np.random.default_rng(SYNTHETIC_SEED).integers(0, decoder.vocabulary, size=(1, length))
+    return {decoder.ids: ids}
 
 
 def _calibrate(prog: Program, calibration, weights: List[_Weight], second_moments: bool, progress: Progress) -> _CalibrationRun:
@@ -563,7 +610,7 @@ def sensitivity_samples(samples: int, weights: int, seconds: float, seconds_per_
     few samples rank better than weights left at the median."""
     if samples <= 0 or weights <= 0:
         return 0
-    affordable = math.floor(seconds / (weights * seconds_per_run)) if seconds_per_run > 0 else samples
+    affordable = math.floor(seconds / (weights * seconds_per_run)) if seconds_per_run > 0 and math.isfinite(seconds) else samples
     return int(min(samples, max(affordable, MIN_SENSITIVITY_SAMPLES)))
 
 
@@ -589,6 +636,7 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
     per_run = time.perf_counter() - start
     count = sensitivity_samples(len(samples), len(weights), seconds - per_run, per_run)
     chosen = np.linspace(0, len(samples) - 1, count).round().astype(int)  # distinct: count <= len(samples)
+    run.snapshots = _snapshots(interpreter, [samples[i] for i in chosen], chosen)
     measured: Dict[int, float] = {}
     with progress.stage("sensitivity", total=len(weights), unit="weights") as advance:
         for index in sorted(range(len(weights)), key=lambda i: -weights[i].candidate.value.size):
@@ -598,11 +646,32 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
             if found is not None:
                 measured[index] = found
             advance(weights[index].record.name)
+    run.snapshots = {}
     if measured:
         typical = float(np.median(list(measured.values())))
         for index, weight in enumerate(weights):
             weight.sensitivity = measured.get(index, typical)
     return len(measured), len(chosen)
+
+
+def _snapshots(interpreter, samples: list, indices) -> Dict[int, object]:
+    """Sample index -> the snapshot of its run (`Interpreter.snapshot`), for the samples of a
+    stateless program that are one call each, as long as they hold at most `SNAPSHOT_BYTES`: a
+    what-if run then recomputes only the ops from the weight's first reader on (on SmolLM2's
+    stateless program, the last layer's weights in a tenth of a whole run)."""
+    found: Dict[int, object] = {}
+    if interpreter.stateful:
+        return found
+    held = 0
+    for index, sample in zip(indices, samples):
+        if len(sample) != 1:
+            continue
+        snapshot = interpreter.snapshot(sample[0])
+        if held + snapshot.nbytes > SNAPSHOT_BYTES:
+            break
+        held += snapshot.nbytes
+        found[int(index)] = snapshot
+    return found
 
 
 def _sensitivity(run: _CalibrationRun, weight: _Weight, sample_indices: List[int], bias_correction: bool) -> Optional[float]:
@@ -628,7 +697,9 @@ def _sensitivity(run: _CalibrationRun, weight: _Weight, sample_indices: List[int
             replace[found[0].name] = found[1]
     noise = signal = 0.0
     for sample_index in sample_indices:
-        for expected, outputs in zip(run.outputs[sample_index], run_sequence(run.interpreter, run.samples[sample_index], replace=replace)):
+        snapshot = run.snapshots.get(sample_index)
+        rerun = [run.interpreter.resume(snapshot, replace)] if snapshot is not None else run_sequence(run.interpreter, run.samples[sample_index], replace=replace)
+        for expected, outputs in zip(run.outputs[sample_index], rerun):
             for name, value_out in outputs.items():
                 noise += float(np.sum(np.square(value_out.astype(np.float64) - expected[name].astype(np.float64))))
                 signal += float(np.sum(np.square(expected[name].astype(np.float64))))

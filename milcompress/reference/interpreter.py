@@ -75,6 +75,23 @@ def _blocks_and_ops(block: Block) -> Iterator[Tuple[Block, Operation]]:
             yield from _blocks_and_ops(nested)
 
 
+def _blocks_and_ops_of(op: Operation) -> Iterator[Tuple[Block, Operation]]:
+    """`op` and every op of its nested blocks."""
+    yield None, op
+    for nested in op.blocks:
+        yield from _blocks_and_ops(nested)
+
+
+class Snapshot:
+    """Every value one stateless call computed (`Interpreter.snapshot`), and their bytes."""
+
+    __slots__ = ("values", "nbytes")
+
+    def __init__(self, values: Dict[str, Value], nbytes: int):
+        self.values = values
+        self.nbytes = nbytes
+
+
 def _where(function_name: str, block: Block, op: Operation) -> str:
     return f"op '{op.name}' in function '{function_name}'" + ("" if block.outer_op is None else f", block '{block.name}'")
 
@@ -148,6 +165,7 @@ class Interpreter:
         self.inputs: Dict[str, InputShape] = declared_inputs(program, function_name)
         self._states: Dict[str, Tuple[Tuple[int, ...], np.dtype]] = declared_states(program, function_name)
         self._check_supported()
+        self._readers: Optional[Dict[str, int]] = None
         self._static: Dict[str, Value] = {}
         for block, op in _blocks_and_ops(self.function):
             if _is_static(op):
@@ -218,6 +236,42 @@ class Interpreter:
         env.update(states)
         outputs = self._run_block(self.function, env, ())
         return {var.name: value_to_numpy(value) for var, value in zip(self.function.outputs, outputs)}
+
+    def snapshot(self, inputs: Mapping[str, object]) -> "Snapshot":
+        """One call of a stateless function, keeping every value it computed, so that what-if runs
+        on the same inputs (`resume`) recompute only what a replaced const changes."""
+        if self.stateful:
+            raise InputError("snapshot: a stateful program's calls depend on its states; run it through a session")
+        env = dict(self._static)
+        self._bind_inputs(inputs, env)
+        self._run_block(self.function, env, ())
+        computed = {name: value for name, value in env.items() if name not in self._static}
+        nbytes = sum(v.element_size() * v.numel() for v in computed.values() if isinstance(v, torch.Tensor))
+        return Snapshot(computed, nbytes)
+
+    def resume(self, snapshot: "Snapshot", replace: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """`run` on the snapshot's inputs with `replace`, computing only from the first top-level op
+        that reads a replaced const on: every op before it computed what it did in the snapshot."""
+        replacements = self.converted_replacements(replace)
+        readers = self._first_readers()
+        start = min((readers.get(name, len(self.function.operations)) for name in replacements), default=len(self.function.operations))
+        env = {**self._static, **snapshot.values, **replacements}
+        for op in list(self.function.operations)[start:]:
+            if not _is_static(op):
+                self._execute(self.function, op, env)
+        return {var.name: value_to_numpy(env[var.name]) for var in self.function.outputs}
+
+    def _first_readers(self) -> Dict[str, int]:
+        """Var name -> index of the first top-level op that reads it (itself or in a nested block)."""
+        if self._readers is None:
+            self._readers = {}
+            for index, top in enumerate(self.function.operations):
+                for _, op in _blocks_and_ops_of(top):
+                    for name, var in op.inputs.items():
+                        if not name.startswith("_"):  # coremltools' internal inputs are not values
+                            for v in var if isinstance(var, (list, tuple)) else (var,):
+                                self._readers.setdefault(v.name, index)
+        return self._readers
 
     def _bind_inputs(self, inputs: Mapping[str, object], env: Dict[str, Value]) -> None:
         expected = self.inputs

@@ -93,8 +93,8 @@ def _specs(args) -> list:
     chosen = [flag for flag in ("pipeline", "config", "passes", "target_bpw") if getattr(args, flag) is not None]
     if len(chosen) != 1:
         raise ConfigError("give exactly one of --pipeline, --config, --passes, --target-bpw", field="run")
-    if (args.calibration or args.sensitivity_seconds or args.error_feedback) and not args.target_bpw:
-        raise ConfigError("--calibration, --sensitivity-seconds and --error-feedback go with --target-bpw", field="run")
+    if (args.calibration or args.sensitivity_seconds or args.error_feedback or args.no_synthetic_check) and not args.target_bpw:
+        raise ConfigError("--calibration, --sensitivity-seconds, --error-feedback and --no-synthetic-check go with --target-bpw", field="run")
     if args.error_feedback and not args.calibration:
         raise ConfigError("--error-feedback needs --calibration", field="run")
     if args.target_bpw is not None:
@@ -105,6 +105,8 @@ def _specs(args) -> list:
             options["sensitivity_seconds"] = args.sensitivity_seconds
         if args.error_feedback:
             options["error_feedback"] = "true"
+        if args.no_synthetic_check:
+            options["synthetic_check"] = "false"
         specs = [PassSpec("milcompress::compress_to_size", options)]
     elif args.pipeline:
         specs = [PassSpec(p) for p in compression_passes(args.pipeline)]
@@ -562,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sensitivity-seconds", help="with --target-bpw and --calibration: time to measure each weight's end-to-end sensitivity")
     run.add_argument("--error-feedback", action="store_true",
                      help="with --target-bpw and --calibration: re-encode matrix-like weights by error feedback (GPTQ) where held-out calibration inputs confirm it helps")
+    run.add_argument("--no-synthetic-check", action="store_true",
+                     help="with --target-bpw and no --calibration: do not run a decoder on synthetic token ids to measure each weight's sensitivity (faster; data-free errors alone)")
     run.add_argument("--on-unsupported", choices=["error", "skip"], help="forms the model's opset cannot hold: fail (default) or skip")
     run.add_argument("--dry-run", action="store_true", help="select and report only; write nothing")
     run.add_argument("--report", help="write the JSON report here")

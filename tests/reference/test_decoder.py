@@ -316,3 +316,28 @@ def test_token_ids_wrapped_for_negative_indices_are_still_recognised():
 
     decoder = Decoder.of(Interpreter(prog))
     assert decoder is not None and (decoder.ids, decoder.mask, decoder.logits, decoder.vocabulary) == ("input_ids", "causal_mask", "logits", vocabulary)
+
+
+def test_data_free_compress_to_size_runs_a_decoder_on_synthetic_token_ids(decoders):
+    """Without calibration, a decoder's weights are weighed by a run on random token ids (every
+    weight's sensitivity measured); `synthetic_check=False` gives the plain data-free errors, and
+    asking for the check on a model that is not a decoder is an error naming the option."""
+    from milcompress.errors import ConfigError
+    from milcompress.passes.size import SYNTHETIC_TOKENS
+
+    candidates = [
+        ("int8", LinearQuantizeConfig(dtype="int8", granularity="per_channel", weight_threshold=0)),
+        ("palette 4-bit", PalettizeConfig(nbits=4, weight_threshold=0)),
+    ]
+    for name, (_, model) in decoders.items():
+        checked = milcompress.report_of(milcompress.compress_to_size(model, 6.0, candidates=candidates, weight_threshold=0)).summary
+        assert checked["synthetic"] and not checked["calibrated"], name
+        assert checked["sensitivity_measured"] == len(checked["choices"]) and checked["sensitivity_samples"] == 1
+        assert len({c["sensitivity"] for c in checked["choices"]}) > 1  # measured, not the default 1 for all
+        plain = milcompress.report_of(milcompress.compress_to_size(model, 6.0, candidates=candidates, weight_threshold=0, synthetic_check=False)).summary
+        assert not plain["synthetic"] and plain["sensitivity_measured"] == 0 and {c["sensitivity"] for c in plain["choices"]} == {1.0}
+    assert SYNTHETIC_TOKENS > CONFIG.max_context  # the check used the model's 16 positions, not more (else it would have failed)
+    with pytest.raises(ConfigError, match="synthetic_check"):
+        milcompress.compress_to_size(_plain_model(), 8.0, weight_threshold=0, synthetic_check=True)
+    plain_model = milcompress.report_of(milcompress.compress_to_size(_plain_model(), 8.0, weight_threshold=0)).summary
+    assert not plain_model["synthetic"]

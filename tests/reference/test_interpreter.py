@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from milcompress._coremltools import IOS15, IOS18, Function, Program, mb, types
 from milcompress.errors import InputError
@@ -314,3 +316,38 @@ def test_verify_says_whether_its_inputs_were_random():
     assert verify(program, program, random=2).random_inputs is True
     given = verify(program, program, {"image": np.zeros((2, 3, 6, 6), np.float32)})
     assert given.random_inputs is False and given.as_dict()["random_inputs"] is False
+
+
+def _two_layer_program(first: np.ndarray, second: np.ndarray) -> Program:
+    def build(x):
+        hidden = mb.relu(x=mb.linear(x=x, weight=first, name="hidden"))
+        looped = mb.cond(pred=True, _true_fn=lambda: mb.mul(x=hidden, y=2.0), _false_fn=lambda: hidden)
+        return (mb.linear(x=looped, weight=second, name="out"),)
+
+    return _program({"main": ({"x": mb.placeholder(shape=(2, 4))}, build)})
+
+
+@given(st.integers(0, 2**31 - 1))
+@settings(max_examples=10, deadline=None)
+def test_resuming_a_snapshot_equals_a_whole_run_with_the_same_replacement(seed):
+    generator = np.random.default_rng(seed)
+    first, second = generator.standard_normal((3, 4)).astype(np.float32), generator.standard_normal((5, 3)).astype(np.float32)
+    interpreter = Interpreter(_two_layer_program(first, second))
+    inputs = {"x": generator.standard_normal((2, 4)).astype(np.float32)}
+    snapshot = interpreter.snapshot(inputs)
+    consts = [op.outputs[0].name for op in interpreter.function.operations if op.op_type == "const" and op.outputs[0].shape in ((3, 4), (5, 3))]
+    assert len(consts) == 2
+    for name in consts:
+        changed = generator.standard_normal(interpreter._static[name].shape).astype(np.float32)
+        np.testing.assert_array_equal(interpreter.resume(snapshot, {name: changed})["out"], interpreter.run(inputs, replace={name: changed})["out"])
+    np.testing.assert_array_equal(interpreter.resume(snapshot, {})["out"], interpreter.run(inputs)["out"])
+    assert snapshot.nbytes >= 4 * (2 * 3 + 2 * 5)  # at least the two linears' outputs
+
+
+def test_a_stateful_program_has_no_snapshot():
+    @mb.program(input_specs=[mb.StateTensorSpec((2,), dtype=types.fp16), mb.TensorSpec((2,), dtype=types.fp16)], opset_version=IOS18)
+    def program(cache, x):
+        return mb.add(x=x, y=mb.read_state(input=cache))
+
+    with pytest.raises(InputError, match="stateful"):
+        Interpreter(program).snapshot({"x": np.zeros(2, np.float16)})
