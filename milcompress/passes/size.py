@@ -103,7 +103,7 @@ import numpy as np
 
 from milcompress._coremltools import AbstractGraphPass, Program, opset_of
 from milcompress.config import AlgorithmConfig, CompressionConfig, LinearQuantizeConfig, PalettizeConfig
-from milcompress.errors import ConfigError, NotCompressible
+from milcompress.errors import ConfigError, MilcompressError, NotCompressible
 from milcompress.lowering import required_target
 from milcompress.ops import compress, describe, snr_db
 from milcompress.ops.allocate import Allocation, allocate
@@ -145,6 +145,9 @@ where that leaves some weights unmeasured in the time given; see `sensitivity_sa
 SYNTHETIC_TOKENS = 64
 SYNTHETIC_SEED = 0
 """The data-free check of a decoder runs one sequence of this many random token ids (`synthetic_inputs`)."""
+DECODER_SENSITIVITY_SAMPLES = 1
+"""A decoder's sensitivity, measured for every weight unless `sensitivity_seconds` says otherwise,
+is measured on this many sequences (of the calibration inputs, or the synthetic one)."""
 SNAPSHOT_BYTES = 1 << 30
 """Sensitivity runs reuse the dense run's values (`Interpreter.snapshot`) of samples holding up to
 this many bytes in all; further samples are run whole."""
@@ -339,14 +342,19 @@ def compress_program_to_size(
     if error_feedback and calibration is None:
         raise ConfigError("error_feedback needs calibration inputs", field="error_feedback")
     candidates = tuple(DEFAULT_CANDIDATES if candidates is None else candidates)
+    decoder = _decoder_of(prog)
     synthetic = None
     if calibration is None and synthetic_check is not False:
-        synthetic = synthetic_inputs(prog)
-        if synthetic is None and synthetic_check:
+        if decoder is None and synthetic_check:
             raise ConfigError("synthetic_check: the program is not a decoder (token ids in, logits out), so there are no synthetic "
                               "inputs to make for it; give calibration inputs instead", field="synthetic_check")
-        if synthetic is not None:
-            calibration, sensitivity_seconds = synthetic, math.inf
+        if decoder is not None:
+            synthetic = calibration = synthetic_inputs(decoder)
+    sensitivity_cap = None
+    if decoder is not None and calibration is not None and not sensitivity_seconds:
+        # A decoder's weights differ in sensitivity by orders of magnitude that no weight error shows
+        # (its tied embedding most of all): measure every weight, on one sequence.
+        sensitivity_seconds, sensitivity_cap = math.inf, DECODER_SENSITIVITY_SAMPLES
 
     graph = ProgramGraph(prog)
     selection = CompressionConfig.of(PalettizeConfig(nbits=8, weight_threshold=weight_threshold))
@@ -376,14 +384,16 @@ def compress_program_to_size(
         clock = now
 
     progress = as_progress(progress)
-    run = _calibrate(prog, calibration, weights, error_feedback, progress) if calibration is not None else None
+    interpreter = None if decoder is None else decoder.interpreter
+    run = _calibrate(prog, calibration, weights, error_feedback, progress, interpreter) if calibration is not None else None
+    del decoder, interpreter  # the run holds the interpreter while it needs it
     lap("calibration")
     with progress.stage("evaluation", total=len(weights), unit="weights") as advance:
         for weight in weights:
             _menu(weight, candidates)
             advance(weight.record.name)
     lap("evaluation")
-    measured, measured_on = _measure_sensitivity(run, weights, sensitivity_seconds, bias_correction, progress) if sensitivity_seconds else (0, 0)
+    measured, measured_on = _measure_sensitivity(run, weights, sensitivity_seconds, bias_correction, progress, sensitivity_cap) if sensitivity_seconds else (0, 0)
     lap("sensitivity")
 
     total_elements = fixed_elements + sum(int(w.candidate.value.size) for w in weights)
@@ -530,25 +540,34 @@ class _CalibrationRun:
     snapshots: Dict[int, object] = field(default_factory=dict)  # sample index -> its snapshot, while sensitivity is measured
 
 
-def synthetic_inputs(prog: Program) -> Optional[Dict[str, np.ndarray]]:
-    """For a decoder (`reference.decoder.Decoder`), one sequence of `SYNTHETIC_TOKENS` token ids
-    (fewer if the model takes fewer positions) drawn uniformly from its vocabulary with a fixed
-    seed, as calibration inputs; None for any other program."""
+def _decoder_of(prog: Program):
+    """The program's `reference.decoder.Decoder` (token ids in, logits out), or None."""
     from milcompress.reference import Interpreter
     from milcompress.reference.decoder import Decoder
+    from milcompress.signature import declared_inputs
 
+    name = getattr(prog, "default_function_name", None) or "main"
+    if name not in prog.functions:
+        return None
+    kinds = sorted((d.dtype.kind, d.rank) for d in declared_inputs(prog, name).values())
+    if len(kinds) != 2 or kinds[0][0] != "f" or kinds[1][0] not in "iu":
+        return None  # not worth building an interpreter (every weight decompressed) to find out
     try:
-        decoder = Decoder.of(Interpreter(prog))
-    except Exception:  # a program the executor cannot run has no synthetic check
+        return Decoder.of(Interpreter(prog, function_name=name))
+    except MilcompressError:  # a program the executor cannot run is not treated as a decoder
         return None
-    if decoder is None:
-        return None
+
+
+def synthetic_inputs(decoder) -> Dict[str, np.ndarray]:
+    """Calibration inputs for `decoder`: one sequence of `SYNTHETIC_TOKENS` token ids (fewer if the
+    model takes fewer positions) drawn uniformly from its vocabulary with a fixed seed."""
     length = SYNTHETIC_TOKENS if decoder.max_positions is None else min(SYNTHETIC_TOKENS, decoder.max_positions)
     ids = np.random.default_rng(SYNTHETIC_SEED).integers(0, decoder.vocabulary, size=(1, length))
     return {decoder.ids: ids}
 
 
-def _calibrate(prog: Program, calibration, weights: List[_Weight], second_moments: bool, progress: Progress) -> _CalibrationRun:
+def _calibrate(prog: Program, calibration, weights: List[_Weight], second_moments: bool, progress: Progress,
+               interpreter=None) -> _CalibrationRun:
     """Run the calibration inputs once, recording what feeds each weight (with `second_moments`,
     also the inputs' second moment matrices of two halves of the samples, for error feedback),
     and weight every weight's errors by it."""
@@ -557,7 +576,8 @@ def _calibrate(prog: Program, calibration, weights: List[_Weight], second_moment
 
     statistics = ChannelStatistics()
     folds = [ChannelStatistics(gram_limit=FEEDBACK_MAX_INPUTS) for _ in range(2)] if second_moments else []
-    interpreter = Interpreter(prog, observers=[statistics])
+    interpreter = Interpreter(prog) if interpreter is None else interpreter
+    interpreter.observers[:] = [statistics]
     samples = sequences_of(calibration, interpreter)  # each a sequence of calls sharing states
     outputs = []
     half = (len(samples) + 1) // 2
@@ -615,7 +635,7 @@ def sensitivity_samples(samples: int, weights: int, seconds: float, seconds_per_
 
 
 def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: float, bias_correction: bool,
-                         progress: Progress) -> Tuple[int, int]:
+                         progress: Progress, max_samples: Optional[int] = None) -> Tuple[int, int]:
     """Each weight's output noise-to-signal ratio with it alone compressed (its 4-bit palette, and
     its bias corrected where that is on), over its own weighted noise-to-signal ratio; largest
     weights first, within `seconds`. Returns (weights measured, samples each was measured on).
@@ -632,9 +652,13 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
         return 0, 0
     start = time.perf_counter()
     deadline = start + seconds
-    run_sequence(interpreter, samples[0])
-    per_run = time.perf_counter() - start
-    count = sensitivity_samples(len(samples), len(weights), seconds - per_run, per_run)
+    if math.isfinite(seconds):
+        run_sequence(interpreter, samples[0])
+        per_run = time.perf_counter() - start
+        count = sensitivity_samples(len(samples), len(weights), seconds - per_run, per_run)
+    else:
+        count = len(samples)
+    count = count if max_samples is None else min(count, max_samples)
     chosen = np.linspace(0, len(samples) - 1, count).round().astype(int)  # distinct: count <= len(samples)
     run.snapshots = _snapshots(interpreter, [samples[i] for i in chosen], chosen)
     measured: Dict[int, float] = {}

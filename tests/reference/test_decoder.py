@@ -320,7 +320,8 @@ def test_token_ids_wrapped_for_negative_indices_are_still_recognised():
 
 def test_data_free_compress_to_size_runs_a_decoder_on_synthetic_token_ids(decoders):
     """Without calibration, a decoder's weights are weighed by a run on random token ids (every
-    weight's sensitivity measured); `synthetic_check=False` gives the plain data-free errors, and
+    weight's sensitivity measured; with calibration, on its first sequence);
+    `synthetic_check=False` gives the plain data-free errors, and
     asking for the check on a model that is not a decoder is an error naming the option."""
     from milcompress.errors import ConfigError
     from milcompress.passes.size import SYNTHETIC_TOKENS
@@ -336,6 +337,10 @@ def test_data_free_compress_to_size_runs_a_decoder_on_synthetic_token_ids(decode
         assert len({c["sensitivity"] for c in checked["choices"]}) > 1  # measured, not the default 1 for all
         plain = milcompress.report_of(milcompress.compress_to_size(model, 6.0, candidates=candidates, weight_threshold=0, synthetic_check=False)).summary
         assert not plain["synthetic"] and plain["sensitivity_measured"] == 0 and {c["sensitivity"] for c in plain["choices"]} == {1.0}
+        given = {"input_ids": np.random.default_rng(1).integers(0, 64, size=(3, 10))}
+        calibrated = milcompress.report_of(milcompress.compress_to_size(model, 6.0, calibration=given, candidates=candidates, weight_threshold=0)).summary
+        assert calibrated["calibrated"] and not calibrated["synthetic"]  # and sensitivity measured all the same, on one sequence:
+        assert calibrated["sensitivity_measured"] == len(calibrated["choices"]) and calibrated["sensitivity_samples"] == 1
     assert SYNTHETIC_TOKENS > CONFIG.max_context  # the check used the model's 16 positions, not more (else it would have failed)
     with pytest.raises(ConfigError, match="synthetic_check"):
         milcompress.compress_to_size(_plain_model(), 8.0, weight_threshold=0, synthetic_check=True)
