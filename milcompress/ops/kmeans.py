@@ -51,6 +51,7 @@ import numpy as np
 from milcompress.ops._arrays import row_slices
 
 _F16_MAX = 65504.0
+_F16_CODES = 1 << 16
 _CHUNK_ELEMENTS = 1 << 18  # bound on the elements of any padded per-chunk work array (1-D)
 _VECTOR_CHUNK_ELEMENTS = 1 << 21  # the same for vector k-means
 _EXACT_DP_BUDGET = 1 << 21  # k * (bins + 1) ** 2 per group, below which the exact DP runs
@@ -83,6 +84,30 @@ def _key16_to_value(keys: np.ndarray) -> np.ndarray:
     keys = keys.astype(np.int32)
     bits = np.where(keys >= 0x8000, keys - 0x8000, 0x8000 | (0x7FFF - keys)).astype(np.uint16)
     return bits.view(np.float16).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=1)
+def _raw_code_of_key16() -> np.ndarray:
+    """The float16 bit pattern whose `_ordered_key16` is each key 0..65535 (the inverse permutation)."""
+    raw = np.arange(_F16_CODES, dtype=np.uint16)
+    result = np.empty(_F16_CODES, dtype=np.int64)
+    result[_ordered_key16(raw.view(np.float16))] = raw
+    return result
+
+
+def _code_counts(values: np.ndarray) -> np.ndarray:
+    """How many of each row of the float16 `values` [G, n] hold each 16-bit pattern: [G, 65536]
+    int64, counted in slices of at most `_CHUNK_ELEMENTS` values (the count converts its input to
+    8-byte integers)."""
+    groups = values.shape[0]
+    raw = np.ascontiguousarray(values).view(np.uint16).reshape(groups, -1)
+    counts = np.zeros(groups * _F16_CODES, dtype=np.int64)
+    step = max(1, _CHUNK_ELEMENTS // max(1, groups))
+    offsets = (np.arange(groups, dtype=np.int64) << 16)[:, None]
+    for first in range(0, raw.shape[1], step):
+        part = raw[:, first : first + step]
+        counts += np.bincount((part + offsets).reshape(-1) if groups > 1 else part.reshape(-1), minlength=counts.size)
+    return counts.reshape(groups, _F16_CODES)
 
 
 def _ordered_key32(values: np.ndarray) -> np.ndarray:
@@ -333,9 +358,16 @@ def _histogram_by_code(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bi
         chunk = values[:, part]
         return _ordered_key16(chunk if exact else np.clip(chunk, -_F16_MAX, _F16_MAX))
 
-    extremes = [(int(k.min()), int(k.max())) for k in map(keys, parts)]
-    low = min(e[0] for e in extremes)
-    width = max(e[1] for e in extremes) - low + 1
+    if weights is None and exact:
+        # One count of the raw 16-bit patterns, reordered by key: no key is computed per value.
+        by_key = _code_counts(values)[:, _raw_code_of_key16()]
+        held = np.flatnonzero(by_key.any(axis=0))
+        low, high = int(held[0]), int(held[-1])
+        count = by_key[:, low : high + 1].reshape(-1)
+    else:
+        extremes = [(int(k.min()), int(k.max())) for k in map(keys, parts)]
+        low, high = min(e[0] for e in extremes), max(e[1] for e in extremes)
+    width = high - low + 1
     nslots = groups * width
     base = np.arange(groups, dtype=np.int64)[:, None] * width - low
 
@@ -343,9 +375,10 @@ def _histogram_by_code(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bi
         return (base + keys(part)).reshape(-1)
 
     slot_value = _key16_to_value(np.arange(nslots) % width + low)
-    count = np.zeros(nslots, dtype=np.int64)
-    for part in parts:
-        count += np.bincount(slots(part), minlength=nslots)
+    if not (weights is None and exact):
+        count = np.zeros(nslots, dtype=np.int64)
+        for part in parts:
+            count += np.bincount(slots(part), minlength=nslots)
     if weights is None and exact:
         # An exact bin holds a single value: its statistics follow from the counts.
         w = count.astype(np.float64)
@@ -788,6 +821,13 @@ def outlier_scale(values: np.ndarray, weights: Optional[np.ndarray] = None) -> f
     """The scale of outlier-aware k-means for a tensor: the (weighted) mean square of its values,
     summed slice by slice in float64; 1 for an all-zero tensor."""
     values = np.asarray(values)
+    if values.dtype == np.float16 and weights is None and values.size:
+        # From the count of each 16-bit pattern: one cheap pass, no float64 copy of the values.
+        counts = _code_counts(values.reshape(1, -1))[0]
+        held = np.flatnonzero(counts)
+        x = held.astype(np.uint16).view(np.float16).astype(np.float64)
+        energy = float((counts[held] * (x * x)).sum())
+        return energy / values.size if energy > 0 else 1.0
     w = None if weights is None else np.broadcast_to(weights, values.shape)  # a view: sliced below
     energy = total = 0.0
     for rows in row_slices(values.shape):
