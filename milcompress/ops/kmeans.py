@@ -458,16 +458,19 @@ def _dp_over_positions(bins: _Bins, positions: np.ndarray, k: int) -> np.ndarray
                 for i in range(0, groups, per_part)
             ]
         )
-    cost = bins.cost(positions[:, :, None], positions[:, None, :])
+    # cost[g, j, i]: the cluster from position i to position j. The start is the last axis, so the
+    # minimum over starts reduces contiguous memory (numpy copies to reduce any other axis).
+    cost = bins.cost(positions[:, None, :], positions[:, :, None])
     order = np.arange(count)
-    cost[:, order[:, None] > order[None, :]] = np.inf
-    best = cost[:, 0, :].copy()
+    cost[:, order[None, :] > order[:, None]] = np.inf
+    best = cost[:, :, 0].copy()
     choices = np.empty((k - 1, groups, count), dtype=np.int32)
+    total = np.empty_like(cost)
     for step in range(k - 1):
-        total = best[:, :, None] + cost
-        choice = total.argmin(axis=1)
+        np.add(cost, best[:, None, :], out=total)
+        choice = total.argmin(axis=2)
         choices[step] = choice
-        best = np.take_along_axis(total, choice[:, None, :], axis=1)[:, 0, :]
+        best = np.take_along_axis(total, choice[:, :, None], axis=2)[:, :, 0]
     rows = np.arange(groups)
     index = np.full(groups, count - 1)
     picked = [index]
@@ -621,15 +624,17 @@ def _sweep_dp(bins: _Bins, candidates: np.ndarray, rows: np.ndarray) -> np.ndarr
     block = max(1, _CHUNK_ELEMENTS // (groups * width * width))
     for first in range(0, k, block):
         last = min(first + block, k)
-        # Pair costs from cut t (axis 2) to cut t + 1 (axis 3), for t in this block.
-        fro, to = np.s_[:, first:last, :, None], np.s_[:, first + 1 : last + 1, None, :]
+        # Pair costs from cut t (axis 3) to cut t + 1 (axis 2), for t in this block: the minimum
+        # over cut t's candidates then reduces the last, contiguous axis.
+        fro, to = np.s_[:, first:last, None, :], np.s_[:, first + 1 : last + 1, :, None]
         cost = _pair_cost(w[to] - w[fro], sc[to] - sc[fro], qc[to] - qc[fro])
         np.putmask(cost, candidates[fro] > candidates[to], np.inf)
         for t in range(first, last):
             total = cost[:, t - first]
-            total += best[:, :, None]
-            choices[t] = total.argmin(axis=1)
-            best = total.min(axis=1)
+            total += best[:, None, :]
+            choice = total.argmin(axis=2)
+            choices[t] = choice
+            best = np.take_along_axis(total, choice[:, :, None], axis=2)[:, :, 0]
     rows = np.arange(groups)
     index = np.zeros(groups, dtype=np.int64)  # every candidate of the last cut is n
     result = np.empty((groups, k + 1), dtype=np.int64)
