@@ -237,16 +237,16 @@ class _Bins:
         """The bin values' float32 order keys, row g shifted by g << 33 so all rows search as one."""
         return (_ordered_key32(self.value) + (np.arange(self.groups, dtype=np.int64)[:, None] << 33)).reshape(-1)
 
-    def nearest_cuts(self, table: np.ndarray) -> np.ndarray:
+    def nearest_cuts(self, table: np.ndarray, rows: Optional[np.ndarray] = None) -> np.ndarray:
         """Cuts [G, K + 1] that give every bin the nearest entry of its group's sorted `table`
-        [G, K], ties low (as `assign_nearest`): a value at or below the float32-rounded-down
-        midpoint between two entries takes the lower. O(K log n) per group."""
-        groups, n = self.groups, self.n
+        [G, K] (of the groups `rows`), ties low (as `assign_nearest`): a value at or below the
+        float32-rounded-down midpoint between two entries takes the lower. O(K log n) per group."""
+        n = self.n
+        row = (np.arange(self.groups, dtype=np.int64) if rows is None else rows)[:, None]
         mids = _round_down_f32((table[:, :-1] + table[:, 1:]) / 2)
-        offsets = np.arange(groups, dtype=np.int64)[:, None] << 33
-        inner = np.searchsorted(self._value_keys, (_ordered_key32(mids) + offsets).reshape(-1), side="right")
-        inner = inner.reshape(groups, -1) - np.arange(groups)[:, None] * n
-        return np.concatenate([np.zeros((groups, 1), np.int64), inner, np.full((groups, 1), n)], axis=1)
+        inner = np.searchsorted(self._value_keys, (_ordered_key32(mids) + (row << 33)).reshape(-1), side="right")
+        inner = inner.reshape(len(row), -1) - row * n
+        return np.concatenate([np.zeros((len(row), 1), np.int64), inner, np.full((len(row), 1), n)], axis=1)
 
     def outlier_aware(self, scale) -> "_Bins":
         """These bins with every value's weight multiplied by `outlier_factor(x, scale)` (`scale`
@@ -264,10 +264,13 @@ class _Bins:
         stats = (w, ds * factor, factor * (dsc + dw * shift), factor * (dqc + 2 * shift * dsc + dw * shift * shift))
         return _Bins(*(_prefix(x) for x in stats), self.value, self.count, centre[:, 0])
 
-    def centroids(self, cuts: np.ndarray) -> np.ndarray:
-        """Weighted mean of each cluster; an empty cluster copies its nearest non-empty neighbour."""
-        w = np.diff(self.gather(self.w, cuts), axis=1)
-        s = np.diff(self.gather(self.s, cuts), axis=1)
+    def centroids(self, cuts: np.ndarray, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        """Weighted mean of each cluster (of the groups `rows`); an empty cluster copies its
+        nearest non-empty neighbour."""
+        w = np.diff(self.gather(self.w, cuts, rows), axis=1)
+        s = np.diff(self.gather(self.s, cuts, rows), axis=1)
+        if (w > 0).all():
+            return s / w
         return _fill_empty(np.where(w > 0, s / np.where(w > 0, w, 1.0), np.nan))
 
 
@@ -665,11 +668,15 @@ def _lloyd(bins: _Bins, cuts: np.ndarray, iterations: int = 200) -> np.ndarray:
     Each iteration costs O(k log n) per group (a search of the midpoints among the bin values),
     not O(n); it never raises the error.
     """
+    cuts = cuts.copy()
+    active = np.arange(bins.groups)  # groups not yet at a fixed point: the others stay there
     for _ in range(iterations):
-        new = bins.nearest_cuts(bins.centroids(cuts))
-        if np.array_equal(new, cuts):
+        new = bins.nearest_cuts(bins.centroids(cuts[active], active), active)
+        moved = (new != cuts[active]).any(axis=1)
+        if not moved.any():
             break
-        cuts = new
+        active, new = active[moved], new[moved]
+        cuts[active] = new
     return cuts
 
 
