@@ -873,27 +873,102 @@ def kmeans_vectors(
     Batched Lloyd iteration from greedy k-means++ starts (each step keeps the best of several
     candidate centres, as scikit-learn does), `starts` times with fixed seeds; each group keeps
     its best run. A group with at most k distinct vectors gets exactly those (lossless).
+
+    Groups of more than `_vector_sample_size(k)` vectors run the starts on that many of their
+    vectors (a fixed-seed sample), then Lloyd iteration on all of them from the best start, until
+    no vector changes cluster or an iteration lowers the error by less than `_VECTOR_TOLERANCE`
+    of it. The starts cost O(sample * k) per iteration instead of O(n * k); the error is that of
+    Lloyd iteration run to convergence on every vector (scikit-learn, as coremltools calls it,
+    stops at a tolerance of 1e-2).
     """
     vectors = np.asarray(vectors, dtype=np.float64)
     groups, n, dim = vectors.shape
     w = np.ones((groups, n)) if weights is None else np.asarray(weights, dtype=np.float64)
     result = np.empty((groups, k, dim))
-    per_chunk = max(1, _VECTOR_CHUNK_ELEMENTS // max(1, n * k))
+    sample = min(n, _vector_sample_size(k))
+    per_chunk = max(1, _VECTOR_CHUNK_ELEMENTS // max(1, sample * k))
     for first in range(0, groups, per_chunk):
         chunk = slice(first, min(groups, first + per_chunk))
+        x, wx = (vectors[chunk], w[chunk]) if sample == n else _vector_sample(vectors[chunk], w[chunk], sample)
         best, best_error = None, None
         for seed in range(starts):
             rng = np.random.default_rng(seed)
-            centroids = _lloyd_vectors(vectors[chunk], w[chunk], k, iterations, rng)
-            error = _vector_error(vectors[chunk], w[chunk], centroids)
+            centroids = _lloyd_vectors(x, wx, k, iterations, rng)
+            error = _vector_error(x, wx, centroids)
             if best is None:
                 best, best_error = centroids, error
             else:
                 better = error < best_error
                 best = np.where(better[:, None, None], centroids, best)
                 best_error = np.where(better, error, best_error)
+        if sample < n:
+            best = _refine_vectors(vectors[chunk], w[chunk], best, iterations)
+            energy = (wx * (x * x).sum(-1)).sum(1)
+            # Lossless on the sample (but for the rounding of weighted means): maybe on the whole.
+            for g in np.flatnonzero(best_error <= 1e-12 * energy):
+                distinct = _distinct_vectors(vectors[first + g], w[first + g], k)
+                if distinct is not None:
+                    best[g, : len(distinct)], best[g, len(distinct) :] = distinct, distinct[-1]
         result[chunk] = best
     return result
+
+
+_VECTOR_SAMPLE_MIN = 8192  # groups of up to this many vectors (or 64 per cluster) run the starts on all
+_VECTOR_SAMPLE_PER_CLUSTER = 64
+_VECTOR_TOLERANCE = 1e-4  # Lloyd iteration on all vectors stops when it gains less than this fraction
+
+
+def _vector_sample_size(k: int) -> int:
+    return max(_VECTOR_SAMPLE_MIN, _VECTOR_SAMPLE_PER_CLUSTER * k)
+
+
+def _vector_sample(x: np.ndarray, w: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """`size` of each group's vectors [G, n, d] and their weights, standing for all of them: the
+    quarter that weigh most in the error (largest w |x|^2, each for itself: a heavy tail's few
+    far vectors decide entries that a uniform sample would miss), and a fixed-seed uniform
+    sample of the rest, each weighted for the share of the rest it stands for."""
+    groups, n, _ = x.shape
+    top = size // 4
+    mass = w * (x * x).sum(-1)
+    order = np.argsort(-mass, axis=1, kind="stable")
+    rest = np.sort(np.random.default_rng(0).choice(n - top, size - top, replace=False))
+    picks = np.concatenate([order[:, :top], np.sort(order[:, top:], axis=1)[:, rest]], axis=1)
+    scale = np.concatenate([np.ones(top), np.full(size - top, (n - top) / (size - top))])
+    return np.take_along_axis(x, picks[..., None], axis=1), np.take_along_axis(w, picks, axis=1) * scale
+
+
+def _distinct_vectors(x: np.ndarray, w: np.ndarray, k: int) -> Optional[np.ndarray]:
+    """The distinct vectors of positive weight of one group [n, d], if at most k; else None."""
+    held = x[w > 0] if (w > 0).any() else x
+    distinct = np.unique(held, axis=0)
+    return distinct if len(distinct) <= k else None
+
+
+def _refine_vectors(x: np.ndarray, w: np.ndarray, centroids: np.ndarray, iterations: int) -> np.ndarray:
+    """Lloyd iteration on all vectors [G, n, d] from `centroids` [G, k, d]; see `kmeans_vectors`."""
+    groups = x.shape[0]
+    rows = np.arange(groups)
+    labels, error = None, None
+    for _ in range(iterations):
+        new_labels = nearest_vectors(x, centroids)
+        nearest = np.take_along_axis(centroids, new_labels[..., None], axis=1)
+        new_error = (w * ((x - nearest) ** 2).sum(-1)).sum(1)
+        if labels is not None and (np.array_equal(new_labels, labels) or (error - new_error <= _VECTOR_TOLERANCE * error).all()):
+            break
+        labels, error = new_labels, new_error
+        centroids = _cluster_means(x, w, labels, centroids, rows)
+    return centroids
+
+
+def _cluster_means(x: np.ndarray, w: np.ndarray, labels: np.ndarray, centroids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The weighted mean of each cluster's vectors; an empty cluster keeps its centroid."""
+    groups, n, dim = x.shape
+    k = centroids.shape[1]
+    slot = (rows[:, None] * k + labels).reshape(-1)
+    mass = np.bincount(slot, w.reshape(-1), groups * k).reshape(groups, k)
+    sums = np.stack([np.bincount(slot, (w * x[..., d]).reshape(-1), groups * k) for d in range(dim)], axis=-1)
+    updated = sums.reshape(groups, k, dim) / np.where(mass > 0, mass, 1.0)[..., None]
+    return np.where((mass > 0)[..., None], updated, centroids)
 
 
 def _vector_error(x: np.ndarray, w: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -925,13 +1000,7 @@ def _lloyd_vectors(x: np.ndarray, w: np.ndarray, k: int, iterations: int, rng: n
         if labels is not None and np.array_equal(new_labels, labels):
             break
         labels = new_labels
-        slot = (rows[:, None] * k + labels).reshape(-1)
-        mass = np.bincount(slot, w.reshape(-1), groups * k).reshape(groups, k)
-        sums = np.stack(
-            [np.bincount(slot, (w * x[..., d]).reshape(-1), groups * k) for d in range(dim)], axis=-1
-        ).reshape(groups, k, dim)
-        updated = sums / np.where(mass > 0, mass, 1.0)[..., None]
-        centroids = np.where((mass > 0)[..., None], updated, centroids)
+        centroids = _cluster_means(x, w, labels, centroids, rows)
     return centroids
 
 
@@ -947,14 +1016,17 @@ def _weighted_draw(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def nearest_vectors(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid [G, k, d] for each vector of x [G, n, d] (ties go low): [G, n]."""
-    x, centroids = x.astype(np.float64), centroids.astype(np.float64)
+    x, centroids = x.astype(np.float64, copy=False), centroids.astype(np.float64)
     groups, n, _ = x.shape
     k = centroids.shape[1]
     result = np.empty((groups, n), dtype=np.int64)
     step = max(1, _VECTOR_CHUNK_ELEMENTS // max(1, groups * k))
+    # |x - c|^2 = |x|^2 + (|c|^2 - 2 x.c): the first term is the same for every c, so the nearest
+    # c minimises the second, one matrix product (BLAS) and one add per slice.
     c_norm = (centroids * centroids).sum(-1)[:, None, :]
+    across = -2 * np.swapaxes(centroids, 1, 2)
     for first in range(0, n, step):
-        part = x[:, first : first + step]
-        dist = (part * part).sum(-1)[:, :, None] - 2 * np.einsum("gnd,gkd->gnk", part, centroids) + c_norm
+        dist = np.matmul(x[:, first : first + step], across)
+        dist += c_norm
         result[:, first : first + step] = dist.argmin(-1)
     return result
