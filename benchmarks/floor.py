@@ -1,7 +1,8 @@
 """How close milcompress's kernels come to the least work each compression needs: the floor.
 
 For every weight of a model (float16, channel axis 0, as the passes hand them to `ops/`), three
-things are timed on the same arrays, one after the other, on one core's worth of numpy:
+things are timed on the same arrays, one after the other, in one process (CPU seconds: the
+machine is shared, so the work done rather than the wait for a core):
 
 - the floor: the work no implementation can skip, in plain numpy:
   - palettes: one histogram pass over the float16 codes (`np.bincount`), a table from it (the
@@ -17,7 +18,9 @@ things are timed on the same arrays, one after the other, on one core's worth of
   `linear_quantize_weights.blockwise_compress` (kmeans1d for float16 groups of 10,000+ values,
   scikit-learn for the rest), then the same `pack_bits` (its own packing happens when it saves).
 
-Reported per model and config: the three times, ours / floor and coremltools / ours. Weights that
+Reported per model and config: the three times, ours / floor and coremltools / ours, and each
+library's signal-to-noise ratio over the weights both compressed. Vector palettes (`cluster_dim`
+2) have no floor: they are timed against coremltools' scikit-learn path alone. Weights that
 a library declines (a per-block size that does not divide the input channels, a group size that
 does not divide the output channels) count for neither the floor nor that library; the table
 says how many each compressed.
@@ -40,6 +43,7 @@ import argparse
 import gc
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -69,6 +73,7 @@ def configs() -> Dict[str, object]:
     """Config label -> our config (coremltools gets the equivalent block sizes, `_coremltools_block_sizes`)."""
     result = {f"palettize {nbits}-bit per tensor": PalettizeConfig(nbits=nbits) for nbits in (1, 2, 3, 4, 6, 8)}
     result["palettize 4-bit groups of 16"] = PalettizeConfig(nbits=4, granularity="per_grouped_channel", group_size=16)
+    result["palettize 4-bit vectors of 2"] = PalettizeConfig(nbits=4, cluster_dim=2)
     result["int8 per channel"] = LinearQuantizeConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
     result["int4 per block 32"] = LinearQuantizeConfig(mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=32)
     return result
@@ -160,7 +165,11 @@ def floor_quantize(weight: np.ndarray, nbits: int, block: Optional[int]) -> Tupl
     return data, scale
 
 
-def floor_of(weight: np.ndarray, config) -> Callable[[], object]:
+def floor_of(weight: np.ndarray, config) -> Optional[Callable[[], object]]:
+    """The floor's work for `config` on `weight`; None for vector palettes (no floor: their
+    least work is a nearest-vector search, not a histogram)."""
+    if isinstance(config, PalettizeConfig) and config.cluster_dim > 1:
+        return None
     if isinstance(config, PalettizeConfig):
         group = None if config.granularity == "per_tensor" else config.group_size
         return lambda: floor_palette(weight, config.nbits, group)
@@ -173,17 +182,21 @@ def floor_of(weight: np.ndarray, config) -> Callable[[], object]:
 
 
 def ours_of(weight: np.ndarray, config) -> Callable[[], object]:
+    """Our compression of `weight` with the packing of its integers: returns the params."""
     if isinstance(config, PalettizeConfig):
 
         def run():
             params = palettize(weight, config)
-            return pack_bits(params.indices, params.nbits)
+            pack_bits(params.indices, params.nbits)
+            return params
 
         return run
 
     def run_quantize():
         params = quantize(weight, config)
-        return pack_bits(params.data.view(np.uint8) & np.uint8(0xF), 4) if params.nbits == 4 else params.data
+        if params.nbits == 4:
+            pack_bits(params.data.view(np.uint8) & np.uint8(0xF), 4)
+        return params
 
     return run_quantize
 
@@ -207,53 +220,84 @@ def coremltools_of(weight: np.ndarray, config) -> Callable[[], object]:
     if isinstance(config, PalettizeConfig):
 
         def run():
-            params = palettize_weights.blockwise_compress(weight, "KMEANS", config.nbits, sizes)
-            return None if params is None else pack_bits(params.indices, config.nbits)
+            params = palettize_weights.blockwise_compress(weight, "KMEANS", config.nbits, sizes, cluster_dim=config.cluster_dim, channel_axis=0)
+            if params is not None:
+                pack_bits(params.indices, config.nbits)
+            return params
 
         return run
 
     def run_quantize():
         params = linear_quantize_weights.blockwise_compress(weight, config.nbits, "LINEAR_SYMMETRIC", True, sizes)
-        if params is None:
-            return None
-        return pack_bits(params.data.view(np.uint8) & np.uint8(0xF), 4) if config.nbits == 4 else params.data
+        if params is not None and config.nbits == 4:
+            pack_bits(params.data.view(np.uint8) & np.uint8(0xF), 4)
+        return params
 
     return run_quantize
 
 
+def coremltools_dense(params, config) -> np.ndarray:
+    from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights, palettize_weights
+
+    owner = palettize_weights if isinstance(config, PalettizeConfig) else linear_quantize_weights
+    return owner.decompress(params)
+
+
 def _timed(call: Callable[[], object]) -> Tuple[object, float]:
-    start = time.perf_counter()
+    """`call()` and the CPU seconds it took (this process, every thread): on a shared machine the
+    work done, not the wait for a core."""
+    start = time.process_time()
     result = call()
-    return result, time.perf_counter() - start
+    return result, time.process_time() - start
+
+
+def _squared_error(weight: np.ndarray, dense: np.ndarray) -> Tuple[float, float]:
+    reference = weight.astype(np.float64)
+    return float(((reference - np.asarray(dense, dtype=np.float64)) ** 2).sum()), float((reference**2).sum())
+
+
+def _snr_db(noise: float, signal: float) -> Optional[float]:
+    return None if noise <= 0 or signal <= 0 else 10 * math.log10(signal / noise)
 
 
 def measure(weights: Dict[str, np.ndarray], config, with_coremltools: bool) -> dict:
-    """Seconds of the floor, ours and (optionally) coremltools' over the weights, and how many
-    weights each library compressed. The floor counts the weights ours compressed."""
+    """CPU seconds of the floor, ours and (optionally) coremltools' over the weights, how many
+    weights each library compressed, and the signal-to-noise ratio of each over the weights both
+    compressed (total error against total energy). The floor counts the weights ours compressed."""
     floor = ours = theirs = 0.0
     ours_count = theirs_count = 0
-    for weight in weights.values():
+    errors = {}  # weight name -> [our (noise, signal), theirs]
+    for name, weight in weights.items():
         try:
-            _, seconds = _timed(ours_of(weight, config))
+            params, seconds = _timed(ours_of(weight, config))
         except NotCompressible:
             continue
         ours += seconds
         ours_count += 1
-        floor += min(_timed(floor_of(weight, config))[1] for _ in range(2))  # the better of two: a floor
+        errors[name] = [_squared_error(weight, params.decompress()), None]
+        work = floor_of(weight, config)
+        if work is not None:
+            floor += min(_timed(work)[1] for _ in range(2))  # the better of two: a floor
     if with_coremltools:
-        for weight in weights.values():
-            result, seconds = _timed(coremltools_of(weight, config))
-            if result is not None:
+        for name, weight in weights.items():
+            params, seconds = _timed(coremltools_of(weight, config))
+            if params is not None:
                 theirs += seconds
                 theirs_count += 1
+                if name in errors:
+                    errors[name][1] = _squared_error(weight, coremltools_dense(params, config))
+    both = [e for e in errors.values() if e[1] is not None]
+    has_floor = floor > 0
     return {
-        "floor_seconds": floor,
+        "floor_seconds": floor if has_floor else None,
         "milcompress_seconds": ours,
         "coremltools_seconds": theirs if with_coremltools else None,
         "milcompress_weights": ours_count,
         "coremltools_weights": theirs_count if with_coremltools else None,
-        "ours_over_floor": ours / floor if floor > 0 else None,
+        "ours_over_floor": ours / floor if has_floor else None,
         "speedup_over_coremltools": theirs / ours if with_coremltools and ours > 0 else None,
+        "milcompress_snr_db": _snr_db(sum(e[0][0] for e in both), sum(e[0][1] for e in both)) if both else None,
+        "coremltools_snr_db": _snr_db(sum(e[1][0] for e in both), sum(e[1][1] for e in both)) if both else None,
     }
 
 
@@ -300,6 +344,10 @@ def _fmt(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _times(ratio: Optional[float]) -> str:
+    return "-" if ratio is None else f"{ratio:.1f}x"
+
+
 def report(results: List[dict], sizes: List[dict], command: str) -> str:
     from milcompress.tools.table import format_table
 
@@ -308,16 +356,21 @@ def report(results: List[dict], sizes: List[dict], command: str) -> str:
 
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, one process; numpy {np.__version__}, "
                f"torch {torch.__version__}, coremltools {coremltools.__version__}")
-    lines = [f"Produced by `{command}` ({machine}).", ""]
+    lines = [f"Produced by `{command}` ({machine}).", "",
+             "Seconds are CPU seconds of this process (the machine is shared); ours/floor and ct/ours are their ratios. "
+             "SNR: total energy over total squared error of the weights both libraries compressed (milcompress's palettes "
+             "are outlier-aware by default: they weigh far-out values more, at a small cost in plain squared error). "
+             "Vector palettes have no floor.", ""]
     for result in results:
         lines += [f"## {result['model']}: {result['weights']} weights, {result['values']:,} values", "", "```"]
         rows = []
         for label, r in result["configs"].items():
-            rows.append([label, f"{r['floor_seconds']:.3f}", f"{r['milcompress_seconds']:.3f}", _fmt(r["coremltools_seconds"]),
-                         _fmt(r["ours_over_floor"], ".1f") + "x", _fmt(r["speedup_over_coremltools"], ".1f") + ("x" if r["speedup_over_coremltools"] else ""),
+            rows.append([label, _fmt(r["floor_seconds"], ".3f"), f"{r['milcompress_seconds']:.3f}", _fmt(r["coremltools_seconds"]),
+                         _times(r["ours_over_floor"]), _times(r["speedup_over_coremltools"]),
+                         _fmt(r.get("milcompress_snr_db")), _fmt(r.get("coremltools_snr_db")),
                          f"{r['milcompress_weights']}/{_fmt(r['coremltools_weights'], 'd')}"])
-        lines.append(format_table(["config", "floor s", "ours s", "coremltools s", "ours/floor", "ct/ours", "weights ours/ct"],
-                                  rows, [False] + [True] * 6))
+        lines.append(format_table(["config", "floor s", "ours s", "coremltools s", "ours/floor", "ct/ours", "ours SNR dB", "ct SNR dB",
+                                   "weights ours/ct"], rows, [False] + [True] * 8))
         lines += ["```", ""]
     if sizes:
         lines += [f"## compress_to_size({SIZE_TARGET}) data-free against one int4-per-block-32 pass", "", "```"]
@@ -356,8 +409,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 name != "random_llama" or args.coremltools_decoder or not isinstance(config, PalettizeConfig))
             r = measure(weights, config, with_coremltools)
             result["configs"][label] = r
-            print(f"  {label:30s} floor {r['floor_seconds']:7.3f} s  ours {r['milcompress_seconds']:7.3f} s "
-                  f"({_fmt(r['ours_over_floor'], '.1f')}x floor)  coremltools {_fmt(r['coremltools_seconds'])} s", flush=True)
+            print(f"  {label:30s} floor {_fmt(r['floor_seconds'], '7.3f')} s  ours {r['milcompress_seconds']:7.3f} s "
+                  f"({_times(r['ours_over_floor'])} floor)  coremltools {_fmt(r['coremltools_seconds'])} s", flush=True)
         results.append(result)
         del weights
         gc.collect()
