@@ -53,7 +53,7 @@ def test_a_small_run_reports_every_config_against_the_floor_and_coremltools(tmp_
     monkeypatch.setattr(floor, "model_weights", lambda name, quick: weights)
     labels = ["palettize 2-bit per tensor", "palettize 4-bit groups of 16", "palettize 4-bit vectors of 2", "int4 per block 32"]
     assert floor.main(["--models", "resnet50_normal", "--configs", *labels, "--size-models", "--out", str(tmp_path)]) == 0
-    result = json.loads((tmp_path / "floor_partial.json").read_text())
+    result = json.loads((tmp_path / "floor_partial_resnet50_normal.json").read_text())
     (model,) = result["models"]
     assert model["weights"] == 3 and result["compress_to_size"] == []
     configs = model["configs"]
@@ -70,6 +70,6 @@ def test_a_small_run_reports_every_config_against_the_floor_and_coremltools(tmp_
             assert r["floor_seconds"] is None and r["ours_over_floor"] is None
         else:
             assert r["ours_over_floor"] == pytest.approx(r["milcompress_seconds"] / r["floor_seconds"])
-    table = (tmp_path / "floor_partial.md").read_text()
+    table = (tmp_path / "floor_partial_resnet50_normal.md").read_text()
     assert "## resnet50_normal: 3 weights" in table and "ours/floor" in table
     assert all(label in table for label in labels)
