@@ -41,6 +41,7 @@ Result = TypeVar("Result")
 POOL_MIN_ELEMENTS = 1 << 21
 """With `workers=None`, jobs over fewer weight elements than this (about 4 MB of float16) run in
 this process: starting a pool of processes costs about half a second, more than such work."""
+CONNECT_TIMEOUT = "10s"  # how long a scheduler address is tried before it is an error
 IN_FLIGHT_PER_WORKER = 2
 """Jobs submitted and not yet taken back, per worker: enough to keep every worker busy while the
 caller takes a result, few enough that memory holds only a handful of weights and their forms."""
@@ -58,13 +59,14 @@ def check_workers(workers, field: str = "workers") -> Optional[int]:
     """`workers` as an int >= 1, or None (the default); a ConfigError naming `field` otherwise."""
     if workers is None:
         return None
+    given = workers
     if isinstance(workers, str):
         try:
             workers = int(workers.strip())
         except ValueError:
-            raise ConfigError(f"{field} must be a whole number of at least 1, not {workers!r}", field=field) from None
+            workers = None
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"{field} must be a whole number of at least 1, not {workers!r}", field=field)
+        raise ConfigError(f"{field} must be a whole number of at least 1, not {given!r}", field=field)
     return workers
 
 
@@ -170,7 +172,7 @@ class DaskExecutor(_Bounded):
         if isinstance(client, (str, os.PathLike)):
             address = os.fspath(client)
             try:
-                client = self._owned = distributed.Client(address, timeout="10s", set_as_default=False)
+                client = self._owned = distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
             except (OSError, TimeoutError) as error:
                 raise ConfigError(f"cannot reach the Dask scheduler at {address}: {error}", field="scheduler") from error
         elif not isinstance(client, distributed.Client):

@@ -166,3 +166,60 @@ def test_outputs_are_byte_identical_with_one_worker_or_two(package, tmp_path):
         two = _compressed(tmp_path, f"{name}_2", function, *args, workers=2, **options)
         assert alone == two, name
         assert "fell back" in json.dumps(alone[1]) or name == "sized"
+
+
+@pytest.fixture(scope="module")
+def cluster_client():
+    distributed = pytest.importorskip("distributed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None)
+        client = distributed.Client(cluster, set_as_default=False)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def test_a_dask_cluster_gives_the_same_package_report_and_progress(package, tmp_path, cluster_client):
+    """Two worker processes of a LocalCluster."""
+    from milcompress.parallel import DaskExecutor
+
+    assert DaskExecutor(cluster_client).workers == 2
+    here = _compressed(tmp_path, "here", milcompress.compress_weights, package, MIXED, snr_fallback=True, workers=1)
+    assert _compressed(tmp_path, "dask", milcompress.compress_weights, package, MIXED, snr_fallback=True, client=cluster_client) == here
+
+
+@pytest.mark.slow
+def test_the_size_allocation_on_a_dask_cluster_by_address_gives_the_same_package(package, tmp_path, cluster_client):
+    sized = _compressed(tmp_path, "sized", milcompress.compress_to_size, package, 4.0, weight_threshold=0, workers=1)
+    address = cluster_client.scheduler.address
+    assert _compressed(tmp_path, "sized_dask", milcompress.compress_to_size, package, 4.0, weight_threshold=0, client=address) == sized
+
+
+def test_an_unreachable_scheduler_is_a_config_error_naming_it(monkeypatch):
+    pytest.importorskip("distributed")
+    from milcompress import parallel
+    from milcompress.parallel import dask_client
+
+    monkeypatch.setattr(parallel, "CONNECT_TIMEOUT", "1s")
+
+    with pytest.raises(ConfigError, match="tcp://127.0.0.1:9"):
+        with dask_client("tcp://127.0.0.1:9"):
+            pass
+
+
+def test_the_command_line_takes_workers_and_refuses_bad_counts(package, tmp_path, capsys):
+    from milcompress.tools.cli import main
+
+    source = tmp_path / "in.mlpackage"
+    save_model(package, source)
+    digests = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"out{workers}.mlpackage"
+        assert main(["run", str(source), "-o", str(out), "--pipeline", "PALETTIZE_4BIT_GROUPED", "--workers", workers]) == 0
+        digests.append(hashlib.sha256(b"".join(p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file())).hexdigest())
+    assert digests[0] == digests[1]
+    capsys.readouterr()
+    assert main(["run", str(source), "-o", str(tmp_path / "bad.mlpackage"), "--pipeline", "INT8", "--workers", "0"]) == 2
+    assert "--workers must be a whole number of at least 1, not '0'" in capsys.readouterr().err
+    assert not (tmp_path / "bad.mlpackage").exists()

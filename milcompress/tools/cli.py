@@ -133,8 +133,10 @@ def _takes_option(spec, option: str) -> bool:
 
 
 def _run(args) -> int:
+    from milcompress.parallel import check_workers
     from milcompress.passes.spec import format_passes
 
+    args.workers = check_workers(args.workers, "--workers")
     specs = _specs(args)
     print(f"passes: {format_passes(specs)}")
     if not args.dry_run and not args.output:
@@ -167,14 +169,13 @@ def _compress(args, specs, staging) -> int:
     from milcompress.api import run_passes
     from milcompress.packages import package_size, write_text_atomically
 
-    from milcompress.parallel import check_workers, dask_client
+    from milcompress.parallel import dask_client
 
     progress = _progress()
-    workers = check_workers(args.workers, "--workers")
     model, _ = _load(args.model, progress)
     try:
         with dask_client(args.scheduler) as client:
-            new_model, reports = run_passes(model, specs, progress=progress, save=not args.dry_run, workers=workers, client=client)
+            new_model, reports = run_passes(model, specs, progress=progress, save=not args.dry_run, workers=args.workers, client=client)
     except OutputError as error:  # coremltools' temporary package, in the staging directory next to the output
         raise OutputError(args.output, error.cause) from None
     size_in = package_size(args.model)
