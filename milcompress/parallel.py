@@ -81,14 +81,15 @@ class Executor:
     def map(self, function: Callable[[Job], Result], jobs: Iterable[Job]) -> Iterator[Result]:
         raise NotImplementedError
 
-    def close(self) -> None:
-        """Stop what this executor started (nothing, for the base class)."""
+    def close(self, abort: bool = False) -> None:
+        """Stop what this executor started (nothing, for the base class); `abort`: at once, the
+        jobs still running dropped (an error or an interrupt ends the pass)."""
 
     def __enter__(self) -> "Executor":
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close(abort=kind is not None)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(workers={self.workers})"
@@ -152,10 +153,14 @@ class ProcessPool(_Bounded):
             )
         return self._pool.submit(function, job)
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self, abort: bool = False) -> None:
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        if abort:  # Ctrl-C or an error: no waiting for a job on a big weight to finish
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class DaskExecutor(_Bounded):
@@ -189,7 +194,7 @@ class DaskExecutor(_Bounded):
         (data,) = self.client.scatter([job], hash=False)
         return self.client.submit(function, data, pure=False)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         if self._owned is not None:
             self._owned.close()
             self._owned = None

@@ -5,6 +5,7 @@ or on a Dask cluster."""
 
 import hashlib
 import json
+import math
 import operator
 import warnings
 from pathlib import Path
@@ -223,3 +224,14 @@ def test_the_command_line_takes_workers_and_refuses_bad_counts(package, tmp_path
     assert main(["run", str(source), "-o", str(tmp_path / "bad.mlpackage"), "--pipeline", "INT8", "--workers", "0"]) == 2
     assert "--workers must be a whole number of at least 1, not '0'" in capsys.readouterr().err
     assert not (tmp_path / "bad.mlpackage").exists()
+
+
+def test_an_error_stops_the_pool_at_once_and_the_next_map_starts_a_new_one():
+    executor = ProcessPool(2)
+    with pytest.raises(ValueError, match="math domain error"):
+        with executor:
+            for _ in executor.map(math.log, [1.0, 0.0] + [2.0] * 6):  # a job's error comes back as raised
+                pass
+    assert executor._pool is None
+    with executor:
+        assert list(executor.map(abs, [-1, -2, 3])) == [1, 2, 3]

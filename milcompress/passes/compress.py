@@ -53,7 +53,7 @@ from milcompress.ops.jobs import Attempt, CompressJob, compress_attempts, weight
 from milcompress.ops._arrays import largest_divisor_at_most
 from milcompress.ops.metrics import clipped_outlier
 from milcompress.ops.palettize import largest_group_size
-from milcompress.parallel import check_workers, executor_for
+from milcompress.parallel import InProcess, check_workers, executor_for
 from milcompress.passes.graph import ProgramGraph
 from milcompress.progress import Progress, as_progress
 from milcompress.passes.options import PassOption, parse_bool, parse_choice, parse_compression_config, parse_path
@@ -160,8 +160,8 @@ def compress_program(
     kept.clear()
     jobs = [job for _, _, job, _ in prepared if job is not None]
     work = sum(weight_elements(job.weight) for job in jobs)
-    with as_progress(progress).stage(pass_name.split("::")[-1], total=len(prepared), unit="weights") as advance, \
-            executor_for(workers if portable(c for job in jobs for c in job.configs) else 1, client, work=work, jobs=len(jobs)) as executor:
+    executor = executor_for(workers, client, work=work, jobs=len(jobs)) if portable(c for job in jobs for c in job.configs) else InProcess()
+    with as_progress(progress).stage(pass_name.split("::")[-1], total=len(prepared), unit="weights") as advance, executor:
         results = executor.map(compress_attempts, jobs)
         for candidate, record, job, notes in prepared:
             if job is not None:
