@@ -49,7 +49,7 @@ from milcompress.config import (
 from milcompress.errors import ConfigError, PassError, PreconditionError
 from milcompress.lowering import config_required_target, is_constexpr, lower, lower_fake, opset_error, read_back, required_target
 from milcompress.ops import CompressedForm, describe, further_compression_problem
-from milcompress.ops.jobs import Attempt, CompressJob, compress_attempts, weight_elements
+from milcompress.ops.jobs import Attempt, CompressJob, compress_attempts
 from milcompress.ops._arrays import largest_divisor_at_most
 from milcompress.ops.metrics import clipped_outlier
 from milcompress.ops.palettize import largest_group_size
@@ -158,11 +158,12 @@ def compress_program(
     plans: List[_Plan] = []
     prepared = [_prepare(candidate, record, snr_fallback, shrink_to_fit=shrink_to_fit) for candidate, record in kept]
     kept.clear()
-    jobs = [job for _, _, job, _ in prepared if job is not None]
-    work = sum(weight_elements(job.weight) for job in jobs)
-    executor = executor_for(workers, client, work=work, jobs=len(jobs)) if portable(c for job in jobs for c in job.configs) else InProcess()
+    jobs = [(candidate, job) for candidate, _, job, _ in prepared if job is not None]
+    work = sum(_elements(candidate) for candidate, _ in jobs)
+    executor = executor_for(workers, client, work=work, jobs=len(jobs)) if portable(c for _, job in jobs for c in job.configs) else InProcess()
     with as_progress(progress).stage(pass_name.split("::")[-1], total=len(prepared), unit="weights") as advance, executor:
-        results = executor.map(compress_attempts, jobs)
+        # Each job gets its weight's value only as the executor takes it: a bounded number at a time.
+        results = executor.map(compress_attempts, (dataclasses.replace(job, weight=candidate.value) for candidate, job in jobs))
         for candidate, record, job, notes in prepared:
             if job is not None:
                 plan = _decide(candidate, record, job, next(results), notes, on_unsupported, fake_compression=fake_compression)
@@ -304,17 +305,27 @@ def _prepare(
 ) -> Tuple[Candidate, ConstRecord, Optional[CompressJob], List[List[str]]]:
     """The job that computes `candidate`'s forms (the config fitted to its shape, then with
     `snr_fallback` the gentler ones), with each form's notes; no job (and a skip recorded) where
-    its layout is unknown and the config needs it."""
-    value, config = candidate.value, candidate.config
-    layout, disagreement = common_layout(candidate.weight_uses, value.ndim)
+    its layout is unknown and the config needs it. The job's weight is left out (None): it is
+    read when the job is handed to the executor."""
+    config, shape = candidate.config, _shape(candidate)
+    layout, disagreement = common_layout(candidate.weight_uses, len(shape))
     if layout is None or layout.output_axis is None:
         if needs_axes(config):
             _skip(record, disagreement or "channel axes unknown: a reshape stands between the const and its op")
             return candidate, record, None, []
-        layout = WeightLayout(0, min(1, value.ndim - 1))
-    fitted = [fit_to_shape(attempt, value.shape, layout, shrink=shrink_to_fit) for attempt in [config] + (gentler(config) if snr_fallback else [])]
-    job = CompressJob(value, tuple(c for c, _ in fitted), layout.output_axis, layout.input_axis, candidate.stored, config.min_snr_db, candidate.prior)
+        layout = WeightLayout(0, min(1, len(shape) - 1))
+    fitted = [fit_to_shape(attempt, shape, layout, shrink=shrink_to_fit) for attempt in [config] + (gentler(config) if snr_fallback else [])]
+    job = CompressJob(None, tuple(c for c, _ in fitted), layout.output_axis, layout.input_axis, candidate.stored, config.min_snr_db, candidate.prior)
     return candidate, record, job, [notes for _, notes in fitted]
+
+
+def _shape(candidate: Candidate) -> Tuple[int, ...]:
+    """The weight's shape, from its op's output (its value is not read)."""
+    return tuple(int(d) for d in candidate.const.outputs[0].shape)
+
+
+def _elements(candidate: Candidate) -> int:
+    return int(np.prod(_shape(candidate), dtype=np.int64))
 
 
 def _decide(
