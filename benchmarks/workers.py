@@ -28,6 +28,7 @@ import inspect
 import json
 import logging
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -49,18 +50,28 @@ def configs() -> Dict[str, tuple]:
 
 
 class StageTimes:
-    """A `milcompress.progress.Progress` that times each stage."""
+    """A `milcompress.progress.Progress` that times each stage: wall seconds, and CPU seconds of
+    this process (all the work where it runs in this process; on a shared machine, where other
+    people's jobs take the cores, a measure they do not change)."""
 
     def __init__(self):
         self.seconds: Dict[str, float] = {}
+        self.cpu_seconds: Dict[str, float] = {}
 
     @contextlib.contextmanager
     def stage(self, name, total=None, unit="steps"):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             yield lambda item="", steps=1: None
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + time.process_time() - cpu
+
+
+def _cpu() -> tuple:
+    """CPU seconds of this process and of its finished children (pool workers, once stopped)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def decoder_package(parameters: float, work: Path) -> Path:
@@ -107,9 +118,10 @@ def run_once(package: Path, label: str, workers: Optional[int], work: Path) -> d
         options["workers"] = workers
     model = ct.models.MLModel(str(package), skip_model_load=True)
     times = StageTimes()
-    start = time.perf_counter()
+    start, (own, children) = time.perf_counter(), _cpu()
     compressed = function(model, argument, progress=times, **options)
     total = time.perf_counter() - start
+    own_after, children_after = _cpu()
     report = milcompress.report_of(compressed)
     summary = getattr(report, "summary", None) or {}
     return {
@@ -118,6 +130,9 @@ def run_once(package: Path, label: str, workers: Optional[int], work: Path) -> d
         "total_seconds": total,
         "pass_seconds": sum(t for stage, t in times.seconds.items() if stage in PASS_STAGES),
         "stage_seconds": times.seconds,
+        "stage_cpu_seconds": times.cpu_seconds,
+        "cpu_seconds_here": own_after - own,
+        "cpu_seconds_workers": children_after - children,
         "size_stage_seconds": summary.get("seconds"),
         "digest": _digest(compressed, work),
     }
@@ -132,19 +147,36 @@ def report(results: List[dict], meta: dict) -> str:
 
     lines = [f"Produced by `{meta['command']}` on {meta['machine']}.", "",
              f"Decoder: {meta['model']}. Load average before {meta['load_before']}, after {meta['load_after']}.", ""]
-    rows, by_config = [], {}
+    rows, cpu_rows, by_config = [], [], {}
     for result in results:
         by_config.setdefault(result["config"], {}).setdefault(result["workers"], []).append(result)
+
+    def mean(runs, key):
+        return sum(r[key] for r in runs) / len(runs)
+
     for label, runs in by_config.items():
-        mean = {w: (sum(r["pass_seconds"] for r in rs) / len(rs), sum(r["total_seconds"] for r in rs) / len(rs)) for w, rs in runs.items()}
         digests = {r["digest"] for rs in runs.values() for r in rs}
-        one, two = mean.get(1), mean.get(2)
-        rows.append([label, *(f"{mean[w][0]:.1f}" if w in mean else "-" for w in (1, 2)),
-                     f"{one[0] / two[0]:.2f}x" if one and two else "-",
-                     *(f"{mean[w][1]:.1f}" if w in mean else "-" for w in (1, 2)),
-                     f"{one[1] / two[1]:.2f}x" if one and two else "-", "yes" if len(digests) == 1 else "NO"])
+        one, two = runs.get(1), runs.get(2)
+        cells = []
+        for key in ("pass_seconds", "total_seconds"):
+            cells += [f"{mean(runs[w], key):.1f}" if w in runs else "-" for w in (1, 2)]
+            cells.append(f"{mean(one, key) / mean(two, key):.2f}x" if one and two else "-")
+        rows.append([label, *cells, "yes" if len(digests) == 1 else "NO"])
+        if one and two:
+            serial = mean(one, "cpu_seconds_here") + mean(one, "cpu_seconds_workers")
+            here, workers = mean(two, "cpu_seconds_here"), mean(two, "cpu_seconds_workers")
+            during = sum(sum(r["stage_cpu_seconds"].get(stage, 0.0) for stage in PASS_STAGES) for r in two) / len(two)
+            best = (here - during) + max(during, workers / 2)  # the rest stays serial; the pass's work splits over two cores
+            cpu_rows.append([label, f"{serial:.1f}", f"{here:.1f}", f"{workers:.1f}", f"{serial / best:.2f}x"])
     lines += ["```", format_table(["config", "pass s, 1 worker", "pass s, 2 workers", "pass ratio", "total s, 1", "total s, 2", "total ratio", "same bytes"],
                                   rows, [False] + [True] * 7), "```", ""]
+    if cpu_rows:
+        lines += ["CPU seconds of the whole call (what other people's jobs on the machine do not change): with one worker, all in "
+                  "this process; with two, this process and the two workers. The last column is the ratio a quiet two-core machine "
+                  "would give at best: one worker's CPU over this process's CPU outside the pass's stages (loading, writing: serial) "
+                  "plus the larger of its CPU in them and half the workers'.", "", "```",
+                  format_table(["config", "CPU s, 1 worker", "CPU s here, 2 workers", "CPU s in workers, 2 workers", "best-case ratio"],
+                               cpu_rows, [False] + [True] * 4), "```", ""]
     sized = [r for r in results if r["size_stage_seconds"]]
     if sized:
         stages = list(sized[0]["size_stage_seconds"])
@@ -187,6 +219,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 result = run_once(package, label, workers, args.work)
                 results.append(result)
                 print(f"{label:30s} workers={workers}  pass {result['pass_seconds']:.1f} s  total {result['total_seconds']:.1f} s  "
+                      f"cpu here {result['cpu_seconds_here']:.1f} s, workers {result['cpu_seconds_workers']:.1f} s  "
                       f"{result['size_stage_seconds'] or ''}", flush=True)
     meta["load_after"] = _load_average()
     args.out.mkdir(parents=True, exist_ok=True)

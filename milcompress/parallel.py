@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
 import contextlib
 import logging
 import multiprocessing
@@ -31,7 +32,7 @@ import os
 import signal
 from typing import Callable, Deque, Iterable, Iterator, Optional, TypeVar
 
-from milcompress.errors import ConfigError
+from milcompress.errors import ConfigError, PassError
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,17 @@ class ProcessPool(_Bounded):
         self.workers = check_workers(workers) or machine_workers()
         super().__init__(in_flight or IN_FLIGHT_PER_WORKER * self.workers)
         self._pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
+
+    @staticmethod
+    def _result(future):
+        try:
+            return future.result()
+        except concurrent.futures.process.BrokenProcessPool as error:
+            raise PassError(
+                "a worker process stopped abruptly: out of memory, killed, or it could not start because the script that "
+                "called milcompress runs its work at import (worker processes import the main module: guard it with "
+                "`if __name__ == \"__main__\":`), or pass workers=1"
+            ) from error
 
     def _submit(self, function, job):
         if self._pool is None:

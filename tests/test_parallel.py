@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import operator
+import os
 import warnings
 from pathlib import Path
 
@@ -235,3 +236,11 @@ def test_an_error_stops_the_pool_at_once_and_the_next_map_starts_a_new_one():
     assert executor._pool is None
     with executor:
         assert list(executor.map(abs, [-1, -2, 3])) == [1, 2, 3]
+
+
+def test_a_worker_that_dies_is_a_pass_error_that_says_what_to_do():
+    from milcompress.errors import PassError
+
+    with ProcessPool(2) as executor:
+        with pytest.raises(PassError, match="__name__"):
+            list(executor.map(os._exit, [3, 3]))
