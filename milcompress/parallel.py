@@ -39,9 +39,13 @@ logger = logging.getLogger(__name__)
 Job = TypeVar("Job")
 Result = TypeVar("Result")
 
-POOL_MIN_ELEMENTS = 1 << 21
-"""With `workers=None`, jobs over fewer weight elements than this (about 4 MB of float16) run in
-this process: starting a pool of processes costs about half a second, more than such work."""
+POOL_MIN_ELEMENTS = 1 << 24
+"""With `workers=None`, jobs over fewer weight elements than this (16.8M: 32 MB of float16) run in
+this process. Starting a pool of processes costs about half a second of each worker's time, and
+one form of a weight costs 30-200 ns an element here (int8 per channel 36, int4 per block 45,
+4-bit palettes per tensor 54, in groups of 16 190), so a pool pays off from about this size; a
+pass that computes several forms per weight (the size allocation's evaluation) counts each
+(`work` in `executor_for`)."""
 CONNECT_TIMEOUT = "10s"  # how long a scheduler address is tried before it is an error
 IN_FLIGHT_PER_WORKER = 2
 """Jobs submitted and not yet taken back, per worker: enough to keep every worker busy while the
@@ -229,8 +233,9 @@ def dask_client(address: Optional[str]):
 def executor_for(workers=None, client=None, work: Optional[int] = None, jobs: Optional[int] = None) -> Executor:
     """The executor for a pass's jobs: on `client`'s cluster when given (a `distributed.Client` or
     a scheduler address); else `workers` local processes (1: in this process). With neither,
-    a pool with one process per core where `work` (the jobs' weight elements, when known) is at
-    least `POOL_MIN_ELEMENTS`, else this process. `jobs`: how many there are (one job runs here)."""
+    a pool with one process per core where `work` (the weight elements the jobs go through,
+    once per form they compute, when known) is at least `POOL_MIN_ELEMENTS`, else this process.
+    `jobs`: how many there are (one job runs here)."""
     workers = check_workers(workers)
     if client is not None:
         return DaskExecutor(client)

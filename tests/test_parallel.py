@@ -23,7 +23,7 @@ from milcompress._coremltools import IOS18, mb, types
 from milcompress.config import CompressionConfig, kmeans_workers_hint
 from milcompress.ops.jobs import CompressJob, compress_attempts, load_weight
 from milcompress.packages import save_model
-from milcompress.parallel import InProcess, ProcessPool, check_workers, executor_for, machine_workers
+from milcompress.parallel import POOL_MIN_ELEMENTS, InProcess, ProcessPool, check_workers, executor_for, machine_workers
 from milcompress.progress import Progress
 from tests.storage_helpers import StoredWeight
 
@@ -86,7 +86,8 @@ def test_workers_are_checked_and_the_default_runs_small_work_here():
             check_workers(bad)
     assert isinstance(executor_for(None, work=1000), InProcess)
     assert isinstance(executor_for(4, work=1000, jobs=1), InProcess)
-    big = executor_for(None, work=1 << 30)
+    assert isinstance(executor_for(None, work=POOL_MIN_ELEMENTS - 1), InProcess)
+    big = executor_for(None, work=POOL_MIN_ELEMENTS)
     assert big.workers == machine_workers() and (machine_workers() == 1 or isinstance(big, ProcessPool))
     assert isinstance(executor_for(2, work=10), ProcessPool)
 
