@@ -30,6 +30,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
+import types
 from typing import Callable, Deque, Iterable, Iterator, Optional, TypeVar
 
 from milcompress.errors import ConfigError, PassError
@@ -110,6 +112,23 @@ class InProcess(Executor):
             yield function(job)
 
 
+@contextlib.contextmanager
+def _caller_script_hidden():
+    """While worker processes start: the caller's script, if it is one run by path, hidden from
+    them. A spawned process imports its parent's main module (running a script without an
+    `if __name__ == "__main__":` guard all over again in every worker); the jobs are functions
+    of milcompress and need nothing from it, so the workers start from an empty one."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None or not getattr(main, "__file__", None):
+        yield  # an interactive session, a notebook, `python -m`: nothing is imported again
+        return
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 def _ignore_interrupts() -> None:
     """Pool workers leave Ctrl-C to the parent, which stops them; they print no tracebacks."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -156,9 +175,7 @@ class ProcessPool(_Bounded):
             return future.result()
         except concurrent.futures.process.BrokenProcessPool as error:
             raise PassError(
-                "a worker process stopped abruptly: out of memory, killed, or it could not start because the script that "
-                "called milcompress runs its work at import (worker processes import the main module: guard it with "
-                "`if __name__ == \"__main__\":`), or pass workers=1"
+                f"a worker process stopped abruptly (out of memory, or killed): {error}; workers=1 runs the work in this process"
             ) from error
 
     def _submit(self, function, job):
@@ -167,7 +184,8 @@ class ProcessPool(_Bounded):
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_interrupts
             )
-        return self._pool.submit(function, job)
+        with _caller_script_hidden():  # workers start within submit, as they are needed
+            return self._pool.submit(function, job)
 
     def close(self, abort: bool = False) -> None:
         if self._pool is None:

@@ -243,5 +243,19 @@ def test_a_worker_that_dies_is_a_pass_error_that_says_what_to_do():
     from milcompress.errors import PassError
 
     with ProcessPool(2) as executor:
-        with pytest.raises(PassError, match="__name__"):
+        with pytest.raises(PassError, match="workers=1"):
             list(executor.map(os._exit, [3, 3]))
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(tmp_path):
+    """Spawned processes import their parent's main module; the pool hides a script's, so one
+    without `if __name__ == "__main__":` runs once (else every worker would run it, and fail)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text("import operator\nfrom milcompress.parallel import ProcessPool\nprint('ran')\n"
+                      "with ProcessPool(2) as pool:\n    print(list(pool.map(operator.neg, [1, 2, 3])))\n")
+    root = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": root})
+    assert (done.returncode, done.stdout) == (0, "ran\n[-1, -2, -3]\n"), done.stderr

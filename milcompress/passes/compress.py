@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pickle
 from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
@@ -372,14 +371,14 @@ def _decide(
 
 
 def portable(configs) -> bool:
-    """Whether `configs` can travel to worker processes (a custom palette's `lut_function` defined
-    in a notebook or as a lambda cannot be pickled: its jobs then run in this process)."""
-    try:
-        for config in configs:
-            pickle.dumps(config)
-    except (pickle.PicklingError, AttributeError, TypeError) as error:
-        logger.debug("a config cannot be sent to worker processes (%s): its pass runs in this process", error)
-        return False
+    """Whether `configs` can travel to worker processes: not a custom palette's `lut_function`
+    (the caller's code, perhaps a lambda, a notebook's or a script's function the workers cannot
+    import), whose pass then runs in this process."""
+    for config in configs:
+        for part in (config, getattr(config, "then", None)):  # a joint config's second step too
+            if getattr(part, "lut_function", None) is not None:
+                logger.debug("a custom lut_function stays in this process: its pass runs here")
+                return False
     return True
 
 
