@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import resource
+import shlex
 import sys
 import tempfile
 import time
@@ -209,7 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = llama_of_size(args.parameters)
     labels = args.configs or list(configs())
     counts = args.workers or [None]
-    meta = {"command": "python benchmarks/workers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    meta = {"command": "python benchmarks/workers.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{os.cpu_count()} cores", "model": f"{config.parameters / 1e6:.0f}M parameters, {config}",
             "load_before": _load_average()}
     results = []
