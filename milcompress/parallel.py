@@ -89,8 +89,8 @@ class Executor:
         raise NotImplementedError
 
     def close(self, abort: bool = False) -> None:
-        """Stop what this executor started (nothing, for the base class); `abort`: at once, the
-        jobs still running dropped (an error or an interrupt ends the pass)."""
+        """Stop what this executor started (nothing, for the base class); `abort`: without
+        waiting, the jobs not started dropped (an error or an interrupt ends the pass)."""
 
     def __enter__(self) -> "Executor":
         return self
@@ -191,10 +191,9 @@ class ProcessPool(_Bounded):
         if self._pool is None:
             return
         pool, self._pool = self._pool, None
-        if abort:  # Ctrl-C or an error: no waiting for a job on a big weight to finish
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        # After Ctrl-C or an error, the jobs not started are dropped and nothing waits here: the
+        # workers finish the weight in hand and exit.
+        pool.shutdown(wait=not abort, cancel_futures=True)
 
 
 class DaskExecutor(_Bounded):

@@ -228,7 +228,7 @@ def test_the_command_line_takes_workers_and_refuses_bad_counts(package, tmp_path
     assert not (tmp_path / "bad.mlpackage").exists()
 
 
-def test_an_error_stops_the_pool_at_once_and_the_next_map_starts_a_new_one():
+def test_an_error_stops_the_pool_and_the_next_map_starts_a_new_one():
     executor = ProcessPool(2)
     with pytest.raises(ValueError, match="math domain error"):
         with executor:
