@@ -9,6 +9,12 @@ As coremltools' functions do, the compressing ones load a model older than iOS16
 `ct.convert` gives without a `minimum_deployment_target`) at the iOS16 opset and return an iOS16
 model. `shrink_to_fit=False` gives coremltools' exact group and block sizes (a weight they do not
 divide is left alone, with a record) instead of shrinking them to fit.
+
+Where the work runs (see `milcompress.parallel`): `workers=N` computes the weights' forms in N
+local processes (1: in this one; default: one per core where the weights are big enough to
+repay starting them); `client=` (a `dask.distributed` Client or a scheduler address) sends them
+to a Dask cluster. The result is byte-identical whichever way. A coremltools config's
+`num_kmeans_workers` above 1 is taken as `workers` when `workers` is not given.
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ def model_from_program(prog, like, progress=None):
     return model
 
 
-def _run(pass_class, mlmodel, config=None, progress=None, **options):
+def _run(pass_class, mlmodel, config=None, progress=None, workers=None, client=None, **options):
     progress = as_progress(progress)
     prog = program_of(mlmodel, at_least_ios16=True)
     graph_pass = pass_class()
@@ -93,45 +99,49 @@ def _run(pass_class, mlmodel, config=None, progress=None, **options):
         graph_pass.config = config
     for name, value in options.items():
         setattr(graph_pass, name, value)
+    if workers is not None:
+        graph_pass.workers = workers
+    if client is not None:
+        graph_pass.client = client
     graph_pass.progress = progress
     graph_pass.apply(prog)
     return model_from_program(prog, mlmodel, progress)
 
 
-def compress_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, shrink_to_fit: bool = True, strict: bool = False, progress=False):
+def compress_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, shrink_to_fit: bool = True, strict: bool = False, progress=False, workers=None, client=None):
     """Compress with any mix of algorithms (a CompressionConfig, an algorithm config, or coremltools'
     OptimizationConfig). Config entries naming no weight, op or op type of the model are warned
     about and listed in `report_of(result).warnings`; `strict=True` makes them a ConfigError."""
     return _run(
-        CompressWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, shrink_to_fit=shrink_to_fit, strict=strict
+        CompressWeights, mlmodel, config, progress, workers, client, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, shrink_to_fit=shrink_to_fit, strict=strict
     )
 
 
-def palettize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, shrink_to_fit: bool = True, strict: bool = False, progress=False):
+def palettize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, shrink_to_fit: bool = True, strict: bool = False, progress=False, workers=None, client=None):
     """`joint_compression=True` (iOS18): weights already pruned get their non-zeros palettized, and
     weights already quantized (8-bit) get their integers palettized."""
     return _run(
-        PalettizeWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, shrink_to_fit=shrink_to_fit, strict=strict
+        PalettizeWeights, mlmodel, config, progress, workers, client, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, shrink_to_fit=shrink_to_fit, strict=strict
     )
 
 
-def prune_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False, progress=False):
+def prune_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, strict: bool = False, progress=False, workers=None, client=None):
     """`joint_compression=True` (iOS18): weights already quantized or palettized get pruned, keeping
     their integers or indices (coremltools' quantize -> prune and palettize -> prune)."""
-    return _run(PruneWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, strict=strict)
+    return _run(PruneWeights, mlmodel, config, progress, workers, client, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, strict=strict)
 
 
-def linear_quantize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, shrink_to_fit: bool = True, strict: bool = False, progress=False):
+def linear_quantize_weights(mlmodel, config, joint_compression: bool = False, *, on_unsupported: str = "error", snr_fallback: bool = False, shrink_to_fit: bool = True, strict: bool = False, progress=False, workers=None, client=None):
     """`joint_compression=True` (iOS18): weights already pruned get their non-zeros quantized, and
     weights already palettized get their tables quantized (per tensor: int8/uint8 table entries,
     `constexpr_blockwise_shift_scale` feeding `constexpr_lut_to_dense`)."""
     return _run(
-        LinearQuantizeWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, shrink_to_fit=shrink_to_fit, strict=strict
+        LinearQuantizeWeights, mlmodel, config, progress, workers, client, on_unsupported=on_unsupported, snr_fallback=snr_fallback, joint_compression=joint_compression, shrink_to_fit=shrink_to_fit, strict=strict
     )
 
 
-def joint_compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, shrink_to_fit: bool = True, strict: bool = False, progress=False):
-    return _run(JointCompressWeights, mlmodel, config, progress, on_unsupported=on_unsupported, snr_fallback=snr_fallback, shrink_to_fit=shrink_to_fit, strict=strict)
+def joint_compress_weights(mlmodel, config, *, on_unsupported: str = "error", snr_fallback: bool = False, shrink_to_fit: bool = True, strict: bool = False, progress=False, workers=None, client=None):
+    return _run(JointCompressWeights, mlmodel, config, progress, workers, client, on_unsupported=on_unsupported, snr_fallback=snr_fallback, shrink_to_fit=shrink_to_fit, strict=strict)
 
 
 def compress_to_size(
@@ -147,6 +157,8 @@ def compress_to_size(
     weight_threshold: int = 2048,
     synthetic_check: Optional[bool] = None,
     progress=False,
+    workers=None,
+    client=None,
 ):
     """One compressed form per weight, chosen so the weights average `target_bits_per_weight` (or
     take `target_bytes`) with the least total error; see `milcompress.passes.size`. `calibration`:
@@ -158,7 +170,8 @@ def compress_to_size(
     decoder (token ids in, logits out) is run on synthetic token ids instead, every weight's
     sensitivity measured on them (`synthetic_check`: None for decoders only, True to require it,
     False never). `progress=True` draws
-    a bar per stage (calibration, evaluation, sensitivity, rewrite, error feedback).
+    a bar per stage (calibration, evaluation, sensitivity, rewrite, error feedback). `workers` and
+    `client`: where the evaluation and the rewrite run, as for the other functions.
     The returned model's `report_of(...).summary` holds the choice made for every weight."""
     from milcompress.passes.size import compress_program_to_size
 
@@ -176,6 +189,8 @@ def compress_to_size(
         weight_threshold=weight_threshold,
         synthetic_check=synthetic_check,
         progress=progress,
+        workers=workers,
+        client=client,
     )
     return model_from_program(prog, mlmodel, progress)
 
@@ -186,11 +201,13 @@ def decompress_weights(mlmodel, *, progress=False):
     return _run(DecompressWeights, mlmodel, progress=progress)
 
 
-def run_passes(mlmodel, passes, *, progress=None, save: bool = True):
+def run_passes(mlmodel, passes, *, progress=None, save: bool = True, workers=None, client=None):
     """Apply `passes` (a spec string, PassSpec list, or pass ids) to a copy of `mlmodel`'s program.
 
     Returns (new model, reports); with save=False, (None, reports): a dry run. `progress` (True,
     or a `milcompress.progress.Progress`) hears of each pass's weights and of building the model.
+    `workers` / `client`: where each milcompress pass computes its forms (a pass's own `workers`
+    option, from its spec, takes precedence).
     """
     from milcompress.passes.spec import PassSpec, parse_passes
 
@@ -201,6 +218,10 @@ def run_passes(mlmodel, passes, *, progress=None, save: bool = True):
     for graph_pass in graph_passes:
         if hasattr(graph_pass, "progress"):
             graph_pass.progress = progress
+        if hasattr(graph_pass, "client"):
+            graph_pass.client = client
+            if workers is not None and graph_pass.workers is None:
+                graph_pass.workers = workers
         graph_pass.apply(prog)
     reports = reports_of(prog)
     return (model_from_program(prog, mlmodel, progress) if save else None), reports

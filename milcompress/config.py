@@ -653,14 +653,28 @@ def from_coremltools(config: Any) -> CompressionConfig:
     )
 
 
+def kmeans_workers_hint(config: Any) -> Optional[int]:
+    """The largest `num_kmeans_workers` above 1 of a coremltools config (an OptimizationConfig or
+    an op config), taken as a hint for how many processes compress the weights; None for our
+    configs, and where every op config keeps coremltools' default of 1 (one process, for
+    coremltools' own k-means, is not a request for fewer than our default)."""
+    op_configs = [config]
+    if not isinstance(config, CompressionConfig) and hasattr(config, "global_config"):
+        op_configs = [config.global_config, *(getattr(config, "op_type_configs", None) or {}).values(),
+                      *(getattr(config, "op_name_configs", None) or {}).values()]
+    hints = [getattr(c, "num_kmeans_workers", None) for c in op_configs]
+    hints = [int(h) for h in hints if isinstance(h, int) and not isinstance(h, bool) and h > 1]
+    return max(hints) if hints else None
+
+
 # coremltools' deprecated API compresses every const its serialiser would store in the weight file
 # (at least 10 elements): a weight_threshold of 9 in our terms (we compress more than it).
 DEPRECATED_API_WEIGHT_THRESHOLD = 9
 
 
 def translate_coremltools_op_config(field: str, op_config: Any, deprecated: bool = False) -> Optional[AlgorithmConfig]:
-    """One coremltools op config as ours. Fields keep their meaning; `num_kmeans_workers` is
-    accepted and unused (our k-means is batched); a None weight_threshold, which coremltools
+    """One coremltools op config as ours. Fields keep their meaning; `num_kmeans_workers` is not
+    part of ours (see `kmeans_workers_hint`: the passes take it as a hint); a None weight_threshold, which coremltools
     rejects when the pass runs, is rejected here, except in the deprecated form (`deprecated`),
     which needs it None, as coremltools does."""
     if op_config is None:

@@ -776,10 +776,12 @@ def kmeans_1d(values: np.ndarray, k: int, weights: Optional[np.ndarray] = None, 
 
 
 def table_errors(
-    values: np.ndarray, ks: Sequence[int], weights: Optional[np.ndarray] = None, dtype=np.float16, outlier_scale=None
-) -> Tuple[np.ndarray, np.ndarray]:
+    values: np.ndarray, ks: Sequence[int], weights: Optional[np.ndarray] = None, dtype=np.float16, outlier_scale=None, *, with_tables: bool = False
+):
     """What k-means tables of each size in `ks` would cost each row of `values` [G, n], without
-    building them: ([len(ks), G] errors, [G] energies).
+    building them: ([len(ks), G] errors, [G] energies); `with_tables`: and the tables themselves
+    (one [G, k] array in `dtype`, sorted, per k), so a caller can build the very palette whose
+    error it weighed (`ops.palettize.palettize_estimated`) instead of clustering again.
 
     The error of a row is sum(w (x - t(x))^2), t(x) the nearest entry of the row's k-means table
     rounded to `dtype` (ties low, as `assign_nearest` maps them); its energy is sum(w x^2)
@@ -796,8 +798,9 @@ def table_errors(
     values = _check_rows(values)
     groups, n = values.shape
     errors, energy = np.zeros((len(ks), groups)), np.zeros(groups)
+    tables = [np.zeros((groups, k), dtype=dtype) for k in ks]
     if n == 0:
-        return errors, energy
+        return (errors, energy, tables) if with_tables else (errors, energy)
     for chunk in _chunks(values):
         bins = _histogram(values[chunk], None if weights is None else weights[chunk])
         if outlier_scale is not None:
@@ -805,9 +808,10 @@ def table_errors(
         total_w, total_sc, total_qc = (p[:, -1] for p in (bins.w, bins.sc, bins.qc))
         energy[chunk] = np.maximum(total_qc + bins.centre * (2 * total_sc + bins.centre * total_w), 0.0)
         for row, k in enumerate(ks):
-            table = np.sort(_cluster_bins(bins, k, thorough=False), axis=1).astype(dtype).astype(np.float64)
-            errors[row, chunk] = _error_of_table(bins, table)
-    return errors, energy
+            table = np.sort(_cluster_bins(bins, k, thorough=False), axis=1).astype(dtype)
+            tables[row][chunk] = table
+            errors[row, chunk] = _error_of_table(bins, table.astype(np.float64))
+    return (errors, energy, tables) if with_tables else (errors, energy)
 
 
 def _error_of_table(bins: _Bins, table: np.ndarray) -> np.ndarray:

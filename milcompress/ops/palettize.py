@@ -162,7 +162,7 @@ def palettize(
 MIN_SAMPLE_GROUPS = 32  # the fewest groups `estimate_palettes` measures a sampled palette on
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PaletteEstimate:
     """What `palettize` would store for a k-means config, and its error, without building it.
 
@@ -173,6 +173,11 @@ class PaletteEstimate:
     only, so their error estimates the whole's. `nbytes` is exact either way. The
     layout attributes (`nbits`, `tables`, `cluster_dim`, `scale`) are those of the `LutParams`
     it stands for, so `lowering.required_target` reads either.
+
+    It keeps the tables it measured (`lut`, [measured groups, 2**nbits] in the weight's dtype,
+    of the groups `groups`) and the outlier scale they were clustered with, so
+    `palettize_estimated` builds exactly the palette whose error was weighed, clustering only
+    the groups a sampled estimate left out.
     """
 
     nbits: int
@@ -182,6 +187,9 @@ class PaletteEstimate:
     sampled: Optional[int] = None  # groups the error was measured on; None: every group
     cluster_dim: int = 1
     scale: None = None
+    lut: Optional[np.ndarray] = None
+    groups: Optional[np.ndarray] = None  # the measured groups' numbers, where sampled
+    outlier_scale: Optional[float] = None
 
 
 def estimate_layout(config: PalettizeConfig) -> Optional[Tuple[str, Optional[int], Optional[int], bool]]:
@@ -232,19 +240,56 @@ def estimate_palettes(
     count = total if sample_values is None else min(total, max(MIN_SAMPLE_GROUPS, sample_values // (elements // total)))
     sampled = count < total
     if sampled:
-        rows = ((np.arange(count) * total // count)[:, None] * size + np.arange(size)).reshape(-1)
+        measured = np.arange(count) * total // count
+        rows = (measured[:, None] * size + np.arange(size)).reshape(-1)
         weight = np.take(weight, rows, axis=axis)
         importance = None if importance is None else np.take(importance, rows, axis=axis)
     values = _to_groups(weight, axis, count, 1)[..., 0]
     weights = None if importance is None else _to_groups(importance, axis, count, 1)[..., 0]
-    errors, energy = table_errors(values, [1 << c.nbits for c in configs], weights, dtype=weight.dtype, outlier_scale=scale)
+    errors, energy, tables = table_errors(values, [1 << c.nbits for c in configs], weights, dtype=weight.dtype, outlier_scale=scale, with_tables=True)
     signal = float(energy.sum())
     result = []
-    for c, error in zip(configs, errors.sum(1)):
+    for c, error, lut in zip(configs, errors.sum(1), tables):
         ratio = float(error) / signal if signal > 0 else (0.0 if error == 0 else math.inf)
         nbytes = packed_size(elements, c.nbits) + total * (1 << c.nbits) * weight.itemsize
-        result.append(PaletteEstimate(c.nbits, total, nbytes, ratio, count if sampled else None))
+        result.append(PaletteEstimate(c.nbits, total, nbytes, ratio, count if sampled else None, lut=lut,
+                                      groups=measured if sampled else None, outlier_scale=scale))
     return result
+
+
+def palettize_estimated(
+    weight: np.ndarray,
+    config: PalettizeConfig,
+    estimate: PaletteEstimate,
+    *,
+    channel_axis: int = 0,
+    importance: Optional[np.ndarray] = None,
+) -> LutParams:
+    """The palette `estimate` stands for (`estimate_palettes` of the same weight, config, axis and
+    importance): its tables, and for the groups a sampled estimate left out tables clustered the
+    same way (the estimate effort, the same outlier scale); every weight mapped to its nearest
+    entry. Its error is the estimate's where nothing was sampled: the size allocation writes the
+    form it weighed, and clusters no group twice."""
+    if estimate_layout(config) is None or estimate.lut is None:
+        raise ValueError("palettize_estimated takes an estimate_palettes result for a k-means scalar palette config")
+    weight = check_weight(weight)
+    axis = normalize_axis(channel_axis if config.channel_axis is None else config.channel_axis, weight.ndim, "channel_axis")
+    groups = estimate.tables
+    values = _to_groups(weight, axis, groups, 1)[..., 0]
+    lut = np.empty((groups, 1 << estimate.nbits), dtype=weight.dtype)
+    if estimate.groups is None:
+        lut[:] = estimate.lut
+    else:
+        rest = np.setdiff1d(np.arange(groups), estimate.groups)
+        lut[estimate.groups] = estimate.lut
+        if rest.size:
+            weights = None if importance is None else _to_groups(np.broadcast_to(importance, weight.shape), axis, groups, 1)[rest, :, 0]
+            _, _, (found,) = table_errors(values[rest], [lut.shape[1]], weights, dtype=weight.dtype, outlier_scale=estimate.outlier_scale, with_tables=True)
+            lut[rest] = found
+    index = assign_nearest(values, lut)
+    full_lut_shape = [1] * weight.ndim + [lut.shape[1], 1]
+    full_lut_shape[axis] = groups
+    return LutParams(indices=_from_groups(index, weight.shape, axis, 1), lut=lut.reshape(full_lut_shape))
 
 
 def _smallest_lossless_layout(weight: np.ndarray, config: PalettizeConfig, axis: int, importance) -> PalettizeConfig:

@@ -43,13 +43,16 @@ from milcompress.config import (
     MagnitudePruneConfig,
     PalettizeConfig,
     ThresholdPruneConfig,
+    kmeans_workers_hint,
 )
-from milcompress.errors import ConfigError, NotCompressible, PassError, PreconditionError
+from milcompress.errors import ConfigError, PassError, PreconditionError
 from milcompress.lowering import config_required_target, is_constexpr, lower, lower_fake, opset_error, read_back, required_target
-from milcompress.ops import CompressedForm, compress, compress_further, describe, further_compression_problem, snr_db
+from milcompress.ops import CompressedForm, describe, further_compression_problem
+from milcompress.ops.jobs import Attempt, CompressJob, compress_attempts
 from milcompress.ops._arrays import largest_divisor_at_most
 from milcompress.ops.metrics import clipped_outlier
 from milcompress.ops.palettize import largest_group_size
+from milcompress.parallel import InProcess, check_workers, executor_for
 from milcompress.passes.graph import ProgramGraph
 from milcompress.progress import Progress, as_progress
 from milcompress.passes.options import PassOption, parse_bool, parse_choice, parse_compression_config, parse_path
@@ -88,8 +91,16 @@ def compress_program(
     fake_compression: bool = False,
     shrink_to_fit: bool = True,
     strict: bool = False,
+    workers: Optional[int] = None,
+    client=None,
 ) -> Report:
     """Compress the weights of `prog` in place as `config` says; return (and keep) the report.
+
+    The weights' forms are computed as independent jobs (`ops.jobs.compress_attempts`) by the
+    executor `milcompress.parallel.executor_for(workers, client)` chooses: `workers=None` a pool
+    of local processes sized to the machine where the weights are big enough to repay it,
+    `workers=1` this process, `client` a Dask cluster. The program, the report and the progress
+    are the same whichever ran them.
 
     `on_unsupported="skip"` records, instead of raising, weights whose requested form the
     program's opset cannot hold. `snr_fallback=True` retries a weight that misses its config's
@@ -144,13 +155,21 @@ def compress_program(
             "programs too (reasons in the report)", pass_name, ", ".join(too_old)
         )
     plans: List[_Plan] = []
-    with as_progress(progress).stage(pass_name.split("::")[-1], total=len(kept), unit="weights") as advance:
-        for candidate, record in kept:
-            plan = _compute(candidate, record, on_unsupported, snr_fallback, fake_compression=fake_compression, shrink_to_fit=shrink_to_fit)
-            if plan is not None:
-                plans.append(plan)
+    prepared = [_prepare(candidate, record, snr_fallback, shrink_to_fit=shrink_to_fit) for candidate, record in kept]
+    kept.clear()
+    jobs = [(candidate, job) for candidate, _, job, _ in prepared if job is not None]
+    work = sum(_elements(candidate) for candidate, _ in jobs)
+    executor = executor_for(workers, client, work=work, jobs=len(jobs)) if portable(c for _, job in jobs for c in job.configs) else InProcess()
+    with as_progress(progress).stage(pass_name.split("::")[-1], total=len(prepared), unit="weights") as advance, executor:
+        # Each job gets its weight's value only as the executor takes it: a bounded number at a time.
+        results = executor.map(compress_attempts, (dataclasses.replace(job, weight=candidate.value) for candidate, job in jobs))
+        for candidate, record, job, notes in prepared:
+            if job is not None:
+                plan = _decide(candidate, record, job, next(results), notes, on_unsupported, fake_compression=fake_compression)
+                if plan is not None:
+                    plans.append(plan)
             advance(candidate.const.name)
-    kept.clear()  # the plans now hold the only references to the dense values
+    prepared.clear()  # the plans now hold the only references to the dense values
     _rewrite(plans, fake=fake_compression)
     report = Report(pass_name, [records[c] for c in sources], warnings=warnings)
     attach(prog, report)
@@ -280,28 +299,50 @@ def _skip(record: ConstRecord, reason: str) -> None:
     record.action, record.reason = SKIPPED, reason
 
 
-def _compute(
-    candidate: Candidate, record: ConstRecord, on_unsupported: str, snr_fallback: bool, *, fake_compression: bool = False, shrink_to_fit: bool = True
-) -> Optional[_Plan]:
-    const, value, config = candidate.const, candidate.value, candidate.config
-    layout, disagreement = common_layout(candidate.weight_uses, value.ndim)
+def _prepare(
+    candidate: Candidate, record: ConstRecord, snr_fallback: bool, *, shrink_to_fit: bool = True
+) -> Tuple[Candidate, ConstRecord, Optional[CompressJob], List[List[str]]]:
+    """The job that computes `candidate`'s forms (the config fitted to its shape, then with
+    `snr_fallback` the gentler ones), with each form's notes; no job (and a skip recorded) where
+    its layout is unknown and the config needs it. The job's weight is left out (None): it is
+    read when the job is handed to the executor."""
+    config, shape = candidate.config, _shape(candidate)
+    layout, disagreement = common_layout(candidate.weight_uses, len(shape))
     if layout is None or layout.output_axis is None:
         if needs_axes(config):
             _skip(record, disagreement or "channel axes unknown: a reshape stands between the const and its op")
-            return None
-        layout = WeightLayout(0, min(1, value.ndim - 1))
-    attempts = [config] + (gentler(config) if snr_fallback else [])
+            return candidate, record, None, []
+        layout = WeightLayout(0, min(1, len(shape) - 1))
+    fitted = [fit_to_shape(attempt, shape, layout, shrink=shrink_to_fit) for attempt in [config] + (gentler(config) if snr_fallback else [])]
+    job = CompressJob(None, tuple(c for c, _ in fitted), layout.output_axis, layout.input_axis, candidate.stored, config.min_snr_db, candidate.prior)
+    return candidate, record, job, [notes for _, notes in fitted]
+
+
+def _shape(candidate: Candidate) -> Tuple[int, ...]:
+    """The weight's shape, from its op's output (its value is not read)."""
+    return tuple(int(d) for d in candidate.const.outputs[0].shape)
+
+
+def _elements(candidate: Candidate) -> int:
+    return int(np.prod(_shape(candidate), dtype=np.int64))
+
+
+def _decide(
+    candidate: Candidate, record: ConstRecord, job: CompressJob, attempts: List[Attempt], notes: List[List[str]], on_unsupported: str,
+    *, fake_compression: bool = False
+) -> Optional[_Plan]:
+    """The plan for `candidate` from the forms its job computed, in order: the first the opset can
+    hold, smaller than the weight as stored, that reaches the config's `min_snr_db`; or a skip
+    recorded with the reason (a PreconditionError where the opset cannot hold the form and
+    `on_unsupported` is not "skip")."""
+    const, config = candidate.const, candidate.config
     minimum = config.min_snr_db
-    for attempt in attempts:
-        fitted, notes = fit_to_shape(attempt, value.shape, layout, shrink=shrink_to_fit)
-        try:
-            if candidate.prior is not None:
-                params = compress_further(candidate.prior, fitted, output_axis=layout.output_axis, input_axis=layout.input_axis)
-            else:
-                params = compress(value, fitted, output_axis=layout.output_axis, input_axis=layout.input_axis)
-        except NotCompressible as error:
-            _skip(record, error.reason)
+    snr = None
+    for attempt, attempt_notes in zip(attempts, notes):
+        if attempt.params is None:
+            _skip(record, attempt.reason)
             return None
+        params = attempt.params
         need, why = required_target(params)
         have = opset_of(const)
         if have < need and not fake_compression:  # a fake form is written dense: any opset holds it
@@ -313,27 +354,42 @@ def _compute(
             now = describe(candidate.prior) if candidate.prior is not None else "dense"
             _skip(record, f"{describe(params)} ({params.nbytes:,} bytes) would not be smaller than {now} ({candidate.stored:,} bytes)")
             return None
-        dense = params.decompress()
-        snr = snr_db(value, dense)
+        snr = attempt.snr_db
         if minimum is not None and snr < minimum:
             continue
-        if attempt is not config:
-            notes.append(f"fell back to {describe(params)} to reach min_snr_db {minimum:g}")
-        record.form, record.notes, record.snr_db, record.bytes_after = describe(params), notes, snr, int(params.nbytes)
-        record.warnings = outlier_warnings(value, dense)
+        if attempt is not attempts[0]:
+            attempt_notes = attempt_notes + [f"fell back to {describe(params)} to reach min_snr_db {minimum:g}"]
+        record.form, record.notes, record.snr_db, record.bytes_after = describe(params), attempt_notes, snr, int(params.nbytes)
+        record.warnings = clipped_warnings(attempt.clipped)
         if fake_compression:
             record.notes.append("fake_compression: stored as its decompressed dense values")
-            record.bytes_after = int(value.nbytes)
+            record.bytes_after = int(candidate.value.nbytes)
         return _Plan(candidate, params, record)
-    tried = "" if len(attempts) == 1 else f" (and with {len(attempts) - 1} gentler forms)"
+    tried = "" if len(job.configs) == 1 else f" (and with {len(job.configs) - 1} gentler forms)"
     _skip(record, f"SNR {snr:.1f} dB < min_snr_db {minimum:g}{tried}")
     return None
+
+
+def portable(configs) -> bool:
+    """Whether `configs` can travel to worker processes: not a custom palette's `lut_function`
+    (the caller's code, perhaps a lambda, a notebook's or a script's function the workers cannot
+    import), whose pass then runs in this process."""
+    for config in configs:
+        for part in (config, getattr(config, "then", None)):  # a joint config's second step too
+            if getattr(part, "lut_function", None) is not None:
+                logger.debug("a custom lut_function stays in this process: its pass runs here")
+                return False
+    return True
 
 
 def outlier_warnings(value: np.ndarray, dense: np.ndarray) -> List[str]:
     """A warning naming the element a compressed form clipped, if it clipped an outlier
     (`ops.metrics.clipped_outlier`): the weight's SNR does not show it."""
-    clipped = clipped_outlier(value, dense)
+    return clipped_warnings(clipped_outlier(value, dense))
+
+
+def clipped_warnings(clipped) -> List[str]:
+    """The warning of `outlier_warnings` from `clipped_outlier`'s answer (None: none)."""
     if clipped is None:
         return []
     index, original, back = clipped
@@ -461,7 +517,12 @@ class CompressWeights(AbstractGraphPass):
     - shrink_to_fit: shrink a group or block size that does not divide a weight to the largest
       that does (default true); false gives coremltools' behaviour, the weight left alone;
     - strict: an op_name_configs / op_type_configs entry that matches nothing is an error rather
-      than a warning (default false).
+      than a warning (default false);
+    - workers: how many processes compute the weights' forms (default: one per core where the
+      weights are big enough, see `milcompress.parallel`; 1: this process). Unset, a coremltools
+      config's `num_kmeans_workers` above 1 is taken as the hint it is.
+    `client` (an attribute, as `progress` is): a `dask.distributed` Client or scheduler address
+    whose cluster computes them instead.
 
     Constructed as coremltools constructs its compression passes: `PalettizeWeights()`,
     `PalettizeWeights(config=OptimizationConfig(...))`, `PalettizeWeights(config, fake_compression=True)`;
@@ -479,14 +540,17 @@ class CompressWeights(AbstractGraphPass):
     fake_compression = PassOption(parse_bool, default=False)
     shrink_to_fit = PassOption(parse_bool, default=True)
     strict = PassOption(parse_bool, default=False)
+    workers = PassOption(lambda name, value: check_workers(value, name))
 
     def __init__(self, config=None, fake_compression: bool = False):
         super().__init__()
         self._config = None if self.DEFAULT is None else CompressionConfig.of(self.DEFAULT)
+        self._workers_hint: Optional[int] = None
         if config is not None:
             self.config = config
         self.fake_compression = fake_compression
         self.progress: Optional[Progress] = None  # set by callers that draw progress
+        self.client = None  # set by callers that send the work to a Dask cluster
 
     @property
     def config(self) -> Optional[CompressionConfig]:
@@ -504,6 +568,7 @@ class CompressWeights(AbstractGraphPass):
                     field="config",
                 )
         self._config = config
+        self._workers_hint = kmeans_workers_hint(value)
 
     def apply(self, prog: Program) -> None:
         if self._config is None:
@@ -519,6 +584,8 @@ class CompressWeights(AbstractGraphPass):
             fake_compression=self.fake_compression,
             shrink_to_fit=self.shrink_to_fit,
             strict=self.strict,
+            workers=self.workers if self.workers is not None else self._workers_hint,
+            client=self.client,
         )
         if self.report_path:
             report.write(self.report_path)

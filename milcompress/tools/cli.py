@@ -133,8 +133,10 @@ def _takes_option(spec, option: str) -> bool:
 
 
 def _run(args) -> int:
+    from milcompress.parallel import check_workers
     from milcompress.passes.spec import format_passes
 
+    args.workers = check_workers(args.workers, "--workers")
     specs = _specs(args)
     print(f"passes: {format_passes(specs)}")
     if not args.dry_run and not args.output:
@@ -167,10 +169,13 @@ def _compress(args, specs, staging) -> int:
     from milcompress.api import run_passes
     from milcompress.packages import package_size, write_text_atomically
 
+    from milcompress.parallel import dask_client
+
     progress = _progress()
     model, _ = _load(args.model, progress)
     try:
-        new_model, reports = run_passes(model, specs, progress=progress, save=not args.dry_run)
+        with dask_client(args.scheduler) as client:
+            new_model, reports = run_passes(model, specs, progress=progress, save=not args.dry_run, workers=args.workers, client=client)
     except OutputError as error:  # coremltools' temporary package, in the staging directory next to the output
         raise OutputError(args.output, error.cause) from None
     size_in = package_size(args.model)
@@ -503,7 +508,9 @@ EXAMPLES = {
   milcompress run demo/demo.mlpackage -o small.mlpackage --pipeline PALETTIZE_4BIT --report report.json
   milcompress run demo/demo.mlpackage -o small.mlpackage --passes 'palettize_weights{config=cfg.yaml},prune_weights_2_4'
   milcompress run demo/demo.mlpackage -o sized.mlpackage --target-bpw 4.5 --calibration demo/calibration.npz
-  milcompress run demo/demo.mlpackage --pipeline INT4_BLOCK32 --dry-run""",
+  milcompress run demo/demo.mlpackage --pipeline INT4_BLOCK32 --dry-run
+  milcompress run big.mlpackage -o small.mlpackage --pipeline INT4_BLOCK32 --workers 2
+  milcompress run big.mlpackage -o small.mlpackage --target-bpw 4 --scheduler tcp://10.0.0.5:8786""",
     "inspect": """examples:
   milcompress inspect demo/demo.mlpackage
   milcompress inspect small.mlpackage --json""",
@@ -571,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", help="write the JSON report here")
     run.add_argument("--force", action="store_true", help="replace an existing output (never the input)")
     run.add_argument("--strict", action="store_true", help="fail (exit 2) where a config entry names no weight, op or op type of the model")
+    run.add_argument("--workers", metavar="N", help="compress the weights in N processes (default: one per core on big models; 1: this process)")
+    run.add_argument("--scheduler", metavar="ADDRESS", help="send the per-weight work to the Dask cluster of this scheduler (tcp://host:8786)")
     run.set_defaults(handler=_run)
 
     inspect = command("inspect", "how each weight of a model is stored")

@@ -285,3 +285,48 @@ def test_large_tensors_decompress_slice_by_slice_alike(monkeypatch, granularity)
     monkeypatch.setattr(_arrays, "WORK_ELEMENTS", 50)
     np.testing.assert_array_equal(params.decompress(), dense)
     assert dense.dtype == w.dtype and dense.shape == w.shape
+
+
+@given(
+    nbits=st.sampled_from([1, 2, 4, 6]),
+    groups=st.integers(1, 60),
+    rest=st.sampled_from([(5,), (3, 7), (40,)]),
+    group_size=st.sampled_from([None, 1, 2]),
+    sample=st.booleans(),
+    weighted=st.booleans(),
+    heavy_tailed=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_a_palette_built_from_its_estimate_is_the_form_weighed(nbits, groups, rest, group_size, sample, weighted, heavy_tailed, seed):
+    """`palettize_estimated` writes the estimate's own tables (clustering only the groups a sampled
+    estimate left out, as the estimate would): the bytes are the estimate's, every weight maps to
+    its nearest entry, and unsampled, the error is exactly the estimate's."""
+    from milcompress.ops.kmeans import outlier_scale
+    from milcompress.ops.metrics import noise_to_signal
+    from milcompress.ops.palettize import MIN_SAMPLE_GROUPS, estimate_palettes, palettize_estimated
+
+    rng = np.random.default_rng(seed)
+    size = 1 if group_size is None else group_size
+    shape = (groups * size, *rest)
+    w = (rng.standard_t(2, shape) if heavy_tailed else rng.standard_normal(shape)).astype(np.float16)
+    importance = rng.random(shape) if weighted else None
+    config = PalettizeConfig(nbits=nbits) if group_size is None else PalettizeConfig(nbits=nbits, granularity="per_grouped_channel", group_size=size)
+    (estimate,) = estimate_palettes(w, [config], importance=importance, sample_values=1 if sample else None)
+    params = palettize_estimated(w, config, estimate, importance=importance)
+    assert params.nbytes == estimate.nbytes and params.tables == estimate.tables
+    _assert_nearest(w, params)
+    measured = np.arange(estimate.tables) if estimate.groups is None else estimate.groups
+    assert np.array_equal(params.lut.reshape(estimate.tables, -1)[measured], estimate.lut)
+    assert (estimate.sampled is not None) == (sample and group_size is not None and groups > MIN_SAMPLE_GROUPS)
+    if estimate.sampled is None:
+        exact = noise_to_signal(w, params.decompress(), importance, outlier_scale=outlier_scale(w, importance))
+        assert exact == pytest.approx(estimate.error, rel=1e-6, abs=1e-12)
+
+
+def test_a_palette_built_from_an_estimate_needs_one():
+    from milcompress.ops.palettize import estimate_palettes, palettize_estimated
+
+    w = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float16)
+    (estimate,) = estimate_palettes(w, [PalettizeConfig(nbits=2)])
+    with pytest.raises(ValueError, match="estimate_palettes"):
+        palettize_estimated(w, PalettizeConfig(nbits=2, mode="uniform"), estimate)
