@@ -69,14 +69,15 @@ embedding alone as a 4-bit palette costs 307, as int4 per block of 32 44.4; the 
 on one sequence, whenever the allocation runs it: the calibration's first sequence, or, without
 calibration, `SYNTHETIC_TOKENS` random token ids (`synthetic_check`; the massive activations
 that make a few weights matter show on any input, Yu et al. 2024, *The Super Weight in Large
-Language Models*). Data-free at 4 bits that gives 62.6 (next-token agreement with float16 0.59),
-below every single config of the same or larger size: 4-bit palettes in groups of 16 (288), int4
-per block of 32 at 4.5 bits (65.6). What-if runs resume from a snapshot of the dense run
+Language Models*). Data-free at 4 bits that gives 68.2 (next-token agreement with float16 0.58),
+against 288 for 4-bit palettes in groups of 16 (4.03 bits) and 65.6 for int4 per block of 32 at
+4.5 bits; it costs 211 what-if runs, one per weight, which took 1,700 of the call's 1,888 s on
+two cores shared with four other jobs. What-if runs resume from a snapshot of the dense run
 (`Interpreter.snapshot`), recomputing only from the weight's first reader on. Tried and left out:
 the trace of each weight's Fisher information from two backward passes through the executor
-(every weight at once, for about the cost of 40 what-if runs), which chose worse: 4 bits 427,
-4.5 bits 56 (data-free errors), 192 and 102 (activation-weighted): it is a small-noise expansion,
-and the forms that save the most bytes are not small noise.
+(every weight at once, for about the cost of 40 what-if runs), which chose worse at 4 bits: 427
+(data-free errors) and 192 (activation-weighted), 5 bits 62 and 101: it is a small-noise
+expansion, and the forms that save the most bytes are not small noise.
 
 With `error_feedback=True` (off by default), each chosen form of a weight that acts as a matrix
 (linear, matmul, 1x1 convolution) is re-encoded by GPTQ against the second moment of its inputs
