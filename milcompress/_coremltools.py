@@ -264,3 +264,37 @@ def attached_program(model):
     """The MIL program an MLModel made by `ct.convert` keeps (None for one loaded from disk); any
     other object is returned as it is (it may be a Program)."""
     return getattr(model, "_mil_program", model)
+
+
+def blob_storage_writer(path: str):
+    """coremltools' own weight blob writer (C++), for checking ours against it."""
+    from coremltools.libmilstoragepython import _BlobStorageWriter
+
+    return _BlobStorageWriter(path)
+
+
+def blob_storage_reader(path: str):
+    """coremltools' own weight blob reader (C++), for checking ours against it."""
+    from coremltools.libmilstoragepython import _BlobStorageReader
+
+    return _BlobStorageReader(path)
+
+
+def _blob_method(dtype: str) -> str:
+    return {"fp16": "fp16", "fp32": "float"}.get(dtype, dtype)
+
+
+def write_blob(writer, values: np.ndarray, dtype: str) -> int:
+    """Append `values` as MIL `dtype` ("fp16", "uint4", ...) with coremltools' writer; its offset."""
+    flat = np.ascontiguousarray(np.asarray(values).reshape(-1))
+    if dtype == "fp16":
+        flat = flat.view(np.uint16)
+    elif types.is_sub_byte(types.string_to_builtin(dtype)):
+        flat = flat.astype(types.nptype_from_builtin(types.string_to_builtin(dtype)))
+    return getattr(writer, f"write_{_blob_method(dtype)}_data")(flat)
+
+
+def read_blob(reader, offset: int, dtype: str) -> np.ndarray:
+    """The values of the blob at `offset` as coremltools' reader gives them (flat)."""
+    values = getattr(reader, f"read_{_blob_method(dtype)}_data")(offset)
+    return values.view(np.float16) if dtype == "fp16" else values
