@@ -7,7 +7,10 @@ touches only this file. Checked against coremltools 8.x and 9.x.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
+import weakref
 from typing import Iterator, Union
 
 import numpy as np
@@ -118,8 +121,13 @@ def register_named_pipeline(name: str, pass_ids) -> None:
     PassPipeline._PIPELINE_NAME_TO_PASSES[name] = list(pass_ids)
 
 
-def program_from_mlmodel(mlmodel, at_least_ios16: bool = False) -> Program:
+def program_from_mlmodel(mlmodel, at_least_ios16: bool = False, lazy_weights: bool = False) -> Program:
     """The MIL program inside an ML program model (a fresh copy: the model is not touched).
+
+    `lazy_weights`: the values of consts stored in the weight file are not read now: each is read
+    from the file (memory-mapped) whenever it is asked for and dropped when its reader lets go
+    (see `_read_on_demand`), so the program takes the memory of its structure, not its weights.
+    The package must stay on disk, unchanged, while the program is used.
 
     `at_least_ios16`: load an older model's program at the iOS16 opset, as coremltools'
     compression functions do (`_apply_graph_pass`), so constexpr ops can be written into it; the
@@ -129,7 +137,12 @@ def program_from_mlmodel(mlmodel, at_least_ios16: bool = False) -> Program:
 
     spec = mlmodel.get_spec()
     version = max(spec.specificationVersion, _SPECIFICATION_VERSION_IOS_16) if at_least_ios16 else spec.specificationVersion
-    prog = milproto.load(model_spec=spec, specification_version=version, file_weights_dir=mlmodel.weights_dir)
+    if lazy_weights:
+        with _placeholders_for_blob_values(mlmodel.weights_dir) as placeholders:
+            prog = milproto.load(model_spec=spec, specification_version=version, file_weights_dir=mlmodel.weights_dir)
+        _read_on_demand(prog, placeholders)
+    else:
+        prog = milproto.load(model_spec=spec, specification_version=version, file_weights_dir=mlmodel.weights_dir)
     # The loader names the functions but forgets which one is the default and that the model
     # describes each function separately; the backend needs both to write the model back.
     if len(spec.description.functions) > 0:
@@ -298,3 +311,118 @@ def read_blob(reader, offset: int, dtype: str) -> np.ndarray:
     """The values of the blob at `offset` as coremltools' reader gives them (flat)."""
     values = getattr(reader, f"read_{_blob_method(dtype)}_data")(offset)
     return values.view(np.float16) if dtype == "fp16" else values
+
+
+# Weights read on demand. coremltools' milproto loader reads every blob into memory (three copies
+# of a float16 weight on the way); instead, while it runs, each blob-file tensor value is a
+# placeholder taking no memory (a zero broadcast to the value's shape, enough for type inference),
+# and afterwards every const holding one gets a value object whose `val` reads the blob.
+
+
+@contextlib.contextmanager
+def _placeholders_for_blob_values(weights_dir: str) -> Iterator[dict]:
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+
+    from milcompress.storage import BlobRef
+
+    placeholders = {}  # id(placeholder) -> (placeholder, BlobRef)
+    original = milproto._load_value
+
+    def load_value(context, value_spec):
+        if value_spec.WhichOneof("value") != "blobFileValue" or value_spec.type.WhichOneof("type") != "tensorType":
+            return original(context, value_spec)
+        valuetype = milproto.proto_to_types(value_spec.type)
+        dtype, shape = valuetype.get_primitive(), tuple(int(d) for d in valuetype.get_shape())
+        blob = value_spec.blobFileValue
+        path = os.path.join(weights_dir, blob.fileName.split("/")[-1])
+        ref = BlobRef(path, int(blob.offset), types.builtin_to_string(dtype), shape)
+        placeholder = np.broadcast_to(np.zeros((), types.nptype_from_builtin(dtype)), shape)
+        placeholders[id(placeholder)] = (placeholder, ref)
+        return placeholder
+
+    milproto._load_value = load_value
+    try:
+        yield placeholders
+    finally:
+        milproto._load_value = original
+
+
+def _read_on_demand(prog: Program, placeholders: dict) -> None:
+    for op in _all_ops(prog):
+        if op.op_type != "const":
+            continue
+        var = op.outputs[0]
+        held = placeholders.get(id(var._sym_val.val)) if var._sym_val is not None else None
+        if held is None or held[0] is not var._sym_val.val:
+            continue
+        ref = held[1]
+        ref.check(what=f"const '{op.name}'")  # a damaged file is found now, before any work
+        var._sym_val = _on_demand_class(type(var._sym_val))(ref, op.name)
+        op.val._sym_val = _OnDemandUnknown(ref, op.name)
+
+
+def _all_ops(prog: Program) -> Iterator[Operation]:
+    blocks = list(prog.functions.values())
+    while blocks:
+        block = blocks.pop()
+        for op in block.operations:
+            yield op
+            blocks.extend(op.blocks)
+
+
+def blob_ref_of(var: Var):
+    """The BlobRef a const's value is read from, if it is read on demand; else None."""
+    held = getattr(var, "_sym_val", None)
+    return held.blob_ref if isinstance(held, _OnDemand) else None
+
+
+def read_on_demand(var: Var, ref) -> None:
+    """Make const `var` read its value from `ref` (a BlobRef) whenever asked, instead of holding
+    it: the value it holds now is dropped."""
+    var._sym_val = _on_demand_class(type(var._sym_val))(ref, var.op.name)
+    var.op.val._sym_val = _OnDemandUnknown(ref, var.op.name)
+
+
+class _OnDemand:
+    """A const's value read from its blob when asked; the array last read is kept only while
+    someone else holds it (a weak reference), so memory follows what the caller holds. Setting
+    `val` replaces the blob with the value set."""
+
+    def __init__(self, ref, what: str):
+        self.blob_ref, self._what, self._last, self._set = ref, what, None, None
+
+    def _read(self):
+        if self._set is not None:
+            return self._set
+        last = self._last() if self._last is not None else None
+        if last is None:
+            last = self.blob_ref.load(what=f"const '{self._what}'")
+            if last.dtype.kind in "iu" and types.is_sub_byte(types.string_to_builtin(self.blob_ref.dtype)):
+                last = last.view(types.nptype_from_builtin(types.string_to_builtin(self.blob_ref.dtype)))
+            self._last = weakref.ref(last)
+        return last
+
+
+class _OnDemandUnknown(_OnDemand, types.unknown):
+    """The const op's own `val` input (an InternalVar of type unknown), read the same way."""
+
+    @property
+    def val(self):
+        return self._read()
+
+    @val.setter
+    def val(self, value):
+        self._set = value
+
+
+@functools.lru_cache(maxsize=None)
+def _on_demand_class(tensor_type):
+    def get(self):
+        return self._read()
+
+    def set(self, value):
+        holder = tensor_type()
+        tensor_type.val.fset(holder, value)  # coremltools' checks and casts
+        self._set = holder.val
+
+    return type(f"OnDemand{tensor_type.__name__}", (_OnDemand, tensor_type), {"val": property(get, set)})

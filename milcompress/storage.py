@@ -68,7 +68,12 @@ _NAME_OF_NUMPY = {"float16": "fp16", "float32": "fp32", "uint8": "uint8", "int8"
 
 class BlobError(InputError):
     """A weight blob file that cannot be read as the program says: missing, truncated, a wrong
-    header or sentinel, an offset out of range, a data type or size that disagrees."""
+    header or sentinel, an offset out of range, a data type or size that disagrees. `kind`:
+    "missing", "truncated" (the file ends before what is asked for) or "corrupted"."""
+
+    def __init__(self, message: str, kind: str = "corrupted"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def dtype_name(dtype) -> str:
@@ -121,19 +126,17 @@ class BlobRef:
         """Bytes of its data in the file."""
         return stored_size(self.dtype, self.size)
 
+    def check(self, what: Optional[str] = None) -> BlobEntry:
+        """The blob's entry, read from the file (its metadata, not its data); BlobError naming the
+        file, the offset (and `what`, the weight) if the file does not hold it as described."""
+        with _open(self.path, self._where(what)) as (handle, file_size):
+            return self._entry(handle, file_size, what)
+
     def load(self, what: Optional[str] = None) -> np.ndarray:
-        """The array; BlobError naming the file, the offset (and `what`, the weight) if the file
-        does not hold it as described."""
-        where = f"{self.path}: {what + ' at ' if what else ''}offset {self.offset:,}"
+        """The array (see the module docstring); BlobError as `check` says."""
         _, bits, numpy_dtype = DTYPES[self.dtype]
-        with _open(self.path, where) as (handle, file_size):
-            entry = _read_entry(handle, file_size, self.offset, where)
-            if entry.dtype != self.dtype:
-                raise BlobError(f"{where}: the blob holds {entry.dtype}, the program says {self.dtype}")
-            if entry.nbytes != self.nbytes:
-                raise BlobError(
-                    f"{where}: the blob holds {entry.nbytes:,} bytes, the program's shape {list(self.shape)} of {self.dtype} needs {self.nbytes:,}"
-                )
+        with _open(self.path, self._where(what)) as (handle, file_size):
+            entry = self._entry(handle, file_size, what)
             if self.nbytes == 0:
                 return np.zeros(self.shape, numpy_dtype)
             data = _map(handle, entry.data_offset, entry.nbytes)
@@ -142,13 +145,27 @@ class BlobRef:
             return raw.view(numpy_dtype).reshape(self.shape)
         return unpack_bits(raw, bits, self.size, signed=self.dtype == "int4").reshape(self.shape)
 
+    def _where(self, what: Optional[str]) -> str:
+        return f"{self.path}: {what + ' at ' if what else ''}offset {self.offset:,}"
+
+    def _entry(self, handle, file_size: int, what: Optional[str]) -> BlobEntry:
+        where = self._where(what)
+        entry = _read_entry(handle, file_size, self.offset, where)
+        if entry.dtype != self.dtype:
+            raise BlobError(f"{where}: the blob holds {entry.dtype}, the program says {self.dtype}")
+        if entry.nbytes != self.nbytes:
+            raise BlobError(
+                f"{where}: the blob holds {entry.nbytes:,} bytes, the program's shape {list(self.shape)} of {self.dtype} needs {self.nbytes:,}"
+            )
+        return entry
+
 
 @contextlib.contextmanager
 def _open(path, where: str) -> Iterator[Tuple[object, int]]:
     try:
         handle = open(path, "rb")
     except FileNotFoundError as error:
-        raise BlobError(f"{where}: the weight file does not exist") from error
+        raise BlobError(f"{where}: the weight file does not exist", "missing") from error
     except OSError as error:
         raise BlobError(f"{where}: cannot read the weight file ({error.strerror})") from error
     with handle:
@@ -157,7 +174,7 @@ def _open(path, where: str) -> Iterator[Tuple[object, int]]:
 
 def _read_entry(handle, file_size: int, offset: int, where: str) -> BlobEntry:
     if file_size < HEADER.size:
-        raise BlobError(f"{where}: truncated weight file: {file_size:,} bytes, shorter than its {HEADER.size}-byte header")
+        raise BlobError(f"{where}: truncated weight file: {file_size:,} bytes, shorter than its {HEADER.size}-byte header", "truncated")
     handle.seek(0)
     _, version = HEADER.unpack(handle.read(HEADER.size))
     if version != VERSION:
@@ -165,7 +182,7 @@ def _read_entry(handle, file_size: int, offset: int, where: str) -> BlobEntry:
     if offset < HEADER.size or offset % ALIGNMENT:
         raise BlobError(f"{where}: not a blob offset (blobs start at multiples of {ALIGNMENT} after the {HEADER.size}-byte header)")
     if offset + METADATA.size > file_size:
-        raise BlobError(f"{where}: offset out of range: the weight file has {file_size:,} bytes (truncated?)")
+        raise BlobError(f"{where}: offset out of range: the weight file has {file_size:,} bytes", "truncated")
     handle.seek(offset)
     sentinel, code, nbytes, data_offset, padding = METADATA.unpack(handle.read(METADATA.size))
     if sentinel != SENTINEL:
@@ -176,7 +193,7 @@ def _read_entry(handle, file_size: int, offset: int, where: str) -> BlobEntry:
         raise BlobError(f"{where}: corrupted blob metadata: data at {data_offset:,}, expected {offset + METADATA.size:,}")
     if data_offset + nbytes > file_size:
         raise BlobError(
-            f"{where}: truncated weight file: the blob needs bytes up to {data_offset + nbytes:,}, the file has {file_size:,}"
+            f"{where}: truncated weight file: the blob needs bytes up to {data_offset + nbytes:,}, the file has {file_size:,}", "truncated"
         )
     return BlobEntry(offset, _NAME_OF_CODE[code], data_offset, nbytes, padding)
 
@@ -305,7 +322,7 @@ class BlobFile:
         with _open(self.path, str(self.path)) as (handle, file_size):
             handle.seek(0)
             if file_size < HEADER.size:
-                raise BlobError(f"{self.path}: truncated weight file: {file_size:,} bytes, shorter than its header")
+                raise BlobError(f"{self.path}: truncated weight file: {file_size:,} bytes, shorter than its header", "truncated")
             count, _ = HEADER.unpack(handle.read(HEADER.size))
             offset = HEADER.size
             for _ in range(count):
