@@ -357,8 +357,7 @@ def _read_on_demand(prog: Program, placeholders: dict) -> None:
             continue
         ref = held[1]
         ref.check(what=f"const '{op.name}'")  # a damaged file is found now, before any work
-        var._sym_val = _on_demand_class(type(var._sym_val))(ref, op.name)
-        op.val._sym_val = _OnDemandUnknown(ref, op.name)
+        read_on_demand(var, ref)
 
 
 def _all_ops(prog: Program) -> Iterator[Operation]:
@@ -377,10 +376,11 @@ def blob_ref_of(var: Var):
 
 
 def read_on_demand(var: Var, ref) -> None:
-    """Make const `var` read its value from `ref` (a BlobRef) whenever asked, instead of holding
-    it: the value it holds now is dropped."""
-    var._sym_val = _on_demand_class(type(var._sym_val))(ref, var.op.name)
-    var.op.val._sym_val = _OnDemandUnknown(ref, var.op.name)
+    """Make const `var` read its value from `ref` whenever asked, instead of holding it: the value
+    it holds now is dropped. `ref`: a `storage.BlobRef`, or anything with its `load(what=...)`."""
+    dtype = types.nptype_from_builtin(var.dtype) if types.is_sub_byte(var.dtype) else None
+    var._sym_val = _on_demand_class(type(var._sym_val))(ref, var.op.name, dtype)
+    var.op.val._sym_val = _OnDemandUnknown(ref, var.op.name, dtype)
 
 
 class _OnDemand:
@@ -388,8 +388,8 @@ class _OnDemand:
     someone else holds it (a weak reference), so memory follows what the caller holds. Setting
     `val` replaces the blob with the value set."""
 
-    def __init__(self, ref, what: str):
-        self.blob_ref, self._what, self._last, self._set = ref, what, None, None
+    def __init__(self, ref, what: str, sub_byte_dtype=None):
+        self.blob_ref, self._what, self._dtype, self._last, self._set = ref, what, sub_byte_dtype, None, None
 
     def _read(self):
         if self._set is not None:
@@ -397,8 +397,8 @@ class _OnDemand:
         last = self._last() if self._last is not None else None
         if last is None:
             last = self.blob_ref.load(what=f"const '{self._what}'")
-            if last.dtype.kind in "iu" and types.is_sub_byte(types.string_to_builtin(self.blob_ref.dtype)):
-                last = last.view(types.nptype_from_builtin(types.string_to_builtin(self.blob_ref.dtype)))
+            if self._dtype is not None:  # coremltools marks sub-byte arrays by their dtype's metadata
+                last = last.view(self._dtype)
             self._last = weakref.ref(last)
         return last
 

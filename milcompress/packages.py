@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Tuple
 
 from milcompress.errors import InputError, ModelTypeError, OutputError
-from milcompress.storage import BlobError
+from milcompress.storage import BlobError, ScratchSpace, attach_scratch
 
 _MANIFEST = "Manifest.json"
 _NAMESPACE = uuid.UUID("9b7c6a2e-2f0c-4d4e-9a55-6d696c636f6d")  # fixed: identifiers derive from item paths
@@ -84,7 +84,8 @@ def program_of(mlmodel, at_least_ios16: bool = False):
     A model saved on disk (loaded from a package that is not coremltools' temporary one) gives a
     program whose weights are read from the package's weight file whenever they are asked for
     (`reads_weights_on_demand`), so loading takes the memory of the program's structure, not of
-    its weights; a model from `ct.convert` lives in a temporary package that goes with it, so its
+    its weights, and the passes keep what they make in a scratch space on disk (in `tempfile`'s
+    directory, removed with the program: see `passes/streaming.py`); a model from `ct.convert` lives in a temporary package that goes with it, so its
     weights are read at once."""
     from milcompress import _coremltools as ct_private
 
@@ -94,10 +95,14 @@ def program_of(mlmodel, at_least_ios16: bool = False):
             f"milcompress works on ML program models; this model is a {kind} "
             "(convert with convert_to='mlprogram', or use coremltools.models.neural_network.quantization_utils)"
         )
+    on_demand = reads_weights_on_demand(mlmodel)
     try:
-        return ct_private.program_from_mlmodel(mlmodel, at_least_ios16=at_least_ios16, lazy_weights=reads_weights_on_demand(mlmodel))
+        prog = ct_private.program_from_mlmodel(mlmodel, at_least_ios16=at_least_ios16, lazy_weights=on_demand)
     except Exception as error:  # a package truncated or damaged after it was opened
         raise unreadable_program(getattr(mlmodel, "package_path", None) or "the model's package", error) from error
+    if on_demand:  # the passes keep what they make on disk too (passes/streaming.py)
+        attach_scratch(prog, ScratchSpace(tempfile.gettempdir()))
+    return prog
 
 
 def reads_weights_on_demand(mlmodel) -> bool:

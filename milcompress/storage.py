@@ -28,7 +28,11 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import pickle
+import shutil
 import struct
+import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -214,8 +218,11 @@ def unpack_bits(packed: np.ndarray, bits: int, count: int, signed: bool = False)
     mask = (1 << bits) - 1
     if 8 % bits == 0:  # 1, 2, 4, 8 bits: no element straddles a byte
         per_byte = 8 // bits
-        shifts = (np.arange(per_byte) * bits).astype(np.uint8)
-        values = ((packed[: -(-count // per_byte), None] >> shifts) & mask).reshape(-1)[:count]
+        used = packed[: -(-count // per_byte)]
+        values = np.empty(used.size * per_byte, np.uint8)
+        for lane in range(per_byte):
+            values[lane::per_byte] = (used >> np.uint8(lane * bits)) & np.uint8(mask)
+        values = values[:count]
     else:  # 3 and 6 bits: through a bit stream, a chunk at a time
         values = np.empty(count, np.uint8)
         weights = (1 << np.arange(bits)).astype(np.uint8)
@@ -226,9 +233,8 @@ def unpack_bits(packed: np.ndarray, bits: int, count: int, signed: bool = False)
             values[start:stop] = (stream * weights).sum(axis=1, dtype=np.uint8)
     if not signed:
         return values.astype(np.uint8, copy=False)
-    values = values.astype(np.int8)  # sub-byte signed types are narrower than 8 bits: no overflow
-    values[values > mask >> 1] -= np.int8(1 << bits)
-    return values
+    sign = np.uint8(1 << (bits - 1))  # sign extension: (v xor sign) - sign, in 8-bit two's complement
+    return ((values ^ sign) - sign).view(np.int8)
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
@@ -300,6 +306,13 @@ class BlobWriter:
         self._end = offset + METADATA.size + data.nbytes
         return offset
 
+    def flush(self) -> None:
+        """Make what was written readable through the file (header count aside)."""
+        try:
+            self._handle.flush()
+        except OSError as error:
+            raise OutputError(self.path, error.strerror or str(error)) from error
+
     def close(self) -> None:
         if self._handle.closed:
             return
@@ -330,3 +343,75 @@ class BlobFile:
                 found.append(entry)
                 offset = -(-(entry.data_offset + entry.nbytes) // ALIGNMENT) * ALIGNMENT
         return found
+
+
+class ScratchSpace:
+    """A private directory for what a streaming run would otherwise hold in memory: arrays (in a
+    weight blob file of its own, read back as `BlobRef`s) and other objects (pickled, read back
+    with `Kept.restore()`). Removed by `close()`, or when the object it is attached to goes."""
+
+    def __init__(self, directory=None):
+        self.directory = Path(tempfile.mkdtemp(prefix="milcompress-scratch-", dir=directory))
+        self._blobs: Optional[BlobWriter] = None
+        self._objects = None
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.directory), True)
+
+    def keep_array(self, values: np.ndarray, dtype: Optional[str] = None) -> BlobRef:
+        """`values` written to the scratch blob file (as `dtype`, a MIL dtype name, or its own)."""
+        if self._blobs is None:
+            self._blobs = BlobWriter(self.directory / "weight.bin")
+        values = np.asarray(values)
+        dtype = dtype_name(values.dtype) if dtype is None else dtype
+        offset = self._blobs.write(values, dtype)
+        self._blobs.flush()
+        return BlobRef(self._blobs.path, offset, dtype, values.shape)
+
+    def keep_object(self, value) -> "Kept":
+        """`value` pickled to the scratch directory; `restore()` reads it back."""
+        if self._objects is None:
+            self._objects = open(self.directory / "objects.pickle", "wb")
+        start = self._objects.tell()
+        try:
+            pickle.dump(value, self._objects, protocol=pickle.HIGHEST_PROTOCOL)
+            self._objects.flush()
+        except OSError as error:
+            raise OutputError(self._objects.name, error.strerror or str(error)) from error
+        return Kept(self._objects.name, start, self._objects.tell() - start)
+
+    def close(self) -> None:
+        for stream in (self._blobs, self._objects):
+            if stream is not None:
+                stream.close()
+        self._finalizer()
+
+
+@dataclass(frozen=True)
+class Kept:
+    """An object a `ScratchSpace` holds on disk."""
+
+    path: str
+    offset: int
+    nbytes: int
+
+    def restore(self):
+        with open(self.path, "rb") as stream:
+            stream.seek(self.offset)
+            return pickle.loads(stream.read(self.nbytes))
+
+
+def restored(value):
+    """`value` itself, or what it stands for if a `ScratchSpace` kept it (`Kept`)."""
+    return value.restore() if isinstance(value, Kept) else value
+
+
+_SCRATCH_ATTRIBUTE = "_milcompress_scratch"
+
+
+def attach_scratch(owner, scratch: ScratchSpace) -> None:
+    """Give `owner` (a program read on demand) a scratch space that lives as long as it does."""
+    setattr(owner, _SCRATCH_ATTRIBUTE, scratch)
+
+
+def scratch_of(owner) -> Optional[ScratchSpace]:
+    """The scratch space of `owner`, or None: it is not streamed, and keeps everything in memory."""
+    return getattr(owner, _SCRATCH_ATTRIBUTE, None)
