@@ -21,6 +21,7 @@ and the cause.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -102,7 +103,28 @@ def program_of(mlmodel, at_least_ios16: bool = False):
         raise unreadable_program(getattr(mlmodel, "package_path", None) or "the model's package", error) from error
     if on_demand:  # the passes keep what they make on disk too (passes/streaming.py)
         attach_scratch(prog, ScratchSpace(tempfile.gettempdir()))
+        _return_freed_memory_promptly()
     return prog
+
+
+_MALLOC_MMAP_THRESHOLD = -3  # glibc's mallopt parameter M_MMAP_THRESHOLD
+
+
+@functools.lru_cache(maxsize=None)
+def _return_freed_memory_promptly() -> None:
+    """Streaming allocates and frees one weight's arrays after another. glibc's malloc raises its
+    mmap threshold as large blocks are freed (up to 32 MB), so later weights' arrays come from
+    the heap and stay with the process once freed: peak resident memory then grows with the
+    model even though the live arrays do not. A fixed 1 MB threshold keeps large arrays in their
+    own mappings, returned to the system when freed. Nothing happens where libc is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_MALLOC_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
 
 
 def reads_weights_on_demand(mlmodel) -> bool:
