@@ -62,7 +62,7 @@ def build_program(config: LlamaConfig, sequence_length: int = 8, seed: int = 0):
         read_on_demand(var, RandomWeight(counter[0], tuple(shape), std, mean))
         return var
 
-    cos, sin = (table[:L].numpy().astype(np.float16) for table in rotary_tables(c))
+    cos_table, sin_table = (table[:L].numpy().astype(np.float16) for table in rotary_tables(c))
 
     def rms_norm(x, name: str):
         scale = weight(f"{name}_weight", (c.hidden_size,), std=0.0, mean=1.0)
@@ -78,7 +78,9 @@ def build_program(config: LlamaConfig, sequence_length: int = 8, seed: int = 0):
         first = mb.slice_by_index(x=x, begin=[0, 0, 0, 0], end=[1, count, L, d // 2])
         second = mb.slice_by_index(x=x, begin=[0, 0, 0, d // 2], end=[1, count, L, d])
         rotated = mb.concat(values=[mb.mul(x=second, y=np.float16(-1)), first], axis=-1)
-        return mb.add(x=mb.mul(x=x, y=cos), y=mb.mul(x=rotated, y=sin))
+        return mb.add(x=mb.mul(x=x, y=tables["cos"]), y=mb.mul(x=rotated, y=tables["sin"]))
+
+    tables = {}
 
     def repeat_kv(x):
         if h == kv:
@@ -91,6 +93,8 @@ def build_program(config: LlamaConfig, sequence_length: int = 8, seed: int = 0):
         opset_version=IOS18,
     )
     def program(input_ids, causal_mask):
+        tables["cos"] = mb.const(val=cos_table, name="rotary_cos")  # one const each, as coremltools' deduplication leaves them
+        tables["sin"] = mb.const(val=sin_table, name="rotary_sin")
         embedding = weight("model_embed_tokens_weight", (c.vocab_size, c.hidden_size))
         x = mb.gather(x=embedding, indices=input_ids, axis=0)
         for i in range(c.num_layers):
