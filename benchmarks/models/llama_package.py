@@ -5,8 +5,9 @@ op sequence of `benchmarks/models/llama.py`'s converted stateless program, RMSNo
 norm of [x, -x], rotary embeddings in the rotate-half layout, grouped-query attention through
 `scaled_dot_product_attention`, a SwiGLU MLP and an lm_head tied to the embedding) whose weight
 consts hold no values: each is drawn from its own seeded generator whenever it is read (a
-`RandomWeight`), so coremltools' writer pulls one weight at a time while it writes the weight
-file, and memory stays near the largest weight's worth whatever the parameter count. The
+`RandomWeight`, drawn once into a scratch weight file next to the output), so coremltools'
+writer pulls one weight at a time while it writes the weight file, and memory stays near the
+largest weight's worth whatever the parameter count (disk: twice the package while it is written). The
 package loads in coremltools and in milcompress's executor. Inputs `input_ids` (1, L) int32 and
 `causal_mask` (1, 1, L, L) float16 (`llama.causal_mask`), output `logits` (1, L, vocab) float16,
 for a fixed length L (`sequence_length`).
@@ -48,8 +49,10 @@ class RandomWeight:
         return None
 
 
-def build_program(config: LlamaConfig, sequence_length: int = 8, seed: int = 0):
-    """The decoder's MIL program (iOS18), weights read on demand from `RandomWeight`s."""
+def build_program(config: LlamaConfig, sequence_length: int = 8, seed: int = 0, scratch=None):
+    """The decoder's MIL program (iOS18), weights read on demand from `RandomWeight`s, or, with
+    `scratch` (a `milcompress.storage.ScratchSpace`), drawn once each and read back from it
+    (coremltools reads a const's value several times while it writes a model)."""
     from milcompress._coremltools import IOS18, mb, read_on_demand, types
 
     c, L = config, sequence_length
@@ -59,7 +62,8 @@ def build_program(config: LlamaConfig, sequence_length: int = 8, seed: int = 0):
     def weight(name: str, shape, std: float = 0.02, mean: float = 0.0):
         counter[0] += 1
         var = mb.const(val=np.broadcast_to(np.float16(0), shape), name=name)
-        read_on_demand(var, RandomWeight(counter[0], tuple(shape), std, mean))
+        source = RandomWeight(counter[0], tuple(shape), std, mean)
+        read_on_demand(var, source if scratch is None else scratch.keep_array(source.load()))
         return var
 
     cos_table, sin_table = (table[:L].numpy().astype(np.float16) for table in rotary_tables(c))
@@ -123,13 +127,19 @@ def write_llama_package(config: LlamaConfig, path, *, sequence_length: int = 8, 
 
     from milcompress._coremltools import quiet_progress_bars
 
+    from milcompress.storage import ScratchSpace
+
     path = Path(path)
-    program = build_program(config, sequence_length, seed)
-    with quiet_progress_bars():
-        model = ct.convert(
-            program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
-            pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True,
-        )
+    scratch = ScratchSpace(path.parent)
+    try:
+        program = build_program(config, sequence_length, seed, scratch)
+        with quiet_progress_bars():
+            model = ct.convert(
+                program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
+                pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True,
+            )
+    finally:
+        scratch.close()
     # coremltools made the package in a temporary directory: move it rather than copy it.
     if path.exists():
         shutil.rmtree(path)
