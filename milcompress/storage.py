@@ -350,11 +350,22 @@ class ScratchSpace:
     weight blob file of its own, read back as `BlobRef`s) and other objects (pickled, read back
     with `Kept.restore()`). Removed by `close()`, or when the object it is attached to goes."""
 
-    def __init__(self, directory=None):
-        self.directory = Path(tempfile.mkdtemp(prefix="milcompress-scratch-", dir=directory))
+    def __init__(self, parent=None):
+        self._parent = parent  # the directory is made when something is first kept
+        self._directory: Optional[Path] = None
         self._blobs: Optional[BlobWriter] = None
         self._objects = None
-        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.directory), True)
+        self._finalizer = None
+
+    @property
+    def directory(self) -> Path:
+        if self._directory is None:
+            try:
+                self._directory = Path(tempfile.mkdtemp(prefix="milcompress-scratch-", dir=self._parent))
+            except OSError as error:
+                raise OutputError(self._parent or tempfile.gettempdir(), error.strerror or str(error)) from error
+            self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._directory), True)
+        return self._directory
 
     def keep_array(self, values: np.ndarray, dtype: Optional[str] = None) -> BlobRef:
         """`values` written to the scratch blob file (as `dtype`, a MIL dtype name, or its own)."""
@@ -369,7 +380,10 @@ class ScratchSpace:
     def keep_object(self, value) -> "Kept":
         """`value` pickled to the scratch directory; `restore()` reads it back."""
         if self._objects is None:
-            self._objects = open(self.directory / "objects.pickle", "wb")
+            try:
+                self._objects = open(self.directory / "objects.pickle", "wb")
+            except OSError as error:
+                raise OutputError(self.directory, error.strerror or str(error)) from error
         start = self._objects.tell()
         try:
             pickle.dump(value, self._objects, protocol=pickle.HIGHEST_PROTOCOL)
@@ -382,7 +396,8 @@ class ScratchSpace:
         for stream in (self._blobs, self._objects):
             if stream is not None:
                 stream.close()
-        self._finalizer()
+        if self._finalizer is not None:
+            self._finalizer()
 
 
 @dataclass(frozen=True)

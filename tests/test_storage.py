@@ -110,3 +110,25 @@ def test_a_wrong_header_dtype_or_size_is_refused(tmp_path):
         BlobRef(path, offset, "fp16", (100,)).load()
     with pytest.raises(BlobError, match="does not exist"):
         BlobRef(tmp_path / "missing.bin", offset, "fp16", (100,)).load()
+
+
+def test_a_scratch_space_keeps_arrays_and_objects_and_is_removed_with_its_owner(tmp_path):
+    import gc
+
+    from milcompress.storage import ScratchSpace, attach_scratch, restored, scratch_of
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    attach_scratch(owner, ScratchSpace(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # nothing made until something is kept
+    scratch = scratch_of(owner)
+    ref = scratch.keep_array(np.arange(30, dtype=np.int8).reshape(5, 6))
+    kept = scratch.keep_object({"form": np.ones(3)})
+    assert np.array_equal(ref.load(), np.arange(30, dtype=np.int8).reshape(5, 6))
+    assert np.array_equal(restored(kept)["form"], np.ones(3)) and restored(7) == 7
+    assert len(list(tmp_path.iterdir())) == 1
+    del owner, scratch
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []

@@ -118,21 +118,21 @@ class _StaticValues(Mapping):
 
     SMALL_BYTES = 1 << 16
 
-    def __init__(self, interpreter: "Interpreter", static: List[Tuple[Block, Operation]], hold_all: bool):
-        self._interpreter = interpreter
+    def __init__(self, execute: Callable[[Block, Operation, Dict[str, Value]], None], static: List[Tuple[Block, Operation]], hold_all: bool):
+        self._execute = execute  # the interpreter's: runs one op, storing its outputs in an environment
         self._ops = {var.name: (block, op) for block, op in static for var in op.outputs}
         self._hold_all = hold_all
         self._held: Dict[str, Value] = {}
         if hold_all:
             for block, op in static:
-                self._interpreter._execute(block, op, self._held)
+                self._execute(block, op, self._held)
 
     def __getitem__(self, name: str) -> Value:
         if name in self._held:
             return self._held[name]
         block, op = self._ops[name]
         computed: Dict[str, Value] = ChainMap({}, self)
-        self._interpreter._execute(block, op, computed)
+        self._execute(block, op, computed)
         for var in op.outputs:
             value = computed.maps[0][var.name]
             if isinstance(value, torch.Tensor) and value.numel() * value.element_size() <= self.SMALL_BYTES:
@@ -210,7 +210,7 @@ class Interpreter:
         self._check_supported()
         self._readers: Optional[Dict[str, int]] = None
         static = [(block, op) for block, op in _blocks_and_ops(self.function) if _is_static(op)]
-        self._static = _StaticValues(self, static, hold_all=not any(blob_ref_of(op.outputs[0]) is not None for _, op in static))
+        self._static = _StaticValues(self._execute, static, hold_all=not any(blob_ref_of(op.outputs[0]) is not None for _, op in static))
 
     # -- what the function expects and returns ----------------------------------------------
 
