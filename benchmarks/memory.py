@@ -248,7 +248,8 @@ def table(results: dict) -> str:
             result = run["status"]
             if run["status"] == "ok" and run["library"] == "milcompress" and run["mode"] == "in memory" and run["config"] in streamed:
                 result = "ok, same bytes as streaming" if streamed[run["config"]].get("weights_sha256") == run["weights_sha256"] else "ok, DIFFERENT bytes"
-            rows.append([f"{entry['parameters'] / 1e6:,.0f}M", f"{entry['package_bytes'] / 1e9:.2f}", run["config"], run["library"], run["mode"],
+            mode = run["mode"] if run["library"] == "milcompress" else "-"
+            rows.append([f"{entry['parameters'] / 1e6:,.0f}M", f"{entry['package_bytes'] / 1e9:.2f}", run["config"], run["library"], mode,
                          f"{run['seconds']:.0f}", f"{run['peak_mb']:,}", f"{run['size_bytes'] / 1e6:,.0f}" if "size_bytes" in run else "-", result])
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
