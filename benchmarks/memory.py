@@ -113,12 +113,16 @@ def _status_kb(pid, field: str = "VmRSS") -> int:
 
 
 PEAK = "peak resident kB: "
+CPU = "cpu seconds: "
 
 
 def _report_peak() -> None:
     """The child's last line on stderr: its address space's high-water mark (VmHWM starts afresh
     at exec; wait4's ru_maxrss would count the parent's memory at the fork)."""
-    sys.stderr.write(f"\n{PEAK}{_status_kb('self', 'VmHWM')}\n")
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    sys.stderr.write(f"\n{PEAK}{_status_kb('self', 'VmHWM')}\n{CPU}{usage.ru_utime + usage.ru_stime:.1f}\n")
     sys.stderr.flush()
 
 
@@ -156,9 +160,12 @@ def measure(library: str, config: str, package: Path, output: Path, *, in_memory
     reader.join(timeout=5)
     reported = [int(line[len(PEAK):]) for line in stderr_lines if line.startswith(PEAK)]
     peak_kb = reported[-1] if reported else highest[0]  # killed: the last resident size seen
-    stderr_lines = [line for line in stderr_lines if not line.startswith(PEAK)]
+    cpu = [float(line[len(CPU):]) for line in stderr_lines if line.startswith(CPU)]
+    stderr_lines = [line for line in stderr_lines if not line.startswith((PEAK, CPU))]
     record = {"library": library, "config": config, "mode": "in memory" if in_memory else "streaming", "seconds": round(seconds, 1),
               "peak_mb": round(peak_kb / 1024), "cap_gb": cap_gb}
+    if cpu:
+        record["cpu_seconds"] = cpu[-1]  # on shared cores, wall seconds say more about the neighbours
     if killed:
         record.update(status=f"killed at the {cap_gb:g} GB cap after {killed[0]:.0f} s")
     elif process.returncode != 0:
@@ -240,17 +247,17 @@ def sweep(sizes: List[str], configs: List[str], libraries: List[str], *, in_memo
 
 
 def table(results: dict) -> str:
-    headers = ["parameters", "package GB", "config", "library", "mode", "seconds", "peak MB", "output MB", "result"]
+    headers = ["parameters", "package GB", "config", "library", "mode", "seconds", "CPU s", "peak MB", "output MB", "result"]
     rows = []
     for size, entry in sorted(results["sizes"].items(), key=lambda item: item[1]["parameters"]):
         streamed = {r["config"]: r for r in entry["runs"] if r["library"] == "milcompress" and r["mode"] == "streaming"}
-        for run in sorted(entry["runs"], key=lambda r: (list(CONFIGS).index(r["config"]), LIBRARIES.index(r["library"]), r["mode"])):
+        for run in sorted(entry["runs"], key=lambda r: (list(CONFIGS).index(r["config"]), LIBRARIES.index(r["library"]), r["mode"] != "streaming")):
             result = run["status"]
             if run["status"] == "ok" and run["library"] == "milcompress" and run["mode"] == "in memory" and run["config"] in streamed:
                 result = "ok, same bytes as streaming" if streamed[run["config"]].get("weights_sha256") == run["weights_sha256"] else "ok, DIFFERENT bytes"
             mode = run["mode"] if run["library"] == "milcompress" else "-"
             rows.append([f"{entry['parameters'] / 1e6:,.0f}M", f"{entry['package_bytes'] / 1e9:.2f}", run["config"], run["library"], mode,
-                         f"{run['seconds']:.0f}", f"{run['peak_mb']:,}", f"{run['size_bytes'] / 1e6:,.0f}" if "size_bytes" in run else "-", result])
+                         f"{run['seconds']:.0f}", f"{run['cpu_seconds']:.0f}" if "cpu_seconds" in run else "-", f"{run['peak_mb']:,}", f"{run['size_bytes'] / 1e6:,.0f}" if "size_bytes" in run else "-", result])
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(headers), line(["-" * w for w in widths]), *[line(r) for r in rows]])
