@@ -286,7 +286,7 @@ def plot(results: dict, path: Path = PLOT) -> None:
     axes.set_yscale("log")
     axes.set_xlabel("parameters")
     axes.set_ylabel("peak resident memory (GB)")
-    axes.set_title("Peak memory compressing a Llama-shaped float16 package (x: killed or failed)")
+    axes.set_title("Peak memory, Llama-shaped float16 packages (x: killed or failed)", fontsize=10)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=7)
     figure.tight_layout()

@@ -138,9 +138,8 @@ def program_from_mlmodel(mlmodel, at_least_ios16: bool = False, lazy_weights: bo
     spec = mlmodel.get_spec()
     version = max(spec.specificationVersion, _SPECIFICATION_VERSION_IOS_16) if at_least_ios16 else spec.specificationVersion
     if lazy_weights:
-        with _placeholders_for_blob_values(mlmodel.weights_dir) as placeholders:
+        with _blob_values_on_demand(mlmodel.weights_dir):
             prog = milproto.load(model_spec=spec, specification_version=version, file_weights_dir=mlmodel.weights_dir)
-        _read_on_demand(prog, placeholders)
     else:
         prog = milproto.load(model_spec=spec, specification_version=version, file_weights_dir=mlmodel.weights_dir)
     # The loader names the functions but forgets which one is the default and that the model
@@ -314,23 +313,26 @@ def read_blob(reader, offset: int, dtype: str) -> np.ndarray:
 
 
 # Weights read on demand. coremltools' milproto loader reads every blob into memory (three copies
-# of a float16 weight on the way); instead, while it runs, each blob-file tensor value is a
+# of a float16 weight on the way). Instead, while it loads a `const` op, each blob-file value is a
 # placeholder taking no memory (a zero broadcast to the value's shape, enough for type inference),
-# and afterwards every const holding one gets a value object whose `val` reads the blob.
+# and the const's value is replaced at once, before any op reading it is built, by a value object
+# whose `val` reads the blob (so ops that look at their inputs' values while they are built, such
+# as `constexpr_sparse_to_dense` counting its mask's ones, see the real ones). A constexpr op of
+# the iOS16 form holds its data inline, not in const ops: it is loaded as coremltools loads it.
 
 
 @contextlib.contextmanager
-def _placeholders_for_blob_values(weights_dir: str) -> Iterator[dict]:
+def _blob_values_on_demand(weights_dir: str) -> Iterator[None]:
     from coremltools.converters.mil.frontend.milproto import load as milproto
 
     from milcompress.storage import BlobRef
 
-    placeholders = {}  # id(placeholder) -> (placeholder, BlobRef)
-    original = milproto._load_value
+    placeholders = {}  # id(placeholder) -> (placeholder, BlobRef), for the const being loaded
+    original_value, original_const = milproto._load_value, milproto._load_const_op
 
     def load_value(context, value_spec):
         if value_spec.WhichOneof("value") != "blobFileValue" or value_spec.type.WhichOneof("type") != "tensorType":
-            return original(context, value_spec)
+            return original_value(context, value_spec)
         valuetype = milproto.proto_to_types(value_spec.type)
         dtype, shape = valuetype.get_primitive(), tuple(int(d) for d in valuetype.get_shape())
         blob = value_spec.blobFileValue
@@ -340,33 +342,27 @@ def _placeholders_for_blob_values(weights_dir: str) -> Iterator[dict]:
         placeholders[id(placeholder)] = (placeholder, ref)
         return placeholder
 
-    milproto._load_value = load_value
+    def load_const_op(context, op_spec):
+        if op_spec.type != "const":
+            milproto._load_value = original_value
+            try:
+                return original_const(context, op_spec)
+            finally:
+                milproto._load_value = load_value
+        original_const(context, op_spec)
+        var = context.get_var_from_name(op_spec.outputs[0].name)
+        value = var._sym_val.val if var._sym_val is not None else None
+        held = placeholders.pop(id(value), None)
+        placeholders.clear()
+        if held is not None and held[0] is value:
+            held[1].check(what=f"const '{var.op.name}'")  # a damaged file is found now, before any work
+            read_on_demand(var, held[1])
+
+    milproto._load_value, milproto._load_const_op = load_value, load_const_op
     try:
-        yield placeholders
+        yield
     finally:
-        milproto._load_value = original
-
-
-def _read_on_demand(prog: Program, placeholders: dict) -> None:
-    for op in _all_ops(prog):
-        if op.op_type != "const":
-            continue
-        var = op.outputs[0]
-        held = placeholders.get(id(var._sym_val.val)) if var._sym_val is not None else None
-        if held is None or held[0] is not var._sym_val.val:
-            continue
-        ref = held[1]
-        ref.check(what=f"const '{op.name}'")  # a damaged file is found now, before any work
-        read_on_demand(var, ref)
-
-
-def _all_ops(prog: Program) -> Iterator[Operation]:
-    blocks = list(prog.functions.values())
-    while blocks:
-        block = blocks.pop()
-        for op in block.operations:
-            yield op
-            blocks.extend(op.blocks)
+        milproto._load_value, milproto._load_const_op = original_value, original_const
 
 
 def blob_ref_of(var: Var):

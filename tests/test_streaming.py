@@ -134,3 +134,18 @@ def test_a_weight_file_damaged_before_loading_is_refused_at_once(package, tmp_pa
     weight_file.write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"copy\.mlpackage: corrupted package: Data/com\.apple\.CoreML/weights/weight\.bin: const '\w+' at offset 64: no blob there"):
         load_model(copy)
+
+
+@pytest.mark.parametrize("pipeline", ["PRUNE_75", "PRUNE_75_PALETTIZE_4BIT", "INT4_BLOCK32"])
+def test_a_compressed_package_loads_on_demand_with_the_values_coremltools_reads(package, tmp_path, pipeline):
+    """Sparse masks are counted by coremltools while it builds the op reading them: the loader
+    must see the real values then, not placeholders."""
+    save_model(run_passes(load_model(package)[0], compression_passes(pipeline))[0], tmp_path / "small.mlpackage")
+    model, prog = load_model(tmp_path / "small.mlpackage")
+    eager = [op.outputs[0].val for op in _weights(ct_private.program_from_mlmodel(model))]  # in program order (the
+    streamed = _weights(prog)  # names of consts an iOS16-form op holds inline come from a counter, so differ between loads)
+    assert len(streamed) == len(eager)
+    assert any(ct_private.blob_ref_of(op.outputs[0]) is not None for op in streamed)
+    for op, expected in zip(streamed, eager):
+        value = op.outputs[0].val
+        assert value.dtype == expected.dtype and np.array_equal(value, expected), op.name
