@@ -7,7 +7,10 @@ touches only this file. Checked against coremltools 8.x and 9.x.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
+import weakref
 from typing import Iterator, Union
 
 import numpy as np
@@ -118,8 +121,13 @@ def register_named_pipeline(name: str, pass_ids) -> None:
     PassPipeline._PIPELINE_NAME_TO_PASSES[name] = list(pass_ids)
 
 
-def program_from_mlmodel(mlmodel, at_least_ios16: bool = False) -> Program:
+def program_from_mlmodel(mlmodel, at_least_ios16: bool = False, lazy_weights: bool = False) -> Program:
     """The MIL program inside an ML program model (a fresh copy: the model is not touched).
+
+    `lazy_weights`: the values of consts stored in the weight file are not read now: each is read
+    from the file (memory-mapped) whenever it is asked for and dropped when its reader lets go
+    (see `_read_on_demand`), so the program takes the memory of its structure, not its weights.
+    The package must stay on disk, unchanged, while the program is used.
 
     `at_least_ios16`: load an older model's program at the iOS16 opset, as coremltools'
     compression functions do (`_apply_graph_pass`), so constexpr ops can be written into it; the
@@ -129,7 +137,11 @@ def program_from_mlmodel(mlmodel, at_least_ios16: bool = False) -> Program:
 
     spec = mlmodel.get_spec()
     version = max(spec.specificationVersion, _SPECIFICATION_VERSION_IOS_16) if at_least_ios16 else spec.specificationVersion
-    prog = milproto.load(model_spec=spec, specification_version=version, file_weights_dir=mlmodel.weights_dir)
+    if lazy_weights:
+        with _blob_values_on_demand(mlmodel.weights_dir):
+            prog = milproto.load(model_spec=spec, specification_version=version, file_weights_dir=mlmodel.weights_dir)
+    else:
+        prog = milproto.load(model_spec=spec, specification_version=version, file_weights_dir=mlmodel.weights_dir)
     # The loader names the functions but forgets which one is the default and that the model
     # describes each function separately; the backend needs both to write the model back.
     if len(spec.description.functions) > 0:
@@ -264,3 +276,149 @@ def attached_program(model):
     """The MIL program an MLModel made by `ct.convert` keeps (None for one loaded from disk); any
     other object is returned as it is (it may be a Program)."""
     return getattr(model, "_mil_program", model)
+
+
+def blob_storage_writer(path: str):
+    """coremltools' own weight blob writer (C++), for checking ours against it."""
+    from coremltools.libmilstoragepython import _BlobStorageWriter
+
+    return _BlobStorageWriter(path)
+
+
+def blob_storage_reader(path: str):
+    """coremltools' own weight blob reader (C++), for checking ours against it."""
+    from coremltools.libmilstoragepython import _BlobStorageReader
+
+    return _BlobStorageReader(path)
+
+
+def _blob_method(dtype: str) -> str:
+    return {"fp16": "fp16", "fp32": "float"}.get(dtype, dtype)
+
+
+def write_blob(writer, values: np.ndarray, dtype: str) -> int:
+    """Append `values` as MIL `dtype` ("fp16", "uint4", ...) with coremltools' writer; its offset."""
+    flat = np.ascontiguousarray(np.asarray(values).reshape(-1))
+    if dtype == "fp16":
+        flat = flat.view(np.uint16)
+    elif types.is_sub_byte(types.string_to_builtin(dtype)):
+        flat = flat.astype(types.nptype_from_builtin(types.string_to_builtin(dtype)))
+    return getattr(writer, f"write_{_blob_method(dtype)}_data")(flat)
+
+
+def read_blob(reader, offset: int, dtype: str) -> np.ndarray:
+    """The values of the blob at `offset` as coremltools' reader gives them (flat)."""
+    values = getattr(reader, f"read_{_blob_method(dtype)}_data")(offset)
+    return values.view(np.float16) if dtype == "fp16" else values
+
+
+# Weights read on demand. coremltools' milproto loader reads every blob into memory (three copies
+# of a float16 weight on the way). Instead, while it loads a `const` op, each blob-file value is a
+# placeholder taking no memory (a zero broadcast to the value's shape, enough for type inference),
+# and the const's value is replaced at once, before any op reading it is built, by a value object
+# whose `val` reads the blob (so ops that look at their inputs' values while they are built, such
+# as `constexpr_sparse_to_dense` counting its mask's ones, see the real ones). A constexpr op of
+# the iOS16 form holds its data inline, not in const ops: it is loaded as coremltools loads it.
+
+
+@contextlib.contextmanager
+def _blob_values_on_demand(weights_dir: str) -> Iterator[None]:
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+
+    from milcompress.storage import BlobRef
+
+    placeholders = {}  # id(placeholder) -> (placeholder, BlobRef), for the const being loaded
+    original_value, original_const = milproto._load_value, milproto._load_const_op
+
+    def load_value(context, value_spec):
+        if value_spec.WhichOneof("value") != "blobFileValue" or value_spec.type.WhichOneof("type") != "tensorType":
+            return original_value(context, value_spec)
+        valuetype = milproto.proto_to_types(value_spec.type)
+        dtype, shape = valuetype.get_primitive(), tuple(int(d) for d in valuetype.get_shape())
+        blob = value_spec.blobFileValue
+        path = os.path.join(weights_dir, blob.fileName.split("/")[-1])
+        ref = BlobRef(path, int(blob.offset), types.builtin_to_string(dtype), shape)
+        placeholder = np.broadcast_to(np.zeros((), types.nptype_from_builtin(dtype)), shape)
+        placeholders[id(placeholder)] = (placeholder, ref)
+        return placeholder
+
+    def load_const_op(context, op_spec):
+        if op_spec.type != "const":
+            milproto._load_value = original_value
+            try:
+                return original_const(context, op_spec)
+            finally:
+                milproto._load_value = load_value
+        original_const(context, op_spec)
+        var = context.get_var_from_name(op_spec.outputs[0].name)
+        value = var._sym_val.val if var._sym_val is not None else None
+        held = placeholders.pop(id(value), None)
+        placeholders.clear()
+        if held is not None and held[0] is value:
+            held[1].check(what=f"const '{var.op.name}'")  # a damaged file is found now, before any work
+            read_on_demand(var, held[1])
+
+    milproto._load_value, milproto._load_const_op = load_value, load_const_op
+    try:
+        yield
+    finally:
+        milproto._load_value, milproto._load_const_op = original_value, original_const
+
+
+def blob_ref_of(var: Var):
+    """The BlobRef a const's value is read from, if it is read on demand; else None."""
+    held = getattr(var, "_sym_val", None)
+    return held.blob_ref if isinstance(held, _OnDemand) else None
+
+
+def read_on_demand(var: Var, ref) -> None:
+    """Make const `var` read its value from `ref` whenever asked, instead of holding it: the value
+    it holds now is dropped. `ref`: a `storage.BlobRef`, or anything with its `load(what=...)`."""
+    dtype = types.nptype_from_builtin(var.dtype) if types.is_sub_byte(var.dtype) else None
+    var._sym_val = _on_demand_class(type(var._sym_val))(ref, var.op.name, dtype)
+    var.op.val._sym_val = _OnDemandUnknown(ref, var.op.name, dtype)
+
+
+class _OnDemand:
+    """A const's value read from its blob when asked; the array last read is kept only while
+    someone else holds it (a weak reference), so memory follows what the caller holds. Setting
+    `val` replaces the blob with the value set."""
+
+    def __init__(self, ref, what: str, sub_byte_dtype=None):
+        self.blob_ref, self._what, self._dtype, self._last, self._set = ref, what, sub_byte_dtype, None, None
+
+    def _read(self):
+        if self._set is not None:
+            return self._set
+        last = self._last() if self._last is not None else None
+        if last is None:
+            last = self.blob_ref.load(what=f"const '{self._what}'")
+            if self._dtype is not None:  # coremltools marks sub-byte arrays by their dtype's metadata
+                last = last.view(self._dtype)
+            self._last = weakref.ref(last)
+        return last
+
+
+class _OnDemandUnknown(_OnDemand, types.unknown):
+    """The const op's own `val` input (an InternalVar of type unknown), read the same way."""
+
+    @property
+    def val(self):
+        return self._read()
+
+    @val.setter
+    def val(self, value):
+        self._set = value
+
+
+@functools.lru_cache(maxsize=None)
+def _on_demand_class(tensor_type):
+    def get(self):
+        return self._read()
+
+    def set(self, value):
+        holder = tensor_type()
+        tensor_type.val.fset(holder, value)  # coremltools' checks and casts
+        self._set = holder.val
+
+    return type(f"OnDemand{tensor_type.__name__}", (_OnDemand, tensor_type), {"val": property(get, set)})

@@ -27,10 +27,11 @@ import numpy as np
 
 from milcompress import _coremltools as ct_private
 from milcompress.config import CompressionConfig
-from milcompress.errors import ModelTypeError, OutputError
+from milcompress.errors import OutputError
 from milcompress.lowering import read_back
 from milcompress.ops import describe
 from milcompress.ops._arrays import unique_values
+from milcompress.packages import program_of
 from milcompress.passes import (
     CompressWeights,
     DecompressWeights,
@@ -42,23 +43,6 @@ from milcompress.passes import (
 )
 from milcompress.passes.graph import walk_ops
 from milcompress.progress import as_progress
-
-
-def program_of(mlmodel, at_least_ios16: bool = False):
-    """A fresh copy of the MIL program inside an ML program model (ModelTypeError for other model
-    kinds); `at_least_ios16`: an older model's program is loaded at the iOS16 opset."""
-    kind = ct_private.model_type(mlmodel)
-    if kind != "mlProgram":
-        raise ModelTypeError(
-            f"milcompress works on ML program models; this model is a {kind} "
-            "(convert with convert_to='mlprogram', or use coremltools.models.neural_network.quantization_utils)"
-        )
-    try:
-        return ct_private.program_from_mlmodel(mlmodel, at_least_ios16=at_least_ios16)
-    except Exception as error:  # a package truncated or damaged after it was opened
-        from milcompress.packages import unreadable_program
-
-        raise unreadable_program(getattr(mlmodel, "package_path", None) or "the model's package", error) from error
 
 
 def _derived(prog, mlmodel):

@@ -21,6 +21,7 @@ and the cause.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -31,7 +32,8 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Tuple
 
-from milcompress.errors import InputError, OutputError
+from milcompress.errors import InputError, ModelTypeError, OutputError
+from milcompress.storage import BlobError, ScratchSpace, attach_scratch
 
 _MANIFEST = "Manifest.json"
 _NAMESPACE = uuid.UUID("9b7c6a2e-2f0c-4d4e-9a55-6d696c636f6d")  # fixed: identifiers derive from item paths
@@ -42,7 +44,7 @@ def load_model(path) -> Tuple[object, object]:
     """(MLModel, its MIL program) for the package at `path`; InputError if it is unusable."""
     import coremltools as ct
 
-    from milcompress._coremltools import model_type, program_from_mlmodel
+    from milcompress._coremltools import model_type
 
     path = Path(path)
     if not path.exists():
@@ -73,11 +75,72 @@ def load_model(path) -> Tuple[object, object]:
     kind = model_type(model)
     if kind != "mlProgram":
         raise InputError(f"{path}: a {kind} model; milcompress compresses ML programs (convert_to='mlprogram')")
+    return model, program_of(model)
+
+
+def program_of(mlmodel, at_least_ios16: bool = False):
+    """A fresh copy of the MIL program inside an ML program model (ModelTypeError for other model
+    kinds); `at_least_ios16`: an older model's program is loaded at the iOS16 opset.
+
+    A model saved on disk (loaded from a package that is not coremltools' temporary one) gives a
+    program whose weights are read from the package's weight file whenever they are asked for
+    (`reads_weights_on_demand`), so loading takes the memory of the program's structure, not of
+    its weights, and the passes keep what they make in a scratch space on disk (in `tempfile`'s
+    directory, removed with the program: see `passes/streaming.py`); a model from `ct.convert` lives in a temporary package that goes with it, so its
+    weights are read at once."""
+    from milcompress import _coremltools as ct_private
+
+    kind = ct_private.model_type(mlmodel)
+    if kind != "mlProgram":
+        raise ModelTypeError(
+            f"milcompress works on ML program models; this model is a {kind} "
+            "(convert with convert_to='mlprogram', or use coremltools.models.neural_network.quantization_utils)"
+        )
+    on_demand = reads_weights_on_demand(mlmodel)
     try:
-        prog = program_from_mlmodel(model)
-    except Exception as error:
-        raise unreadable_program(path, error) from error
-    return model, prog
+        prog = ct_private.program_from_mlmodel(mlmodel, at_least_ios16=at_least_ios16, lazy_weights=on_demand)
+    except Exception as error:  # a package truncated or damaged after it was opened
+        raise unreadable_program(getattr(mlmodel, "package_path", None) or "the model's package", error) from error
+    if on_demand:  # the passes keep what they make on disk too (passes/streaming.py)
+        attach_scratch(prog, ScratchSpace(tempfile.gettempdir()))
+        _return_freed_memory_promptly()
+    return prog
+
+
+_MALLOC_MMAP_THRESHOLD = -3  # glibc's mallopt parameter M_MMAP_THRESHOLD
+
+
+@functools.lru_cache(maxsize=None)
+def _return_freed_memory_promptly() -> None:
+    """Streaming allocates and frees one weight's arrays after another. glibc's malloc raises its
+    mmap threshold as large blocks are freed (up to 32 MB), so later weights' arrays come from
+    the heap and stay with the process once freed: peak resident memory then grows with the
+    model even though the live arrays do not. A fixed 1 MB threshold keeps large arrays in their
+    own mappings, returned to the system when freed. Nothing happens where libc is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_MALLOC_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
+
+
+def reads_weights_on_demand(mlmodel) -> bool:
+    """Whether `program_of(mlmodel)` leaves the weights on disk: a package saved by the user."""
+    return bool(getattr(mlmodel, "is_package", False)) and not getattr(mlmodel, "is_temp_package", True) and bool(getattr(mlmodel, "weights_dir", None))
+
+
+def load_program(model):
+    """A Program from a Program, an MLModel (an ML program), or a path to an .mlpackage."""
+    from milcompress._coremltools import Program
+
+    if isinstance(model, Program):
+        return model
+    if isinstance(model, (str, Path)):
+        return load_model(model)[1]
+    return program_of(model)
 
 
 def _check_items(path: Path, manifest) -> None:
@@ -98,6 +161,14 @@ def unreadable_program(path, error: Exception) -> InputError:
     path = Path(path)
     weights = sorted(p for p in (path / "Data").rglob("*.bin") if p.is_file()) if path.is_dir() else []
     cause = _first_line(error)
+    if isinstance(error, BlobError):  # our reader: "<weight file>: const '<name>' at offset N: <problem>"
+        weight_file, _, cause = cause.partition(": ")
+        if path.is_dir() and Path(weight_file).is_relative_to(path):
+            weight_file = str(Path(weight_file).relative_to(path))
+        if error.kind == "missing":
+            return InputError(f"{path}: its weights are missing ({weight_file} does not exist; {cause.split(': ')[0]} needs it)")
+        if error.kind == "corrupted":
+            return InputError(f"{path}: corrupted package: {weight_file}: {cause}")
     named = [Path(word) for word in cause.split() if word.startswith("/")]
     if isinstance(error, FileNotFoundError) or any(not p.exists() for p in named):
         return InputError(f"{path}: its weights are missing ({cause})")

@@ -19,6 +19,7 @@ import numpy as np
 
 from milcompress._coremltools import Operation, Var, building_in, mb
 from milcompress.ops.bias import output_shift
+from milcompress.storage import restored
 
 
 def corrected_bias(const: Operation, value: np.ndarray, approximation: np.ndarray, statistics: Mapping[str, object]) -> Union[Tuple[Var, np.ndarray], str]:
@@ -53,7 +54,7 @@ def correct_biases(plans: List, statistics: Mapping[str, object]) -> int:
     """Correct the bias of every planned weight that can be (see the module docstring); returns how many."""
     corrected = 0
     for plan in plans:
-        found = corrected_bias(plan.candidate.const, plan.candidate.value, plan.params.decompress(), statistics)
+        found = corrected_bias(plan.candidate.const, plan.candidate.value, restored(plan.params).decompress(), statistics)
         if isinstance(found, str):
             plan.record.notes.append(f"bias not corrected: {found}")
             continue

@@ -45,7 +45,7 @@ from milcompress.config import (
     ThresholdPruneConfig,
     kmeans_workers_hint,
 )
-from milcompress.errors import ConfigError, PassError, PreconditionError
+from milcompress.errors import ConfigError, OutputError, PassError, PreconditionError
 from milcompress.lowering import config_required_target, is_constexpr, lower, lower_fake, opset_error, read_back, required_target
 from milcompress.ops import CompressedForm, describe, further_compression_problem
 from milcompress.ops.jobs import Attempt, CompressJob, compress_attempts
@@ -55,8 +55,10 @@ from milcompress.ops.palettize import largest_group_size
 from milcompress.parallel import InProcess, check_workers, executor_for
 from milcompress.passes.graph import ProgramGraph
 from milcompress.progress import Progress, as_progress
+from milcompress.storage import ScratchSpace, restored, scratch_of
 from milcompress.passes.options import PassOption, parse_bool, parse_choice, parse_compression_config, parse_path
 from milcompress.passes.report import COMPRESSED, SKIPPED, ConstRecord, Report, attach
+from milcompress.passes.streaming import keep_form, spill_emitted
 from milcompress.passes.skip_rules import CONFIG_RULES, SELECTION_RULES, Candidate, block_output, first_reason, non_finite
 from milcompress.passes.weights import WeightLayout, common_layout
 
@@ -155,6 +157,7 @@ def compress_program(
             "programs too (reasons in the report)", pass_name, ", ".join(too_old)
         )
     plans: List[_Plan] = []
+    scratch = scratch_of(prog)  # a program read on demand: forms and emitted consts go to disk
     prepared = [_prepare(candidate, record, snr_fallback, shrink_to_fit=shrink_to_fit) for candidate, record in kept]
     kept.clear()
     jobs = [(candidate, job) for candidate, _, job, _ in prepared if job is not None]
@@ -167,10 +170,10 @@ def compress_program(
             if job is not None:
                 plan = _decide(candidate, record, job, next(results), notes, on_unsupported, fake_compression=fake_compression)
                 if plan is not None:
-                    plans.append(plan)
+                    plans.append(dataclasses.replace(plan, params=keep_form(scratch, plan.params)))
             advance(candidate.const.name)
     prepared.clear()  # the plans now hold the only references to the dense values
-    _rewrite(plans, fake=fake_compression)
+    _rewrite(plans, fake=fake_compression, scratch=scratch)
     report = Report(pass_name, [records[c] for c in sources], warnings=warnings)
     attach(prog, report)
     totals = report.totals()
@@ -233,7 +236,7 @@ def _select(
     `on_unsupported="skip"`; that includes a weight coremltools would compress and we leave
     alone because it is also a block output, so both libraries raise on the same programs."""
     if chain is None:
-        value, stored, prior = np.asarray(const.outputs[0].val), None, None
+        value, stored, prior = None, None, None  # read from the const whenever asked
     else:
         value, prior = chain.dense, chain.form
         stored = int(prior.nbytes) if prior is not None else sum(int(np.asarray(c.outputs[0].val).nbytes) for c in _chain_consts(const))
@@ -396,10 +399,12 @@ def clipped_warnings(clipped) -> List[str]:
     return [f"clipped outlier: element {list(index)} = {original:.6g} came back as {back:.6g}"]
 
 
-def _rewrite(plans: List[_Plan], fake: bool = False) -> None:
+def _rewrite(plans: List[_Plan], fake: bool = False, scratch: Optional[ScratchSpace] = None) -> None:
     """Lower each plan and retire its const at once, so the dense value, the computed form and the
     emitted ops are never all held for every weight (peak memory stays near one weight's worth).
-    `fake`: store each form's decompressed values as a dense const (coremltools' fake_compression)."""
+    `fake`: store each form's decompressed values as a dense const (coremltools' fake_compression).
+    `scratch` (a program read on demand): the plans' forms are on disk, and the emitted consts go
+    there as they are made."""
     by_block = defaultdict(list)
     for plan in plans:
         by_block[plan.candidate.const.enclosing_block].append(plan)
@@ -410,11 +415,14 @@ def _rewrite(plans: List[_Plan], fake: bool = False) -> None:
                 plan = block_plans.pop(0)
                 const = plan.candidate.const
                 try:
-                    var = lower_fake(plan.params, const, plan.candidate.value.dtype) if fake else lower(plan.params, const)
+                    params = restored(plan.params)
+                    var = lower_fake(params, const, plan.candidate.value.dtype) if fake else lower(params, const)
+                    del params
+                    spill_emitted(scratch, var)
                     block.replace_uses_of_var_after_op(
                         anchor_op=const, old_var=const.outputs[0], new_var=var, no_check_var_types=True, force_replace=True
                     )
-                except PreconditionError:
+                except (PreconditionError, OutputError):  # OutputError: the scratch space's disk is full
                     raise
                 except Exception as error:  # a bug, not a user error: name the const
                     raise PassError(f"const '{const.name}': rewriting as {plan.record.form} failed: {error}") from error

@@ -18,6 +18,8 @@ from milcompress.ops import describe
 from milcompress.passes.graph import walk_ops
 from milcompress.passes.report import COMPRESSED, ConstRecord, Report, attach
 from milcompress.progress import Progress, as_progress
+from milcompress.passes.streaming import spill_emitted
+from milcompress.storage import ScratchSpace, scratch_of
 
 _SUFFIXES = sorted((f"_{s}" for s in SUFFIX.values()), key=len, reverse=True)
 
@@ -52,9 +54,10 @@ def decompress_program(prog: Program, pass_name: str = "milcompress::decompress_
     taken = {op.name for op, _ in walk_ops(prog)}
     report = Report(pass_name)
     removals: Dict[object, List[Operation]] = defaultdict(list)
+    scratch = scratch_of(prog)  # a program read on demand: the dense weights go to disk as they are made
     with as_progress(progress).stage("decompress", total=len(heads), unit="weights") as advance:
         for head, function in heads:
-            _decompress_chain(head, function, taken, report, removals)
+            _decompress_chain(head, function, taken, report, removals, scratch)
             advance(head.name)
     for block, ops in removals.items():
         # Remove the chains' ops once nothing reads them (a const may be shared by two chains).
@@ -70,7 +73,9 @@ def decompress_program(prog: Program, pass_name: str = "milcompress::decompress_
     return report
 
 
-def _decompress_chain(head: Operation, function: str, taken: Set[str], report: Report, removals: Dict[object, List[Operation]]) -> None:
+def _decompress_chain(
+    head: Operation, function: str, taken: Set[str], report: Report, removals: Dict[object, List[Operation]], scratch: Optional[ScratchSpace] = None
+) -> None:
     """A const in place of the chain ending at `head` (its ops are removed later, block by block)."""
     block = head.enclosing_block
     for var in head.outputs:
@@ -81,6 +86,7 @@ def _decompress_chain(head: Operation, function: str, taken: Set[str], report: R
         taken.add(name)
         with building_in(block):
             const = mb.const(val=back.dense, name=name, before_op=head)
+            spill_emitted(scratch, const)
             block.replace_uses_of_var_after_op(
                 anchor_op=head, old_var=var, new_var=const, no_check_var_types=True, force_replace=True
             )
@@ -98,6 +104,7 @@ def _decompress_chain(head: Operation, function: str, taken: Set[str], report: R
                 bytes_after=int(back.dense.nbytes),
             )
         )
+        del back
     removals[block].extend(_producers(head) + [head])
 
 

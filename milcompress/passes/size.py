@@ -142,6 +142,8 @@ from milcompress.ops.palettize import PaletteEstimate
 from milcompress.parallel import check_workers, executor_for
 from milcompress.passes.bias import correct_biases, corrected_bias
 from milcompress.passes.compress import _Plan, _rewrite, _select, _skip, clipped_warnings, fit_to_shape, outlier_warnings
+from milcompress.passes.streaming import keep_form
+from milcompress.storage import restored, scratch_of
 from milcompress.packages import load_arrays
 from milcompress.passes.graph import ProgramGraph
 from milcompress.passes.options import PassOption, optional, parse_bool, parse_float, parse_int, parse_path
@@ -382,6 +384,7 @@ def compress_program_to_size(
         sensitivity_seconds, sensitivity_cap = math.inf, DECODER_SENSITIVITY_SAMPLES
 
     graph = ProgramGraph(prog)
+    scratch = scratch_of(prog)  # a program read on demand: chosen forms and emitted consts go to disk
     selection = CompressionConfig.of(PalettizeConfig(nbits=8, weight_threshold=weight_threshold))
     records: List[ConstRecord] = []
     weights: List[_Weight] = []
@@ -463,20 +466,20 @@ def compress_program_to_size(
                 form = next(results)
                 assert form.params.nbytes == size, f"{weight.record.name}: {label} stores {form.params.nbytes} bytes, the allocation counted {size}"
                 built[len(chosen)] = (form.snr_db, form.clipped)
-                chosen.append((weight, label, form.params, error))
+                chosen.append((weight, label, keep_form(scratch, form.params), error))
             advance(weight.record.name)
     builds.clear()
     notes: List[List[str]] = [[] for _ in chosen]
     if run is not None and error_feedback:
         with progress.stage("error feedback", total=len(chosen), unit="weights") as advance:
             for position, (weight, label, params, error) in enumerate(chosen):
-                params, note = _with_feedback(params, weight, run.folds)
-                chosen[position] = (weight, label, params, error)
+                params, note = _with_feedback(restored(params), weight, run.folds)
+                chosen[position] = (weight, label, keep_form(scratch, params), error)
                 notes[position] += [note] if note else []
                 advance(weight.record.name)
     plans = []
     for position, ((weight, label, params, error), feedback_notes) in enumerate(zip(chosen, notes)):
-        record, candidate = weight.record, weight.candidate
+        record, candidate, params = weight.record, weight.candidate, restored(params)
         record.form, record.bytes_after = describe(params), int(params.nbytes)
         if feedback_notes and feedback_notes[0].startswith(FEEDBACK_APPLIED):  # re-encoded: other indices, another SNR
             dense = params.decompress()
@@ -488,11 +491,12 @@ def compress_program_to_size(
             record.warnings = clipped_warnings(clipped)
         estimated = f" ({weight.sampled[label]})" if label in weight.sampled else ""
         record.notes = [f"chosen by the size allocation: {label}, weighted error {error:.3g}{estimated}", *feedback_notes]
-        plans.append(_Plan(candidate, params, record))
+        plans.append(_Plan(candidate, keep_form(scratch, params), record))
+        del params
     chosen.clear()
     weights.clear()
     corrected = correct_biases(plans, run.statistics) if run is not None and bias_correction else 0
-    _rewrite(plans)
+    _rewrite(plans, scratch=scratch)
     lap("rewrite")
     report = Report(pass_name, records)
     attach(prog, report)

@@ -22,14 +22,22 @@ from milcompress.passes.weights import is_weight_input
 
 @dataclass(frozen=True, eq=False)
 class Candidate:
+    """`held`: the dense value where the candidate computed it (a compressed chain's); None for a
+    const, whose `value` is read from the const whenever asked (so a program read on demand from
+    its package is never held whole)."""
+
     const: Operation
     function: str
-    value: np.ndarray
+    held: Optional[np.ndarray]
     uses: Tuple[Use, ...]
     config: Optional[AlgorithmConfig] = None
     config_source: Optional[str] = None  # where its config came from; None until resolved (not a weight)
     stored_bytes: Optional[int] = None  # what the weight takes now, where it is not a dense const
     prior: Optional[object] = None  # the form a constexpr chain holds (joint compression), else None
+
+    @property
+    def value(self) -> np.ndarray:
+        return self.held if self.held is not None else np.asarray(self.const.outputs[0].val)
 
     @property
     def is_chain(self) -> bool:

@@ -4,7 +4,8 @@ The interpreter owns execution order and values; the op table (`kernels/`) owns 
 computes. It walks a function's blocks in program order (the order a MIL block is already
 topologically sorted in), keeps every value in one dictionary keyed by var name (MIL names are
 unique within a function), and evaluates const and constexpr ops once, when it is built, since they
-depend on no input. It never rewrites a program.
+depend on no input; or, for a program whose weights are read on demand from its saved package,
+each large one whenever an op reads it (`_StaticValues`). It never rewrites a program.
 
 Two precisions:
 - "float32": every float tensor is computed and kept in float32, whatever type the program declares
@@ -35,12 +36,13 @@ other: in "float32" precision a float16 state holds float32 values, in "float16"
 
 from __future__ import annotations
 
+from collections import ChainMap
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from milcompress._coremltools import Block, Operation, Program, Var, is_symbolic, state_wrapped_type, types
+from milcompress._coremltools import Block, Operation, Program, Var, blob_ref_of, is_symbolic, state_wrapped_type, types
 from milcompress.errors import InputError, MilcompressError
 from milcompress.reference.kernels import KERNELS, OpArgs, Value, supported_op_types, torch_dtype
 from milcompress.reference.kernels.state import StateCell
@@ -106,6 +108,47 @@ def _fits(declared, shape) -> bool:
     return len(declared) == len(shape) and all(not _known(d) or int(d) == size for d, size in zip(declared, shape))
 
 
+class _StaticValues(Mapping):
+    """The values of a function's const and constexpr ops, by output name. A program held in
+    memory has them computed once, when the interpreter is built (`hold_all`); a program whose
+    weights are read on demand from its package (`packages.program_of`) has only its small ones
+    held, and each large one (a weight, dense or decompressed) computed from the package whenever
+    an op reads it and dropped after that op, so running a model takes the memory of one weight
+    at a time, not of them all."""
+
+    SMALL_BYTES = 1 << 16
+
+    def __init__(self, execute: Callable[[Block, Operation, Dict[str, Value]], None], static: List[Tuple[Block, Operation]], hold_all: bool):
+        self._execute = execute  # the interpreter's: runs one op, storing its outputs in an environment
+        self._ops = {var.name: (block, op) for block, op in static for var in op.outputs}
+        self._hold_all = hold_all
+        self._held: Dict[str, Value] = {}
+        if hold_all:
+            for block, op in static:
+                self._execute(block, op, self._held)
+
+    def __getitem__(self, name: str) -> Value:
+        if name in self._held:
+            return self._held[name]
+        block, op = self._ops[name]
+        computed: Dict[str, Value] = ChainMap({}, self)
+        self._execute(block, op, computed)
+        for var in op.outputs:
+            value = computed.maps[0][var.name]
+            if isinstance(value, torch.Tensor) and value.numel() * value.element_size() <= self.SMALL_BYTES:
+                self._held[var.name] = value
+        return computed.maps[0][name]
+
+    def __contains__(self, name) -> bool:
+        return name in self._ops
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ops)
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+
 def _is_static(op: Operation) -> bool:
     return op.op_type == "const" or op.op_type.startswith("constexpr_")
 
@@ -166,10 +209,8 @@ class Interpreter:
         self._states: Dict[str, Tuple[Tuple[int, ...], np.dtype]] = declared_states(program, function_name)
         self._check_supported()
         self._readers: Optional[Dict[str, int]] = None
-        self._static: Dict[str, Value] = {}
-        for block, op in _blocks_and_ops(self.function):
-            if _is_static(op):
-                self._execute(block, op, self._static)
+        static = [(block, op) for block, op in _blocks_and_ops(self.function) if _is_static(op)]
+        self._static = _StaticValues(self._execute, static, hold_all=not any(blob_ref_of(op.outputs[0]) is not None for _, op in static))
 
     # -- what the function expects and returns ----------------------------------------------
 
@@ -230,7 +271,7 @@ class Interpreter:
         missing = [name for name in self._states if name not in states]
         if missing:
             raise InputError(f"state(s) {', '.join(missing)} missing: run a stateful program through a session (new_session)")
-        env = dict(self._static)
+        env: Dict[str, Value] = ChainMap({}, self._static)  # this run's values first, then the consts'
         env.update(replacements)
         self._bind_inputs(inputs, env)
         env.update(states)
@@ -242,10 +283,10 @@ class Interpreter:
         on the same inputs (`resume`) recompute only what a replaced const changes."""
         if self.stateful:
             raise InputError("snapshot: a stateful program's calls depend on its states; run it through a session")
-        env = dict(self._static)
+        env: Dict[str, Value] = ChainMap({}, self._static)  # this call's values first, then the consts'
         self._bind_inputs(inputs, env)
         self._run_block(self.function, env, ())
-        computed = {name: value for name, value in env.items() if name not in self._static}
+        computed = {name: value for name, value in env.maps[0].items() if name not in self._static}
         nbytes = sum(v.element_size() * v.numel() for v in computed.values() if isinstance(v, torch.Tensor))
         return Snapshot(computed, nbytes)
 
@@ -255,7 +296,7 @@ class Interpreter:
         replacements = self.converted_replacements(replace)
         readers = self._first_readers()
         start = min((readers.get(name, len(self.function.operations)) for name in replacements), default=len(self.function.operations))
-        env = {**self._static, **snapshot.values, **replacements}
+        env: Dict[str, Value] = ChainMap({**snapshot.values, **replacements}, self._static)
         for op in list(self.function.operations)[start:]:
             if not _is_static(op):
                 self._execute(self.function, op, env)

@@ -51,6 +51,7 @@ import numpy as np
 
 from milcompress._coremltools import Program, Var
 from milcompress.errors import InputError
+from milcompress.packages import load_program
 from milcompress.progress import Progress, as_progress
 from milcompress.reference.decoder import Decoder, DecoderRun, gather_bound
 from milcompress.reference.interpreter import Interpreter
@@ -59,19 +60,6 @@ from milcompress.signature import shapes_with
 Sample = Dict[str, np.ndarray]
 DECODE_STEPS = 8
 """Greedy decode steps `verify` runs after a decoder's prompt unless told otherwise."""
-
-
-def load_program(model) -> Program:
-    """A Program from a Program, an MLModel (an ML program), or a path to an .mlpackage."""
-    if isinstance(model, Program):
-        return model
-    if isinstance(model, (str, Path)):
-        from milcompress.packages import load_model
-
-        return load_model(model)[1]
-    from milcompress.api import program_of
-
-    return program_of(model)
 
 
 @dataclass(frozen=True)

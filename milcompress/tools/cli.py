@@ -132,7 +132,22 @@ def _takes_option(spec, option: str) -> bool:
     return spec.pass_id.startswith("milcompress::") and hasattr(type(PASS_REGISTRY[spec.pass_id]), option)
 
 
+def _import_coremltools_without_torch() -> None:
+    """coremltools imports torch with itself (200 MB resident, a third of what streaming a 430M
+    decoder takes), for converting torch models, which `run` never does; the reference executor
+    (calibration) imports torch for itself. So torch is hidden while coremltools is imported,
+    unless either is imported already."""
+    if "coremltools" in sys.modules or "torch" in sys.modules:
+        return
+    sys.modules["torch"] = None  # "import torch" fails: coremltools carries on without its torch frontend
+    try:
+        import milcompress._coremltools  # noqa: F401
+    finally:
+        del sys.modules["torch"]
+
+
 def _run(args) -> int:
+    _import_coremltools_without_torch()
     from milcompress.parallel import check_workers
     from milcompress.passes.spec import format_passes
 
