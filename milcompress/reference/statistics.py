@@ -130,3 +130,54 @@ class ChannelStatistics:
             record.sum_squares = record.sum_squares + sum_squares
             record.max_abs = np.maximum(record.max_abs, max_abs)
             record.count += columns.shape[0]
+
+
+@dataclass
+class RangeRecord:
+    """The smallest and largest value one activation took over every calibration run."""
+
+    rmin: float
+    rmax: float
+    runs: int  # calls of the op that produced it
+
+
+class ActivationRanges:
+    """An executor observer recording the range of activations, for activation quantization:
+    `Interpreter(program, observers=[ranges])`, `ranges.observe_inputs(sample)` for each sample
+    run, then `ranges.records`. One pass over the samples, two numbers per activation (never a
+    copy of one), for the float outputs named in `names` (every float output if None).
+
+    Non-finite values are left out of the range and counted in `nonfinite`, so one overflow does
+    not make a scale infinite; the pass reports them."""
+
+    def __init__(self, names=None):
+        self.names = None if names is None else frozenset(names)
+        self.records: Dict[str, RangeRecord] = {}
+        self.nonfinite: Dict[str, int] = {}
+
+    def __call__(self, op: Operation, args: OpArgs, outputs) -> None:
+        for var, value in zip(op.outputs, outputs):
+            self.observe(var.name, value)
+
+    def observe_inputs(self, sample) -> None:
+        """Record a run's function inputs (the executor observes ops, not its inputs)."""
+        for name, value in sample.items():
+            self.observe(name, value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value)))
+
+    def observe(self, name: str, value) -> None:
+        if self.names is not None and name not in self.names:
+            return
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.numel() == 0:
+            return
+        finite = torch.isfinite(value)
+        if not bool(finite.all()):
+            self.nonfinite[name] = self.nonfinite.get(name, 0) + int((~finite).sum())
+            value = value[finite]
+            if value.numel() == 0:
+                return
+        low, high = float(value.min()), float(value.max())
+        record = self.records.get(name)
+        if record is None:
+            self.records[name] = RangeRecord(low, high, 1)
+        else:
+            record.rmin, record.rmax, record.runs = min(record.rmin, low), max(record.rmax, high), record.runs + 1
