@@ -27,7 +27,7 @@ import numpy as np
 
 from milcompress import _coremltools as ct_private
 from milcompress.config import CompressionConfig
-from milcompress.errors import ModelTypeError, OutputError
+from milcompress.errors import ConfigError, ModelTypeError, OutputError
 from milcompress.lowering import read_back
 from milcompress.ops import describe
 from milcompress.ops._arrays import unique_values
@@ -195,6 +195,36 @@ def compress_to_size(
     return model_from_program(prog, mlmodel, progress)
 
 
+def linear_quantize_activations(mlmodel, config, sample_data, calibration_op_group_size: int = -1, *, precision: str = "float32", progress=False):
+    """coremltools' `linear_quantize_activations`, calibrated on the reference executor (Linux too).
+
+    `config`: coremltools' OptimizationConfig of OpLinearQuantizerConfig /
+    OpActivationLinearQuantizerConfig (or None: linear_symmetric int8 everywhere); `sample_data`:
+    coremltools' list of input dicts (a None key names a single-input model's input), or arrays
+    stacked along a new first axis by input name. `calibration_op_group_size` is accepted for
+    coremltools' signature and not needed: calibration keeps two numbers per activation and never
+    builds a model with extra outputs. The same activations get quantize/dequantize pairs as
+    coremltools chooses (see `passes/activations.py`); the model must be iOS17 or later.
+    `activation_report_of(result)` says what was quantized and what was left float, and why."""
+    from milcompress.passes.activations import quantize_program_activations
+
+    if not isinstance(calibration_op_group_size, int) or calibration_op_group_size == 0 or calibration_op_group_size < -1:
+        raise ConfigError(f"calibration_op_group_size: expected -1 or a positive integer, got {calibration_op_group_size!r}", field="calibration_op_group_size")
+    progress = as_progress(progress)
+    prog = program_of(mlmodel)
+    quantize_program_activations(prog, config, sample_data, precision=precision, progress=progress)
+    return model_from_program(prog, mlmodel, progress)
+
+
+def activation_report_of(model):
+    """The report of the last activation quantization of a model (or program); None if none ran."""
+    from milcompress.passes.activations import activation_reports_of
+
+    prog = ct_private.attached_program(model)
+    reports = activation_reports_of(prog) if prog is not None else []
+    return reports[-1] if reports else None
+
+
 def decompress_weights(mlmodel, *, progress=False):
     """Every compressed weight back to a dense const (the model saved at iOS16 or later, as
     coremltools saves it)."""
@@ -223,7 +253,9 @@ def run_passes(mlmodel, passes, *, progress=None, save: bool = True, workers=Non
             if workers is not None and graph_pass.workers is None:
                 graph_pass.workers = workers
         graph_pass.apply(prog)
-    reports = reports_of(prog)
+    from milcompress.passes.activations import activation_reports_of
+
+    reports = reports_of(prog) + activation_reports_of(prog)
     return (model_from_program(prog, mlmodel, progress) if save else None), reports
 
 

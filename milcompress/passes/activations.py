@@ -49,6 +49,7 @@ from milcompress.config import CompressionConfig, LinearQuantizeConfig
 from milcompress.errors import ConfigError, InputError
 from milcompress.lowering.activations import check_activation_target, emit_quantize_pair, scale_dtype_of
 from milcompress.ops.activations import ActivationQuantization, activation_qparams
+from milcompress.passes.options import PassOption, parse_choice, parse_path
 from milcompress.progress import Progress, as_progress
 
 logger = logging.getLogger(__name__)
@@ -519,3 +520,61 @@ def _attach(prog: Program, report: ActivationReport) -> None:
 
 def activation_reports_of(prog) -> List[ActivationReport]:
     return list(getattr(prog, _ATTRIBUTE, None) or [])
+
+
+# -- the registered pass ----------------------------------------------------------------------
+
+
+def _parse_activation_config(name: str, value) -> ActivationConfig:
+    """An activation config object, or "int8" / "uint8" (linear_symmetric everywhere)."""
+    if isinstance(value, str):
+        if value.strip().lower() not in ("int8", "uint8"):
+            raise ConfigError(f"{name}: expected int8 or uint8 (or a config object), got {value!r}", field=name)
+        return ActivationConfig(global_config=ActivationSetting(dtype=value.strip().lower()))
+    return ActivationConfig.of(value)
+
+
+def _parse_calibration(name: str, value):
+    """Calibration samples: an .npz path (arrays stacked along a new first axis), a dict of such
+    arrays, or coremltools' list of dicts; None when unset."""
+    if value is None or (isinstance(value, str) and value == ""):
+        return None
+    if isinstance(value, str):
+        from milcompress.packages import load_arrays
+
+        return load_arrays(value)
+    return value
+
+
+class QuantizeActivations(AbstractGraphPass):
+    """milcompress::quantize_activations: int8 activations, calibrated quantize/dequantize pairs (iOS17; needs calibration).
+
+    Options (objects or strings, as `PassPipeline.set_options` passes them):
+    - config: "int8" (default), "uint8", or a coremltools OptimizationConfig of
+      OpLinearQuantizerConfig (our LinearQuantizeConfig too);
+    - calibration: an .npz path of inputs stacked along a new first axis, or samples (required);
+    - precision: the executor's precision for calibration, float32 (default) or float16;
+    - report_path: also write the JSON report there.
+    """
+
+    PASS_ID = PASS_ID
+
+    config = PassOption(_parse_activation_config, default=ActivationConfig())
+    calibration = PassOption(_parse_calibration)
+    precision = PassOption(lambda name, value: parse_choice(name, value, ("float32", "float16")), default="float32")
+    report_path = PassOption(parse_path)
+
+    def __init__(self, config=None, calibration=None):
+        super().__init__()
+        self.config = "int8" if config is None else config
+        self.calibration = calibration
+        self.progress: Optional[Progress] = None
+
+    def apply(self, prog: Program) -> None:
+        report = quantize_program_activations(prog, self.config, self.calibration, precision=self.precision, progress=self.progress)
+        if self.report_path:
+            report.write(self.report_path)
+
+    def __str__(self) -> str:
+        return self.PASS_ID
+
