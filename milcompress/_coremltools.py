@@ -264,3 +264,10 @@ def attached_program(model):
     """The MIL program an MLModel made by `ct.convert` keeps (None for one loaded from disk); any
     other object is returned as it is (it may be a Program)."""
     return getattr(model, "_mil_program", model)
+
+
+def copy_scope_info(source: Var, new: Var) -> None:
+    """Give `new` (and the ops a pass just built to compute it) `source`'s scope information, as
+    `Block.replace_uses_of_var_after_op` does: during `ct.convert`, every op must carry its
+    frontend scope, and a pass that moves only some uses of a var has to do it itself."""
+    Block._copy_scope_info(source, new)

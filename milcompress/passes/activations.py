@@ -44,7 +44,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from milcompress._coremltools import AbstractGraphPass, Block, Operation, Program, Var, dtype_name, types
+from milcompress._coremltools import AbstractGraphPass, Block, Operation, Program, Var, copy_scope_info, dtype_name, types
 from milcompress.config import CompressionConfig, LinearQuantizeConfig
 from milcompress.errors import ConfigError, InputError
 from milcompress.lowering.activations import check_activation_target, emit_quantize_pair, scale_dtype_of
@@ -484,6 +484,7 @@ def _rewrite(block: Block, selection: Selection, plan) -> List[QuantizedTensor]:
         var, uses = selection.vars[name], selection.tensors[name]
         first = min((op for op, _, _ in uses), key=order.__getitem__)
         dequantized = emit_quantize_pair(var, params, first, name)
+        copy_scope_info(var, dequantized)
         by_op: Dict[Operation, List[Use]] = defaultdict(list)
         for use in uses:
             by_op[use[0]].append(use)
