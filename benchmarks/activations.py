@@ -73,8 +73,9 @@ def _quiet(function, *args, **kwargs):
         return function(*args, **kwargs)
 
 
-def variants(dense, samples, estimator_config=None) -> Dict[str, tuple]:
-    """Variant name -> (model, seconds of its activation calibration or None)."""
+def variants(dense, samples, estimators=("minmax",)) -> Dict[str, tuple]:
+    """Variant name -> (model, seconds of its activation calibration or None). Estimators other
+    than minmax add a W8A8 row each."""
     import coremltools.optimize.coreml as cto
 
     import milcompress
@@ -84,21 +85,25 @@ def variants(dense, samples, estimator_config=None) -> Dict[str, tuple]:
     palettes = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=4))
     tables = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", granularity="per_tensor"))
 
-    def a8(model):
+    def a8(model, estimator="minmax"):
         start = time.perf_counter()
-        result = _quiet(milcompress.linear_quantize_activations, model, activations, samples)
+        result = _quiet(milcompress.linear_quantize_activations, model, activations, samples, estimator=estimator)
         return result, time.perf_counter() - start
 
     w8 = _quiet(milcompress.linear_quantize_weights, dense, weights8)
     w4 = _quiet(milcompress.linear_quantize_weights, _quiet(milcompress.palettize_weights, dense, palettes), tables, joint_compression=True)
-    return {
+    rows = {
         "float16 program": (dense, None),
         "int8 weights": (w8, None),
         "A8 (float16 weights)": a8(dense),
         "W8A8": a8(w8),
-        "W4 (int8 tables)": (w4, None),
-        "A8W4": a8(w4),
     }
+    for estimator in estimators:
+        if estimator != "minmax":
+            rows[f"W8A8 ({estimator} ranges)"] = a8(w8, estimator)
+    rows["W4 (int8 tables)"] = (w4, None)
+    rows["A8W4"] = a8(w4)
+    return rows
 
 
 def coremltools_route(dense, samples) -> str:
@@ -112,7 +117,7 @@ def coremltools_route(dense, samples) -> str:
     return "ran"
 
 
-def run_model(name: str, quick: bool) -> dict:
+def run_model(name: str, quick: bool, estimators=("minmax",)) -> dict:
     import coremltools as ct
 
     import milcompress
@@ -128,7 +133,7 @@ def run_model(name: str, quick: bool) -> dict:
         path = Path(directory) / "dense.mlpackage"
         _quiet(_convert, bench, path)
         dense = ct.models.MLModel(str(path), skip_model_load=True)
-        built = variants(dense, samples)
+        built = variants(dense, samples, estimators)
         rows = {}
         for label, (model, seconds) in built.items():
             start = time.perf_counter()
@@ -176,17 +181,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="digits CNN and MobileNetV2 on 33 crops")
     parser.add_argument("--models", help="comma-separated, from: " + ", ".join(MODELS))
+    parser.add_argument("--estimators", default="minmax", help="range estimators, comma-separated: minmax (coremltools'), percentile, mse; each beyond minmax adds a W8A8 row")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     names = args.models.split(",") if args.models else (["digits_cnn", "mobilenet_v2"] if args.quick else ["digits_cnn", "mobilenet_v2", "minilm", "resnet50_normal"])
     results = {}
     for name in names:
         print(f"{name}:", flush=True)
-        results[name] = run_model(name, args.quick)
+        results[name] = run_model(name, args.quick, tuple(args.estimators.split(",")))
     stem = "activations_quick" if args.quick else "activations" if not args.models else "activations_" + "_".join(names)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/activations.py" + (" --quick" if args.quick else "") + (f" --models {args.models}" if args.models else "")
+    command += f" --estimators {args.estimators}" if args.estimators != "minmax" else ""
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"{stem}.md").write_text(markdown(results, command))
     print(f"wrote {out / stem}.md and .json")

@@ -195,7 +195,9 @@ def compress_to_size(
     return model_from_program(prog, mlmodel, progress)
 
 
-def linear_quantize_activations(mlmodel, config, sample_data, calibration_op_group_size: int = -1, *, precision: str = "float32", progress=False):
+def linear_quantize_activations(
+    mlmodel, config, sample_data, calibration_op_group_size: int = -1, *, precision: str = "float32", estimator: str = "minmax", percentile: float = 99.99, progress=False
+):
     """coremltools' `linear_quantize_activations`, calibrated on the reference executor (Linux too).
 
     `config`: coremltools' OptimizationConfig of OpLinearQuantizerConfig /
@@ -205,6 +207,8 @@ def linear_quantize_activations(mlmodel, config, sample_data, calibration_op_gro
     coremltools' signature and not needed: calibration keeps two numbers per activation and never
     builds a model with extra outputs. The same activations get quantize/dequantize pairs as
     coremltools chooses (see `passes/activations.py`); the model must be iOS17 or later.
+    `estimator` ("minmax", coremltools' choice; "percentile"; "mse") chooses each tensor's range
+    from what calibration saw (`passes/activations.py`).
     `activation_report_of(result)` says what was quantized and what was left float, and why."""
     from milcompress.passes.activations import quantize_program_activations
 
@@ -212,7 +216,7 @@ def linear_quantize_activations(mlmodel, config, sample_data, calibration_op_gro
         raise ConfigError(f"calibration_op_group_size: expected -1 or a positive integer, got {calibration_op_group_size!r}", field="calibration_op_group_size")
     progress = as_progress(progress)
     prog = program_of(mlmodel)
-    quantize_program_activations(prog, config, sample_data, precision=precision, progress=progress)
+    quantize_program_activations(prog, config, sample_data, precision=precision, estimator=estimator, percentile=percentile, progress=progress)
     return model_from_program(prog, mlmodel, progress)
 
 

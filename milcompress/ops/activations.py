@@ -91,3 +91,54 @@ def quantize_dequantize(values: np.ndarray, params: ActivationQuantization) -> n
     quotient = (np.asarray(values, dtype=np.float32) / np.float32(scale)).astype(np.float64)
     integers = np.clip(np.round(quotient) + point, low, high)
     return scale * (integers - point)
+
+
+# -- ranges beyond min/max, from a histogram --------------------------------------------------------
+
+RANGE_ESTIMATORS = ("minmax", "percentile", "mse")
+MSE_CANDIDATES = 128  # clipping ranges tried, from 1/MSE_CANDIDATES of min/max's up to all of it
+
+
+def estimated_range(
+    rmin: float, rmax: float, counts: Optional[np.ndarray], limit: float, estimator: str = "minmax",
+    mode: str = "linear_symmetric", dtype: str = "int8", percentile: float = 99.99,
+):
+    """(low, high) to quantize a tensor over, from its calibrated extremes and, for the other
+    estimators, its histogram (`counts` over equal bins spanning [-limit, limit]):
+    - "minmax": [rmin, rmax], every value representable (coremltools' choice);
+    - "percentile": the `percentile`-th and (100 - `percentile`)-th percentiles: the rarest
+      extremes are clipped so the common values get a finer grid;
+    - "mse": the clipping range with the least expected squared error, clipping plus rounding
+      (a uniform error of scale^2 / 12 inside the range), over the histogram.
+    A range never grows beyond [rmin, rmax]. Float64 throughout."""
+    if estimator not in RANGE_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {', '.join(RANGE_ESTIMATORS)}, not {estimator!r}")
+    if estimator == "minmax" or counts is None or counts.sum() == 0 or rmin == rmax:
+        return float(rmin), float(rmax)
+    counts = np.asarray(counts, dtype=np.float64)
+    width = 2.0 * limit / counts.size
+    centres = -limit + width * (np.arange(counts.size) + 0.5)
+    if estimator == "percentile":
+        if not 50.0 < percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], not {percentile}")
+        cumulative = np.cumsum(counts) / counts.sum()
+        tail = 1.0 - percentile / 100.0
+        low = centres[min(np.searchsorted(cumulative, tail, side="right"), counts.size - 1)] - width / 2
+        high = centres[min(np.searchsorted(cumulative, 1.0 - tail, side="left"), counts.size - 1)] + width / 2
+        return float(max(rmin, low)), float(min(rmax, max(high, low)))
+    qmin, qmax = quant_range(dtype, mode)
+    if mode == "linear_symmetric":
+        magnitude = max(abs(rmin), abs(rmax))
+        highs = magnitude * np.arange(1, MSE_CANDIDATES + 1) / MSE_CANDIDATES
+        lows = -highs
+    else:
+        low, high = min(rmin, 0.0), max(rmax, 0.0)
+        fractions = np.arange(1, MSE_CANDIDATES + 1) / MSE_CANDIDATES
+        lows, highs = low * fractions, high * fractions
+    scales = (highs - lows) / (qmax - qmin)
+    # Expected squared error per candidate: rounding inside, distance to the range outside.
+    clipped = np.maximum(centres[None, :] - highs[:, None], 0.0) + np.maximum(lows[:, None] - centres[None, :], 0.0)
+    inside = clipped == 0
+    errors = (counts[None, :] * np.where(inside, scales[:, None] ** 2 / 12.0, clipped ** 2)).sum(axis=1)
+    best = int(np.argmin(errors))
+    return float(max(rmin, lows[best])), float(min(rmax, highs[best]))

@@ -48,8 +48,8 @@ from milcompress._coremltools import AbstractGraphPass, Block, Operation, Progra
 from milcompress.config import CompressionConfig, LinearQuantizeConfig
 from milcompress.errors import ConfigError, InputError
 from milcompress.lowering.activations import check_activation_target, emit_quantize_pair, scale_dtype_of
-from milcompress.ops.activations import ActivationQuantization, activation_qparams
-from milcompress.passes.options import PassOption, parse_choice, parse_path
+from milcompress.ops.activations import RANGE_ESTIMATORS, ActivationQuantization, activation_qparams, estimated_range
+from milcompress.passes.options import PassOption, parse_choice, parse_float, parse_path
 from milcompress.progress import Progress, as_progress
 
 logger = logging.getLogger(__name__)
@@ -390,12 +390,15 @@ def _check_samples(interpreter, samples: List[Dict[str, np.ndarray]]) -> None:
                 raise InputError(f"calibration sample {index}: input '{name}' has shape {list(np.shape(value))}; the model takes {declared.describe()}")
 
 
-def calibrate(prog: Program, function_name: str, samples, names, precision: str = "float32", progress: Optional[Progress] = None):
+HISTOGRAM_BINS = 2048
+
+
+def calibrate(prog: Program, function_name: str, samples, names, precision: str = "float32", progress: Optional[Progress] = None, histogram_bins: int = 0):
     """Ranges of the tensors `names` over every sample: `ActivationRanges` after one run each."""
     from milcompress.reference import Interpreter
     from milcompress.reference.statistics import ActivationRanges
 
-    ranges = ActivationRanges(names)
+    ranges = ActivationRanges(names, histogram_bins)
     interpreter = Interpreter(prog, function_name, precision, observers=[ranges])
     _check_samples(interpreter, samples)
     with as_progress(progress).stage("calibrating activations", total=len(samples), unit="sample") as advance:
@@ -414,6 +417,8 @@ def quantize_program_activations(
     function_name: Optional[str] = None,
     precision: str = "float32",
     ranges: Optional[Mapping[str, Tuple[float, float]]] = None,
+    estimator: str = "minmax",
+    percentile: float = 99.99,
     progress: Optional[Progress] = None,
 ) -> ActivationReport:
     """Insert calibrated quantize -> dequantize pairs into `prog` (in place) as coremltools'
@@ -424,6 +429,10 @@ def quantize_program_activations(
     from milcompress.reference.interpreter import Interpreter
 
     config = ActivationConfig.of(config)
+    if estimator not in RANGE_ESTIMATORS:
+        raise ConfigError(f"estimator: expected one of {', '.join(RANGE_ESTIMATORS)}, got {estimator!r}", field="estimator")
+    if not 50.0 < float(percentile) <= 100.0:
+        raise ConfigError(f"percentile: expected a number in (50, 100], got {percentile!r}", field="percentile")
     if function_name is None:
         function_name = getattr(prog, "default_function_name", None) or "main"
         if function_name not in prog.functions and len(prog.functions) == 1:
@@ -440,7 +449,8 @@ def quantize_program_activations(
     groups = [group for group in merged_groups(selection.concat_groups) if group & set(selection.tensors)]
     names = set(selection.tensors).union(*groups) if groups else set(selection.tensors)
     if ranges is None:
-        observed = calibrate(prog, function_name, samples, names, precision, progress)
+        bins = 0 if estimator == "minmax" else HISTOGRAM_BINS
+        observed = calibrate(prog, function_name, samples, names, precision, progress, histogram_bins=bins)
         records, nonfinite, sample_count = dict(observed.records), observed.nonfinite, len(samples)
     else:
         from milcompress.reference.statistics import RangeRecord
@@ -448,6 +458,11 @@ def quantize_program_activations(
         records = {name: RangeRecord(float(low), float(high), 0) for name, (low, high) in ranges.items()}
         nonfinite, sample_count = {}, 0
 
+    chosen = {
+        name: estimated_range(r.rmin, r.rmax, r.counts, r.limit, estimator, *_mode_and_dtype(selection, name), percentile)
+        for name, r in records.items()
+    }
+    records = {name: dataclasses.replace(r, rmin=chosen[name][0], rmax=chosen[name][1], counts=None) for name, r in records.items()}
     for group in groups:
         seen = [records[name] for name in group if name in records]
         if seen:
@@ -474,6 +489,11 @@ def quantize_program_activations(
             report.warnings.append(f"function '{other}' left float: calibration ran function '{function_name}' only")
     _attach(prog, report)
     return report
+
+
+def _mode_and_dtype(selection: Selection, name: str) -> Tuple[str, str]:
+    setting = selection.settings.get(name, ActivationSetting())
+    return setting.mode, setting.dtype
 
 
 def _rewrite(block: Block, selection: Selection, plan) -> List[QuantizedTensor]:
@@ -555,6 +575,8 @@ class QuantizeActivations(AbstractGraphPass):
       OpLinearQuantizerConfig (our LinearQuantizeConfig too);
     - calibration: an .npz path of inputs stacked along a new first axis, or samples (required);
     - precision: the executor's precision for calibration, float32 (default) or float16;
+    - estimator: minmax (default, coremltools'), percentile or mse: how each range is chosen;
+    - percentile: for the percentile estimator (default 99.99);
     - report_path: also write the JSON report there.
     """
 
@@ -563,6 +585,8 @@ class QuantizeActivations(AbstractGraphPass):
     config = PassOption(_parse_activation_config, default=ActivationConfig())
     calibration = PassOption(_parse_calibration)
     precision = PassOption(lambda name, value: parse_choice(name, value, ("float32", "float16")), default="float32")
+    estimator = PassOption(lambda name, value: parse_choice(name, value, RANGE_ESTIMATORS), default="minmax")
+    percentile = PassOption(lambda name, value: parse_float(name, value, 50.0, 100.0), default=99.99)
     report_path = PassOption(parse_path)
 
     def __init__(self, config=None, calibration=None):
@@ -572,7 +596,9 @@ class QuantizeActivations(AbstractGraphPass):
         self.progress: Optional[Progress] = None
 
     def apply(self, prog: Program) -> None:
-        report = quantize_program_activations(prog, self.config, self.calibration, precision=self.precision, progress=self.progress)
+        report = quantize_program_activations(
+            prog, self.config, self.calibration, precision=self.precision, estimator=self.estimator, percentile=self.percentile, progress=self.progress
+        )
         if self.report_path:
             report.write(self.report_path)
 
