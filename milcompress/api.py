@@ -156,6 +156,7 @@ def compress_to_size(
     error_feedback: bool = False,
     weight_threshold: int = 2048,
     synthetic_check: Optional[bool] = None,
+    activations=None,
     progress=False,
     workers=None,
     client=None,
@@ -172,10 +173,15 @@ def compress_to_size(
     False never). `progress=True` draws
     a bar per stage (calibration, evaluation, sensitivity, rewrite, error feedback). `workers` and
     `client`: where the evaluation and the rewrite run, as for the other functions.
+    `activations` ("int8", "uint8", or an activation config as `linear_quantize_activations` takes
+    it) then quantizes activations too, calibrated on `calibration` (required then) with the
+    chosen weights in place (`activation_report_of(result)`).
     The returned model's `report_of(...).summary` holds the choice made for every weight."""
     from milcompress.passes.size import compress_program_to_size
 
     progress = as_progress(progress)
+    if activations is not None and calibration is None:
+        raise ConfigError("compress_to_size(activations=...) needs calibration inputs to calibrate the activations on", field="calibration")
     prog = program_of(mlmodel, at_least_ios16=True)
     compress_program_to_size(
         prog,
@@ -192,6 +198,10 @@ def compress_to_size(
         workers=workers,
         client=client,
     )
+    if activations is not None:
+        from milcompress.passes.activations import parse_activation_config, quantize_program_activations
+
+        quantize_program_activations(prog, parse_activation_config("activations", activations), calibration, progress=progress)
     return model_from_program(prog, mlmodel, progress)
 
 

@@ -158,3 +158,11 @@ def test_command_line_w8a8_and_its_usage_errors(models, tmp_path):
     code, _, stderr = _cli("run", package, "-o", tmp_path / "y.mlpackage", "--activations", "int8", "--calibration", wrong)
     assert code == 2 and "input 'x' has shape [1, 3, 5, 5]" in stderr
     assert not (tmp_path / "y.mlpackage").exists()
+
+
+def test_compress_to_size_can_quantize_activations_too(models):
+    sized = _quiet(milcompress.compress_to_size, models["iOS18"], 6.0, calibration=CALIBRATION, weight_threshold=100, activations="int8")
+    assert _op_types(sized).count("quantize") == 4
+    assert milcompress.report_of(sized) is not None and milcompress.activation_report_of(sized).samples == 8
+    with pytest.raises(milcompress.ConfigError, match="calibration"):
+        milcompress.compress_to_size(models["iOS18"], 6.0, activations="int8")

@@ -546,7 +546,7 @@ def activation_reports_of(prog) -> List[ActivationReport]:
 # -- the registered pass ----------------------------------------------------------------------
 
 
-def _parse_activation_config(name: str, value) -> ActivationConfig:
+def parse_activation_config(name: str, value) -> ActivationConfig:
     """An activation config object, or "int8" / "uint8" (linear_symmetric everywhere)."""
     if isinstance(value, str):
         if value.strip().lower() not in ("int8", "uint8"):
@@ -582,7 +582,7 @@ class QuantizeActivations(AbstractGraphPass):
 
     PASS_ID = PASS_ID
 
-    config = PassOption(_parse_activation_config, default=ActivationConfig())
+    config = PassOption(parse_activation_config, default=ActivationConfig())
     calibration = PassOption(_parse_calibration)
     precision = PassOption(lambda name, value: parse_choice(name, value, ("float32", "float16")), default="float32")
     estimator = PassOption(lambda name, value: parse_choice(name, value, RANGE_ESTIMATORS), default="minmax")
