@@ -9,7 +9,7 @@ coremltools derives them for `linear_quantize_activations` (`optimize/_utils.py`
 - `linear`: range [min(rmin, 0), max(rmax, 0)] onto [-128, 127] or [0, 255]; scale = range / 255,
   zero point = round((qmin * max - qmax * min) / range), clipped.
 coremltools rounds rmin and rmax to float16 and computes in float16: so does this, giving the same
-scale and zero point to the bit, except where float16 would overflow (a range beyond 511, whose
+scale and zero point to the bit, except where float16 would overflow (a range beyond 255, whose
 zero point coremltools computes as inf): there float64. The scale is then stored in the dtype of
 the tensor it quantizes. A tensor calibration saw only zeros gets scale 1 (coremltools' own fallback
 for a zero scale), so its quantize op never divides by zero.
@@ -60,8 +60,8 @@ def activation_qparams(rmin: float, rmax: float, mode: str = "linear_symmetric",
     if not (np.isfinite(rmin) and np.isfinite(rmax)) or rmin > rmax:
         raise ValueError(f"calibrated range [{rmin}, {rmax}] is not a finite interval")
     qmin, qmax = quant_range(dtype, mode)
-    # coremltools' arithmetic, in float16 where it cannot overflow (products reach 128 * range).
-    work = np.float16 if max(abs(float(rmin)), abs(float(rmax))) * 128 <= float(np.finfo(np.float16).max) else np.float64
+    # coremltools' arithmetic, in float16 where it cannot overflow (products reach 255 * range).
+    work = np.float16 if max(abs(float(rmin)), abs(float(rmax))) * 256 <= float(np.finfo(np.float16).max) else np.float64
     low, high = work(rmin), work(rmax)
     zero_point = None
     if mode == "linear_symmetric":

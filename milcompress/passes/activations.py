@@ -21,7 +21,10 @@ instead of Core ML (which Linux does not have). Three stages, as the weight pass
 2. calibrate: the program runs in the reference executor on every sample, once, and
    `ActivationRanges` keeps the smallest and largest value of each selected tensor (and of the
    concat groups' members): two numbers per tensor. (coremltools' calibration keeps only the
-   last sample's range, a bug in `record_intermediate_output`; this keeps all samples'.)
+   last sample's range, a bug in `record_intermediate_output`; this keeps all samples'.) With
+   `estimator="percentile"` or `"mse"` it also keeps a 2,048-bin histogram per tensor, and each
+   range is chosen from it (`ops.activations.estimated_range`); "minmax", coremltools' choice,
+   is the default.
 3. rewrite: one `quantize` -> `dequantize` pair per selected tensor (`lowering/activations.py`),
    just before its first quantized reader; those readers move to it. coremltools may leave
    several identical pairs on one tensor (one per reader); the values are the same.
@@ -332,7 +335,7 @@ class ActivationReport:
             [t.name, t.kind, str(t.readers), f"[{t.rmin:.4g}, {t.rmax:.4g}]", f"{t.scale:.4g}", "-" if t.zero_point is None else str(t.zero_point)]
             for t in self.tensors
         ]
-        lines = [self.pass_name, format_table(["activation", "chosen as", "readers", "calibrated range", "scale", "zero point"], rows)]
+        lines = [self.pass_name, format_table(["activation", "chosen as", "readers", "range quantized", "scale", "zero point"], rows)]
         lines += [f"{op_type} '{name}' left float: {reason}" for name, op_type, reason in self.skipped]
         lines += [f"warning: {warning}" for warning in self.warnings]
         lines.append(f"quantized {len(self.tensors)} activations in function '{self.function}', calibrated on {self.samples} samples")
@@ -393,18 +396,30 @@ def _check_samples(interpreter, samples: List[Dict[str, np.ndarray]]) -> None:
 HISTOGRAM_BINS = 2048
 
 
-def calibrate(prog: Program, function_name: str, samples, names, precision: str = "float32", progress: Optional[Progress] = None, histogram_bins: int = 0):
-    """Ranges of the tensors `names` over every sample: `ActivationRanges` after one run each."""
+def calibration_sequences(sample_data, input_names: Sequence[str]) -> List[List[Dict[str, np.ndarray]]]:
+    """Calibration inputs as sequences of calls, each run in one session from zero states (so a
+    stateful program's state reads see what earlier calls wrote): a list of lists of input dicts
+    as given; anything `calibration_samples` takes as sequences of one call."""
+    if isinstance(sample_data, (list, tuple)) and sample_data and all(isinstance(item, (list, tuple)) for item in sample_data):
+        return [calibration_samples(list(sequence), input_names) for sequence in sample_data]
+    return [[sample] for sample in calibration_samples(sample_data, input_names)]
+
+
+def calibrate(prog: Program, function_name: str, sequences, names, precision: str = "float32", progress: Optional[Progress] = None, histogram_bins: int = 0):
+    """Ranges of the tensors `names` over every call of every sequence: `ActivationRanges` after
+    one run each."""
     from milcompress.reference import Interpreter
     from milcompress.reference.statistics import ActivationRanges
 
     ranges = ActivationRanges(names, histogram_bins)
     interpreter = Interpreter(prog, function_name, precision, observers=[ranges])
-    _check_samples(interpreter, samples)
-    with as_progress(progress).stage("calibrating activations", total=len(samples), unit="sample") as advance:
-        for sample in samples:
-            interpreter.run(sample)
-            ranges.observe_inputs(sample)
+    _check_samples(interpreter, [call for sequence in sequences for call in sequence])
+    with as_progress(progress).stage("calibrating activations", total=len(sequences), unit="sample") as advance:
+        for sequence in sequences:
+            session = interpreter.new_session()
+            for call in sequence:
+                session.run(call)
+                ranges.observe_inputs(call)
             advance()
     return ranges
 
@@ -443,15 +458,15 @@ def quantize_program_activations(
     check_activation_target(function_name, function)
     if ranges is None:
         input_names = [name for name in Interpreter(prog, function_name).input_names]
-        samples = calibration_samples(sample_data, input_names)
+        sequences = calibration_sequences(sample_data, input_names)
 
     selection = select_activations(function, config)
     groups = [group for group in merged_groups(selection.concat_groups) if group & set(selection.tensors)]
     names = set(selection.tensors).union(*groups) if groups else set(selection.tensors)
     if ranges is None:
         bins = 0 if estimator == "minmax" else HISTOGRAM_BINS
-        observed = calibrate(prog, function_name, samples, names, precision, progress, histogram_bins=bins)
-        records, nonfinite, sample_count = dict(observed.records), observed.nonfinite, len(samples)
+        observed = calibrate(prog, function_name, sequences, names, precision, progress, histogram_bins=bins)
+        records, nonfinite, sample_count = dict(observed.records), observed.nonfinite, len(sequences)
     else:
         from milcompress.reference.statistics import RangeRecord
 
@@ -478,6 +493,9 @@ def quantize_program_activations(
         record = records.get(name)
         if record is None:
             skipped.append((name, "tensor", "calibration never saw a finite value of it"))
+            continue
+        if record.rmin == record.rmax == 0.0:
+            skipped.append((name, "tensor", "calibration saw only zeros (a state read from zero states? calibrate with sequences of calls)"))
             continue
         setting = selection.settings[name]
         plan.append((name, activation_qparams(record.rmin, record.rmax, setting.mode, setting.dtype, scale_dtype_of(selection.vars[name]))))
