@@ -67,6 +67,31 @@ def calibration_of(name: str, bench) -> Dict[str, np.ndarray]:
     raise KeyError(name)
 
 
+def evaluation_inputs(name: str, bench, quick: bool, count: int = 8) -> List[Dict[str, np.ndarray]]:
+    """A few evaluation inputs as program samples, for the per-tensor SNR (not for scores)."""
+    import torch
+
+    if name == "mobilenet_v2":
+        from benchmarks.models.mobilenet_v2 import evaluation_images
+
+        return [{"image": image[None].numpy()} for image in evaluation_images(quick)[:count]]
+    if name == "digits_cnn":
+        from benchmarks.models.digits_cnn import digits_split
+
+        return [{"digits": image[None].numpy()} for image in digits_split()[2][:count]]
+    if name.startswith("resnet50"):
+        images = torch.randn(count, 1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+        return [{"image": image.numpy()} for image in images]
+    if name == "minilm":
+        from benchmarks.models.minilm import CONVERSION_BATCH, SEQUENCE_LENGTH, evaluation_passages, tokenize
+
+        input_ids, attention_mask = tokenize(evaluation_passages(count * CONVERSION_BATCH))
+        shape = (-1, CONVERSION_BATCH, SEQUENCE_LENGTH)
+        ids, mask = input_ids.numpy().reshape(shape).astype(np.int32), attention_mask.numpy().reshape(shape).astype(np.int32)
+        return [{"input_ids": ids[index], "attention_mask": mask[index]} for index in range(len(ids))]
+    raise KeyError(name)
+
+
 def _quiet(function, *args, **kwargs):
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -104,6 +129,42 @@ def variants(dense, samples, estimators=("minmax",)) -> Dict[str, tuple]:
     rows["W4 (int8 tables)"] = (w4, None)
     rows["A8W4"] = a8(w4)
     return rows
+
+
+def per_tensor_snr(dense, report, samples, limit: int = 8) -> List[dict]:
+    """For each activation the W8A8 report quantized: the SNR (dB) of quantizing that tensor alone,
+    measured on the float16-weight program's own values over `limit` samples (one pass, an
+    observer): where a model's W8A8 loses, the tensors with the lowest SNR say why."""
+    import torch
+
+    from milcompress.api import program_of
+    from milcompress.ops.activations import activation_qparams, quantize_dequantize
+    from milcompress.reference import Interpreter
+
+    params = {t.name: activation_qparams(t.rmin, t.rmax, "linear_symmetric", t.dtype) for t in report.tensors}
+    energy = {name: [0.0, 0.0] for name in params}
+
+    def observe(op, args, outputs):
+        for var, value in zip(op.outputs, outputs):
+            if var.name in params and isinstance(value, torch.Tensor):
+                values = value.double().numpy()
+                energy[var.name][0] += float(np.sum(values ** 2))
+                energy[var.name][1] += float(np.sum((quantize_dequantize(values, params[var.name]) - values) ** 2))
+
+    interpreter = Interpreter(program_of(dense), precision="float16", observers=[observe])
+    for sample in samples[:limit]:
+        interpreter.run(sample)
+        for name, value in sample.items():
+            if name in params:
+                values = np.asarray(value, dtype=np.float64)
+                energy[name][0] += float(np.sum(values ** 2))
+                energy[name][1] += float(np.sum((quantize_dequantize(values, params[name]) - values) ** 2))
+    rows = []
+    for tensor in report.tensors:
+        signal, noise = energy[tensor.name]
+        snr = float("inf") if noise == 0 else 10 * np.log10(signal / noise) if signal > 0 else float("nan")
+        rows.append({"tensor": tensor.name, "chosen_as": tensor.kind, "range": [tensor.rmin, tensor.rmax], "snr_db": snr})
+    return sorted(rows, key=lambda row: row["snr_db"])
 
 
 def coremltools_route(dense, samples) -> str:
@@ -148,7 +209,12 @@ def run_model(name: str, quick: bool, estimators=("minmax",)) -> dict:
             }
             print(f"  {name:18s} {label:22s} " + "  ".join(f"{k}={v:.4f}" for k, v in scores.items()), flush=True)
         coremltools = coremltools_route(dense, samples)
-    return {"metrics": list(bench.metrics), "higher_is_better": bench.higher_is_better, "calibration_samples": count, "rows": rows, "coremltools": coremltools}
+        evaluation_samples = evaluation_inputs(name, bench, quick)
+        weakest = per_tensor_snr(dense, milcompress.activation_report_of(built["A8 (float16 weights)"][0]), evaluation_samples)
+    return {
+        "metrics": list(bench.metrics), "higher_is_better": bench.higher_is_better, "calibration_samples": count, "rows": rows,
+        "coremltools": coremltools, "per_tensor_snr_db": weakest,
+    }
 
 
 def markdown(results: dict, command: str) -> str:
@@ -174,6 +240,10 @@ def markdown(results: dict, command: str) -> str:
         gap = result["rows"]["int8 weights"][first] - result["rows"]["W8A8"][first]
         sign = 1 if result["higher_is_better"][first] else -1
         lines += ["", f"W8A8 vs int8 weights only, {first}: {sign * gap:+.4f} (positive: W8A8 worse)", ""]
+        weakest = result["per_tensor_snr_db"][:5]
+        lines.append("Lowest per-tensor SNR of int8 activations (each tensor quantized alone, float16-weight program, 8 evaluation inputs): "
+                     + "; ".join(f"{row['tensor']} ({row['chosen_as']}) {row['snr_db']:.1f} dB" for row in weakest))
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
