@@ -20,7 +20,7 @@ macOS" with the error it raises here.
     python benchmarks/activations.py --quick             # digits CNN and MobileNetV2 (33 crops)
     python benchmarks/activations.py --models mobilenet_v2,minilm,resnet50_normal,digits_cnn
 
-Results go to benchmarks/results/activations[_quick].{md,json}.
+Results go to benchmarks/results/activations[_quick][_<models>].{md,json}.
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     for name in names:
         print(f"{name}:", flush=True)
         results[name] = run_model(name, args.quick, tuple(args.estimators.split(",")))
-    stem = "activations_quick" if args.quick else "activations" if not args.models else "activations_" + "_".join(names)
+    stem = "activations" + ("_quick" if args.quick else "") + ("_" + "_".join(names) if args.models else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/activations.py" + (" --quick" if args.quick else "") + (f" --models {args.models}" if args.models else "")
