@@ -1,6 +1,7 @@
 """Activation quantization as MIL ops: the only code that builds (or reads) the iOS17 runtime
 `quantize` / `dequantize` signatures.
 
+`check_activation_target(name, function)` refuses an opset without them (before iOS17);
 `emit_quantize_pair(var, params, before_op, name)` writes `quantize(var)` -> `dequantize` into
 the block that holds `before_op`, just before it, and returns the dequantized var; the caller
 moves the chosen uses of `var` to it. The scale is a scalar of `var`'s float dtype (iOS17's
@@ -18,9 +19,6 @@ from milcompress._coremltools import IOS17, Operation, Var, building_in, mb, ops
 from milcompress.errors import PreconditionError
 from milcompress.ops.activations import ActivationQuantization
 
-QUANTIZE_OPS = ("quantize", "dequantize")
-
-
 def check_activation_target(function_name: str, function) -> None:
     """PreconditionError unless the function's opset has runtime quantize ops (iOS17 and later)."""
     opset = function.opset_version
@@ -28,7 +26,8 @@ def check_activation_target(function_name: str, function) -> None:
         found = "no opset" if opset is None else target_name(opset)
         raise PreconditionError(
             f"activation quantization needs runtime quantize/dequantize ops, which exist since iOS17; function "
-            f"'{function_name}' is {found}: re-convert with minimum_deployment_target=ct.target.iOS17 or later"
+            f"'{function_name}' is {found}: re-convert with minimum_deployment_target=ct.target.iOS17 or later",
+            minimum_deployment_target="iOS17",
         )
 
 
@@ -40,7 +39,7 @@ def scale_dtype_of(var: Var):
 def emit_quantize_pair(var: Var, params: ActivationQuantization, before_op: Operation, name: str) -> Var:
     """quantize -> dequantize of `var`, placed before `before_op`; returns the dequantized var."""
     if opset_of(before_op) < IOS17:
-        raise PreconditionError(f"quantize '{name}' needs iOS17 or later; the program is {target_name(opset_of(before_op))}")
+        raise PreconditionError(f"quantize '{name}' needs iOS17 or later; the program is {target_name(opset_of(before_op))}", minimum_deployment_target="iOS17")
     scale = np.asarray(params.scale, dtype=scale_dtype_of(var))
     zero_point: Optional[np.ndarray] = params.zero_point
     with building_in(before_op.enclosing_block):
@@ -49,12 +48,3 @@ def emit_quantize_pair(var: Var, params: ActivationQuantization, before_op: Oper
         )
         return mb.dequantize(input=quantized, scale=scale, zero_point=zero_point, before_op=before_op, name=f"{name}_dequantized")
 
-
-def quantize_pair_of(var: Var) -> Optional[ActivationQuantization]:
-    """The parameters of the pair `var` is the dequantized output of (None if it is not one)."""
-    op = var.op
-    if op is None or op.op_type != "dequantize" or op.input.op is None or op.input.op.op_type != "quantize":
-        return None
-    quantize = op.input.op
-    zero_point = None if quantize.zero_point is None else np.asarray(quantize.zero_point.val)
-    return ActivationQuantization(np.asarray(quantize.scale.val), zero_point, quantize.output_dtype.val, float("nan"), float("nan"))
