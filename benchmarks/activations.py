@@ -98,9 +98,9 @@ def _quiet(function, *args, **kwargs):
         return function(*args, **kwargs)
 
 
-def variants(dense, samples, estimators=("minmax",)) -> Dict[str, tuple]:
+def variants(dense, samples, estimators=("minmax",), only=None) -> Dict[str, tuple]:
     """Variant name -> (model, seconds of its activation calibration or None). Estimators other
-    than minmax add a W8A8 row each."""
+    than minmax add a W8A8 row each; `only` (names) builds just those."""
     import coremltools.optimize.coreml as cto
 
     import milcompress
@@ -115,20 +115,30 @@ def variants(dense, samples, estimators=("minmax",)) -> Dict[str, tuple]:
         result = _quiet(milcompress.linear_quantize_activations, model, activations, samples, estimator=estimator)
         return result, time.perf_counter() - start
 
-    w8 = _quiet(milcompress.linear_quantize_weights, dense, weights8)
-    w4 = _quiet(milcompress.linear_quantize_weights, _quiet(milcompress.palettize_weights, dense, palettes), tables, joint_compression=True)
-    rows = {
-        "float16 program": (dense, None),
-        "int8 weights": (w8, None),
-        "A8 (float16 weights)": a8(dense),
-        "W8A8": a8(w8),
+    builders = {
+        "float16 program": lambda: (dense, None),
+        "int8 weights": lambda: (w8(), None),
+        "A8 (float16 weights)": lambda: a8(dense),
+        "W8A8": lambda: a8(w8()),
     }
     for estimator in estimators:
         if estimator != "minmax":
-            rows[f"W8A8 ({estimator} ranges)"] = a8(w8, estimator)
-    rows["W4 (int8 tables)"] = (w4, None)
-    rows["A8W4"] = a8(w4)
-    return rows
+            builders[f"W8A8 ({estimator} ranges)"] = lambda estimator=estimator: a8(w8(), estimator)
+    builders["W4 (int8 tables)"] = lambda: (w4(), None)
+    builders["A8W4"] = lambda: a8(w4())
+    made = {}
+
+    def w8():
+        if "w8" not in made:
+            made["w8"] = _quiet(milcompress.linear_quantize_weights, dense, weights8)
+        return made["w8"]
+
+    def w4():
+        if "w4" not in made:
+            made["w4"] = _quiet(milcompress.linear_quantize_weights, _quiet(milcompress.palettize_weights, dense, palettes), tables, joint_compression=True)
+        return made["w4"]
+
+    return {name: build() for name, build in builders.items() if only is None or name in only}
 
 
 def per_tensor_snr(dense, report, samples, limit: int = 8) -> List[dict]:
@@ -178,7 +188,7 @@ def coremltools_route(dense, samples) -> str:
     return "ran"
 
 
-def run_model(name: str, quick: bool, estimators=("minmax",)) -> dict:
+def run_model(name: str, quick: bool, estimators=("minmax",), only=None) -> dict:
     import coremltools as ct
 
     import milcompress
@@ -194,7 +204,7 @@ def run_model(name: str, quick: bool, estimators=("minmax",)) -> dict:
         path = Path(directory) / "dense.mlpackage"
         _quiet(_convert, bench, path)
         dense = ct.models.MLModel(str(path), skip_model_load=True)
-        built = variants(dense, samples, estimators)
+        built = variants(dense, samples, estimators, only)
         rows = {}
         for label, (model, seconds) in built.items():
             start = time.perf_counter()
@@ -210,7 +220,8 @@ def run_model(name: str, quick: bool, estimators=("minmax",)) -> dict:
             print(f"  {name:18s} {label:22s} " + "  ".join(f"{k}={v:.4f}" for k, v in scores.items()), flush=True)
         coremltools = coremltools_route(dense, samples)
         evaluation_samples = evaluation_inputs(name, bench, quick)
-        weakest = per_tensor_snr(dense, milcompress.activation_report_of(built["A8 (float16 weights)"][0]), evaluation_samples)
+        quantized = next((model for model, seconds in built.values() if seconds is not None), None)
+        weakest = [] if quantized is None else per_tensor_snr(dense, milcompress.activation_report_of(quantized), evaluation_samples)
     return {
         "metrics": list(bench.metrics), "higher_is_better": bench.higher_is_better, "calibration_samples": count, "rows": rows,
         "coremltools": coremltools, "per_tensor_snr_db": weakest,
@@ -237,9 +248,10 @@ def markdown(results: dict, command: str) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {quantized} | {seconds} |")
         lines.append(f"| coremltools' linear_quantize_activations | {result['coremltools']} |" + " |" * (len(metrics) + 1))
         first = metrics[0]
-        gap = result["rows"]["int8 weights"][first] - result["rows"]["W8A8"][first]
-        sign = 1 if result["higher_is_better"][first] else -1
-        lines += ["", f"W8A8 vs int8 weights only, {first}: {sign * gap:+.4f} (positive: W8A8 worse)", ""]
+        if "int8 weights" in result["rows"] and "W8A8" in result["rows"]:
+            gap = result["rows"]["int8 weights"][first] - result["rows"]["W8A8"][first]
+            sign = 1 if result["higher_is_better"][first] else -1
+            lines += ["", f"W8A8 vs int8 weights only, {first}: {sign * gap:+.4f} (positive: W8A8 worse)", ""]
         weakest = result["per_tensor_snr_db"][:5]
         lines.append("Lowest per-tensor SNR of int8 activations (each tensor quantized alone, float16-weight program, 8 evaluation inputs): "
                      + "; ".join(f"{row['tensor']} ({row['chosen_as']}) {row['snr_db']:.1f} dB" for row in weakest))
@@ -252,18 +264,21 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="digits CNN and MobileNetV2 on 33 crops")
     parser.add_argument("--models", help="comma-separated, from: " + ", ".join(MODELS))
     parser.add_argument("--estimators", default="minmax", help="range estimators, comma-separated: minmax (coremltools'), percentile, mse; each beyond minmax adds a W8A8 row")
+    parser.add_argument("--variants", help="only these rows, comma-separated (default: all): " + ", ".join(VARIANTS))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     names = args.models.split(",") if args.models else (["digits_cnn", "mobilenet_v2"] if args.quick else ["digits_cnn", "mobilenet_v2", "minilm", "resnet50_normal"])
     results = {}
     for name in names:
         print(f"{name}:", flush=True)
-        results[name] = run_model(name, args.quick, tuple(args.estimators.split(",")))
+        only = None if args.variants is None else set(args.variants.split(","))
+        results[name] = run_model(name, args.quick, tuple(args.estimators.split(",")), only)
     stem = "activations" + ("_quick" if args.quick else "") + ("_" + "_".join(names) if args.models else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/activations.py" + (" --quick" if args.quick else "") + (f" --models {args.models}" if args.models else "")
     command += f" --estimators {args.estimators}" if args.estimators != "minmax" else ""
+    command += f" --variants '{args.variants}'" if args.variants else ""
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"{stem}.md").write_text(markdown(results, command))
     print(f"wrote {out / stem}.md and .json")
