@@ -8,7 +8,8 @@ for the commands that need them. Three ways in:
 - `ct.convert(model, pass_pipeline=milcompress.pipelines.PALETTIZE_4BIT)` (any name in
   `milcompress.pipelines.names()`), or any pipeline with `milcompress::` passes and options;
 - `milcompress.palettize_weights(mlmodel, config)` and its siblings, on converted or saved models
-  (`progress=True` draws a progress bar per stage);
+  (`progress=True` draws a progress bar per stage); `milcompress.linear_quantize_activations(
+  mlmodel, config, sample_data)` (W8A8 with `linear_quantize_weights`), calibrated on Linux;
 - the `milcompress` command line.
 `milcompress.verify(original, compressed, inputs)` runs both in the reference executor
 (`milcompress.reference`, torch on the CPU) and compares their outputs.
@@ -35,11 +36,13 @@ __version__ = "0.1.0"
 _LAZY = {
     **dict.fromkeys(
         [
+            "activation_report_of",
             "compress_to_size",
             "compress_weights",
             "decompress_weights",
             "get_weights_metadata",
             "joint_compress_weights",
+            "linear_quantize_activations",
             "linear_quantize_weights",
             "palettize_weights",
             "prune_weights",
@@ -104,6 +107,7 @@ __all__ = [
     "ThresholdPruneConfig",
     "UnsupportedError",
     "__version__",
+    "activation_report_of",
     "compress_program",
     "compress_to_size",
     "compress_weights",
@@ -111,6 +115,7 @@ __all__ = [
     "decompress_weights",
     "get_weights_metadata",
     "joint_compress_weights",
+    "linear_quantize_activations",
     "linear_quantize_weights",
     "palettize_weights",
     "pipelines",

@@ -422,3 +422,10 @@ def _on_demand_class(tensor_type):
         self._set = holder.val
 
     return type(f"OnDemand{tensor_type.__name__}", (_OnDemand, tensor_type), {"val": property(get, set)})
+
+
+def copy_scope_info(source: Var, new: Var) -> None:
+    """Give `new` (and the ops a pass just built to compute it) `source`'s scope information, as
+    `Block.replace_uses_of_var_after_op` does: during `ct.convert`, every op must carry its
+    frontend scope, and a pass that moves only some uses of a var has to do it itself."""
+    Block._copy_scope_info(source, new)

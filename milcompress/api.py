@@ -27,7 +27,7 @@ import numpy as np
 
 from milcompress import _coremltools as ct_private
 from milcompress.config import CompressionConfig
-from milcompress.errors import OutputError
+from milcompress.errors import ConfigError, ModelTypeError, OutputError
 from milcompress.lowering import read_back
 from milcompress.ops import describe
 from milcompress.ops._arrays import unique_values
@@ -140,6 +140,7 @@ def compress_to_size(
     error_feedback: bool = False,
     weight_threshold: int = 2048,
     synthetic_check: Optional[bool] = None,
+    activations=None,
     progress=False,
     workers=None,
     client=None,
@@ -156,10 +157,15 @@ def compress_to_size(
     False never). `progress=True` draws
     a bar per stage (calibration, evaluation, sensitivity, rewrite, error feedback). `workers` and
     `client`: where the evaluation and the rewrite run, as for the other functions.
+    `activations` ("int8", "uint8", or an activation config as `linear_quantize_activations` takes
+    it) then quantizes activations too, calibrated on `calibration` (required then) with the
+    chosen weights in place (`activation_report_of(result)`).
     The returned model's `report_of(...).summary` holds the choice made for every weight."""
     from milcompress.passes.size import compress_program_to_size
 
     progress = as_progress(progress)
+    if activations is not None and calibration is None:
+        raise ConfigError("compress_to_size(activations=...) needs calibration inputs to calibrate the activations on", field="calibration")
     prog = program_of(mlmodel, at_least_ios16=True)
     compress_program_to_size(
         prog,
@@ -176,7 +182,45 @@ def compress_to_size(
         workers=workers,
         client=client,
     )
+    if activations is not None:
+        from milcompress.passes.activations import parse_activation_config, quantize_program_activations
+
+        quantize_program_activations(prog, parse_activation_config("activations", activations), calibration, progress=progress)
     return model_from_program(prog, mlmodel, progress)
+
+
+def linear_quantize_activations(
+    mlmodel, config, sample_data, calibration_op_group_size: int = -1, *, precision: str = "float32", estimator: str = "minmax", percentile: float = 99.99, progress=False
+):
+    """coremltools' `linear_quantize_activations`, calibrated on the reference executor (Linux too).
+
+    `config`: coremltools' OptimizationConfig of OpLinearQuantizerConfig /
+    OpActivationLinearQuantizerConfig (or None: linear_symmetric int8 everywhere); `sample_data`:
+    coremltools' list of input dicts (a None key names a single-input model's input), or arrays
+    stacked along a new first axis by input name. `calibration_op_group_size` is accepted for
+    coremltools' signature and not needed: calibration keeps two numbers per activation and never
+    builds a model with extra outputs. The same activations get quantize/dequantize pairs as
+    coremltools chooses (see `passes/activations.py`); the model must be iOS17 or later.
+    `estimator` ("minmax", coremltools' choice; "percentile"; "mse") chooses each tensor's range
+    from what calibration saw (`passes/activations.py`).
+    `activation_report_of(result)` says what was quantized and what was left float, and why."""
+    from milcompress.passes.activations import quantize_program_activations
+
+    if not isinstance(calibration_op_group_size, int) or calibration_op_group_size == 0 or calibration_op_group_size < -1:
+        raise ConfigError(f"calibration_op_group_size: expected -1 or a positive integer, got {calibration_op_group_size!r}", field="calibration_op_group_size")
+    progress = as_progress(progress)
+    prog = program_of(mlmodel)
+    quantize_program_activations(prog, config, sample_data, precision=precision, estimator=estimator, percentile=percentile, progress=progress)
+    return model_from_program(prog, mlmodel, progress)
+
+
+def activation_report_of(model):
+    """The report of the last activation quantization of a model (or program); None if none ran."""
+    from milcompress.passes.activations import activation_reports_of
+
+    prog = ct_private.attached_program(model)
+    reports = activation_reports_of(prog) if prog is not None else []
+    return reports[-1] if reports else None
 
 
 def decompress_weights(mlmodel, *, progress=False):
@@ -207,7 +251,9 @@ def run_passes(mlmodel, passes, *, progress=None, save: bool = True, workers=Non
             if workers is not None and graph_pass.workers is None:
                 graph_pass.workers = workers
         graph_pass.apply(prog)
-    reports = reports_of(prog)
+    from milcompress.passes.activations import activation_reports_of
+
+    reports = reports_of(prog) + activation_reports_of(prog)
     return (model_from_program(prog, mlmodel, progress) if save else None), reports
 
 

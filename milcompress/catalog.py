@@ -34,6 +34,7 @@ BASE_PASSES: Dict[str, str] = {
     "milcompress::joint_compress_weights": "prune, then palettize or quantize the non-zeros",
     "milcompress::decompress_weights": "every constexpr chain back to a dense const",
     "milcompress::compress_to_size": "one form per weight, chosen to meet a size with least error",
+    "milcompress::quantize_activations": "int8 activations, calibrated quantize/dequantize pairs (iOS17; needs calibration)",
 }
 
 # Preset passes: pass id -> (base pass id, default config, one-line description).

@@ -13,9 +13,10 @@ def describe():
     return describe_pipelines()
 
 
-def get(name: str):
-    """A fresh pipeline by name (case-insensitive)."""
-    return pipeline(name.upper().removeprefix("MILCOMPRESS_"))
+def get(name: str, activations=None, calibration=None):
+    """A fresh pipeline by name (case-insensitive); `activations="int8"` with `calibration` (an
+    .npz path or samples) also quantizes activations, last (W8A8 is `get("INT8", "int8", ...)`)."""
+    return pipeline(name.upper().removeprefix("MILCOMPRESS_"), activations, calibration)
 
 
 def __getattr__(name: str):

@@ -4,7 +4,8 @@ Base passes (each takes a `config` option): `milcompress::compress_weights` (any
 `milcompress::prune_weights`, `milcompress::palettize_weights`,
 `milcompress::linear_quantize_weights`, `milcompress::joint_compress_weights`; and
 `milcompress::decompress_weights`; `milcompress::compress_to_size` (one form per weight, chosen
-to meet a size; see size.py). Preset passes (`milcompress::palettize_weights_4bit`, ...)
+to meet a size; see size.py); `milcompress::quantize_activations` (int8 activations, calibrated:
+see activations.py). Preset passes (`milcompress::palettize_weights_4bit`, ...)
 come with a default config; see `catalog.py` and `pipelines.py`. This package is the only code that walks
 programs.
 """
@@ -21,6 +22,7 @@ from milcompress.config import (
     PalettizeConfig,
     ThresholdPruneConfig,
 )
+from milcompress.passes.activations import ActivationReport, QuantizeActivations, activation_reports_of, quantize_program_activations
 from milcompress.passes.compress import CompressWeights, compress_program
 from milcompress.passes.decompress import DecompressWeights, decompress_program
 from milcompress.catalog import PRESETS
@@ -59,7 +61,7 @@ class JointCompressWeights(CompressWeights):
 
 BASE_PASSES: Dict[str, Type] = {
     cls.PASS_ID: cls
-    for cls in (CompressWeights, PruneWeights, PalettizeWeights, LinearQuantizeWeights, JointCompressWeights, DecompressWeights, CompressToSize)
+    for cls in (CompressWeights, PruneWeights, PalettizeWeights, LinearQuantizeWeights, JointCompressWeights, DecompressWeights, CompressToSize, QuantizeActivations)
 }
 
 
@@ -84,6 +86,10 @@ _register()
 
 __all__ = [
     "ALL_PASSES",
+    "ActivationReport",
+    "QuantizeActivations",
+    "activation_reports_of",
+    "quantize_program_activations",
     "CompressToSize",
     "CompressWeights",
     "ConstRecord",

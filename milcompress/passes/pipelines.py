@@ -82,9 +82,24 @@ def convert_passes(name: str) -> List[str]:
     return defaults[:at] + compression_passes(name) + defaults[at:]
 
 
-def pipeline(name: str):
-    """A fresh `ct.PassPipeline` for `ct.convert` (coremltools mutates the one it is given)."""
-    return new_pass_pipeline(convert_passes(name), f"milcompress_{name.lower()}")
+ACTIVATION_PASS = "milcompress::quantize_activations"
+
+
+def pipeline(name: str, activations=None, calibration=None):
+    """A fresh `ct.PassPipeline` for `ct.convert` (coremltools mutates the one it is given).
+
+    `activations` ("int8", "uint8" or an activation config) adds activation quantization,
+    calibrated on `calibration` (an .npz path or samples), as the very last pass: it measures
+    the program exactly as it will be saved, weights compressed and every fusion done."""
+    pass_ids = convert_passes(name)
+    if activations is not None:
+        if calibration is None:
+            raise ConfigError("activation quantization needs calibration samples: pipeline(..., calibration=...)", field="calibration")
+        pass_ids = pass_ids + [ACTIVATION_PASS]
+    result = new_pass_pipeline(pass_ids, f"milcompress_{name.lower()}" + ("_a8" if activations is not None else ""))
+    if activations is not None:
+        result.set_options(ACTIVATION_PASS, {"config": activations, "calibration": calibration})
+    return result
 
 
 def register_with_coremltools() -> None:

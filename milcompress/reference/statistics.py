@@ -130,3 +130,98 @@ class ChannelStatistics:
             record.sum_squares = record.sum_squares + sum_squares
             record.max_abs = np.maximum(record.max_abs, max_abs)
             record.count += columns.shape[0]
+
+
+@dataclass
+class RangeRecord:
+    """The smallest and largest value one activation took over every calibration run, and with
+    `histogram_bins`, a histogram of its values: `counts[i]` values fell in bin i of `bins` equal
+    bins spanning [-limit, limit] (limit a power of two at least max |value|)."""
+
+    rmin: float
+    rmax: float
+    runs: int  # calls of the op that produced it
+    counts: Optional[np.ndarray] = None  # int64 [bins], where histograms are kept
+    limit: float = 0.0
+
+
+def _power_of_two_above(value: float) -> float:
+    return float(2.0 ** np.ceil(np.log2(value))) if value > 0 else 1.0
+
+
+def _widened(counts: torch.Tensor, factor: int) -> torch.Tensor:
+    """A histogram over [-L, L] as the same histogram over [-factor L, factor L] (factor a power of
+    two dividing the bin count): each run of `factor` old bins becomes one bin of the middle."""
+    bins = counts.numel()
+    merged = counts.reshape(bins // factor, factor).sum(dim=1)
+    pad = (bins - merged.numel()) // 2
+    return torch.nn.functional.pad(merged, (pad, pad))
+
+
+class ActivationRanges:
+    """An executor observer recording the range of activations, for activation quantization:
+    `Interpreter(program, observers=[ranges])`, `ranges.observe_inputs(sample)` for each sample
+    run, then `ranges.records`. One pass over the samples, two numbers per activation (never a
+    copy of one), for the float outputs named in `names` (every float output if None).
+
+    Non-finite values are left out of the range and counted in `nonfinite`, so one overflow does
+    not make a scale infinite; the pass reports them."""
+
+    def __init__(self, names=None, histogram_bins: int = 0):
+        if histogram_bins and (histogram_bins < 2 or histogram_bins & (histogram_bins - 1)):
+            raise ValueError(f"histogram_bins must be 0 or a power of two >= 2, not {histogram_bins}")
+        self.names = None if names is None else frozenset(names)
+        self.histogram_bins = histogram_bins
+        self.records: Dict[str, RangeRecord] = {}
+        self.nonfinite: Dict[str, int] = {}
+        self._histograms: Dict[str, torch.Tensor] = {}
+
+    def __call__(self, op: Operation, args: OpArgs, outputs) -> None:
+        for var, value in zip(op.outputs, outputs):
+            self.observe(var.name, value)
+
+    def observe_inputs(self, sample) -> None:
+        """Record a run's function inputs (the executor observes ops, not its inputs)."""
+        for name, value in sample.items():
+            self.observe(name, value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value)))
+
+    def observe(self, name: str, value) -> None:
+        if self.names is not None and name not in self.names:
+            return
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.numel() == 0:
+            return
+        finite = torch.isfinite(value)
+        if not bool(finite.all()):
+            self.nonfinite[name] = self.nonfinite.get(name, 0) + int((~finite).sum())
+            value = value[finite]
+            if value.numel() == 0:
+                return
+        low, high = float(value.min()), float(value.max())
+        record = self.records.get(name)
+        if record is None:
+            record = self.records[name] = RangeRecord(low, high, 1)
+        else:
+            record.rmin, record.rmax, record.runs = min(record.rmin, low), max(record.rmax, high), record.runs + 1
+        if self.histogram_bins:
+            self._add_to_histogram(name, record, value)
+
+    def _add_to_histogram(self, name: str, record: RangeRecord, value: torch.Tensor) -> None:
+        """Counts of this run added; the span doubles (bins merging in pairs) to take new extremes."""
+        needed = _power_of_two_above(max(abs(record.rmin), abs(record.rmax)))
+        counts = self._histograms.get(name)
+        if counts is None:
+            counts = torch.zeros(self.histogram_bins, dtype=torch.int64)
+            record.limit = needed
+        elif needed > record.limit:
+            factor = int(round(needed / record.limit))
+            if factor >= self.histogram_bins:  # the old span now fits in the two middle bins
+                half = self.histogram_bins // 2
+                below, above = counts[:half].sum(), counts[half:].sum()
+                counts = torch.zeros_like(counts)
+                counts[half - 1], counts[half] = below, above
+            else:
+                counts = _widened(counts, factor)
+            record.limit = needed
+        counts += torch.histc(value.detach().double().reshape(-1), bins=self.histogram_bins, min=-record.limit, max=record.limit).to(torch.int64)
+        self._histograms[name] = counts
+        record.counts = counts.numpy()

@@ -91,10 +91,14 @@ def _specs(args) -> list:
     from milcompress.passes.spec import PassSpec, parse_passes
 
     chosen = [flag for flag in ("pipeline", "config", "passes", "target_bpw") if getattr(args, flag) is not None]
-    if len(chosen) != 1:
-        raise ConfigError("give exactly one of --pipeline, --config, --passes, --target-bpw", field="run")
-    if (args.calibration or args.sensitivity_seconds or args.error_feedback or args.no_synthetic_check) and not args.target_bpw:
-        raise ConfigError("--calibration, --sensitivity-seconds, --error-feedback and --no-synthetic-check go with --target-bpw", field="run")
+    if len(chosen) > 1 or (not chosen and not args.activations):
+        raise ConfigError("give exactly one of --pipeline, --config, --passes, --target-bpw (or --activations alone)", field="run")
+    if args.activations and not args.calibration:
+        raise ConfigError("--activations needs --calibration (an .npz of calibration inputs)", field="calibration")
+    if args.calibration and not (args.target_bpw or args.activations):
+        raise ConfigError("--calibration goes with --target-bpw or --activations", field="run")
+    if (args.sensitivity_seconds or args.error_feedback or args.no_synthetic_check) and not args.target_bpw:
+        raise ConfigError("--sensitivity-seconds, --error-feedback and --no-synthetic-check go with --target-bpw", field="run")
     if args.error_feedback and not args.calibration:
         raise ConfigError("--error-feedback needs --calibration", field="run")
     if args.target_bpw is not None:
@@ -108,6 +112,8 @@ def _specs(args) -> list:
         if args.no_synthetic_check:
             options["synthetic_check"] = "false"
         specs = [PassSpec("milcompress::compress_to_size", options)]
+    elif not chosen:
+        specs = []
     elif args.pipeline:
         specs = [PassSpec(p) for p in compression_passes(args.pipeline)]
     elif args.config:
@@ -116,6 +122,8 @@ def _specs(args) -> list:
         specs = [PassSpec("milcompress::compress_weights", {"config": args.config})]
     else:
         specs = parse_passes(args.passes)
+    if args.activations:  # last: calibration sees the weights as they will be stored
+        specs.append(PassSpec("milcompress::quantize_activations", {"config": args.activations, "calibration": args.calibration}))
     if args.strict:  # config entries that match no weight fail the pass instead of a warning
         specs = [PassSpec(s.pass_id, {**s.options, "strict": "true"}) if _takes_option(s, "strict") else s for s in specs]
     if args.on_unsupported:
@@ -525,7 +533,8 @@ EXAMPLES = {
   milcompress run demo/demo.mlpackage -o sized.mlpackage --target-bpw 4.5 --calibration demo/calibration.npz
   milcompress run demo/demo.mlpackage --pipeline INT4_BLOCK32 --dry-run
   milcompress run big.mlpackage -o small.mlpackage --pipeline INT4_BLOCK32 --workers 2
-  milcompress run big.mlpackage -o small.mlpackage --target-bpw 4 --scheduler tcp://10.0.0.5:8786""",
+  milcompress run big.mlpackage -o small.mlpackage --target-bpw 4 --scheduler tcp://10.0.0.5:8786
+  milcompress run demo/demo.mlpackage -o w8a8.mlpackage --pipeline INT8 --activations int8 --calibration demo/calibration.npz""",
     "inspect": """examples:
   milcompress inspect demo/demo.mlpackage
   milcompress inspect small.mlpackage --json""",
@@ -582,7 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="a YAML config: ours or coremltools' OptimizationConfig layout")
     run.add_argument("--passes", help="passes as text: pass_id{option=value,...},...")
     run.add_argument("--target-bpw", help="one form per weight, chosen to average this many bits per weight with least error")
-    run.add_argument("--calibration", help="with --target-bpw: an .npz of inputs for activation-aware errors and bias correction (a decoder: its token ids alone, one sequence per row)")
+    run.add_argument("--calibration", help="with --target-bpw: an .npz of inputs for activation-aware errors and bias correction (a decoder: its token ids alone, one sequence per row); "
+                     "with --activations: the inputs activation ranges are calibrated on")
+    run.add_argument("--activations", choices=["int8", "uint8"],
+                     help="also quantize activations (coremltools' linear_quantize_activations, iOS17+), last, calibrated on --calibration; alone: A8 with the weights as they are")
     run.add_argument("--sensitivity-seconds", help="with --target-bpw and --calibration: time to measure each weight's end-to-end sensitivity")
     run.add_argument("--error-feedback", action="store_true",
                      help="with --target-bpw and --calibration: re-encode matrix-like weights by error feedback (GPTQ) where held-out calibration inputs confirm it helps")
