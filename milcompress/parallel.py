@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import types
+from abc import ABC, abstractmethod
 from typing import Callable, Deque, Iterable, Iterator, Optional, TypeVar
 
 from milcompress.errors import ConfigError, PassError
@@ -77,7 +78,7 @@ def check_workers(workers, field: str = "workers") -> Optional[int]:
     return workers
 
 
-class Executor:
+class Executor(ABC):
     """Runs `function(job)` for independent jobs; `map` yields the results in the jobs' order.
 
     `function` must be a module-level function (workers import it by name) and each job
@@ -85,8 +86,9 @@ class Executor:
 
     workers: int = 1
 
+    @abstractmethod
     def map(self, function: Callable[[Job], Result], jobs: Iterable[Job]) -> Iterator[Result]:
-        raise NotImplementedError
+        ...
 
     def close(self, abort: bool = False) -> None:
         """Stop what this executor started (nothing, for the base class); `abort`: without
@@ -140,8 +142,9 @@ class _Bounded(Executor):
     def __init__(self, in_flight: int):
         self.in_flight = max(1, in_flight)
 
+    @abstractmethod
     def _submit(self, function, job):
-        raise NotImplementedError
+        """Start `function(job)`; its future."""
 
     @staticmethod
     def _result(future):

@@ -294,10 +294,10 @@ class Interpreter:
         """`run` on the snapshot's inputs with `replace`, computing only from the first top-level op
         that reads a replaced const on: every op before it computed what it did in the snapshot."""
         replacements = self.converted_replacements(replace)
-        readers = self._first_readers()
-        start = min((readers.get(name, len(self.function.operations)) for name in replacements), default=len(self.function.operations))
+        readers, operations = self._first_readers(), list(self.function.operations)
+        start = min((readers.get(name, len(operations)) for name in replacements), default=len(operations))
         env: Dict[str, Value] = ChainMap({**snapshot.values, **replacements}, self._static)
-        for op in list(self.function.operations)[start:]:
+        for op in operations[start:]:
             if not _is_static(op):
                 self._execute(self.function, op, env)
         return {var.name: value_to_numpy(env[var.name]) for var in self.function.outputs}
