@@ -99,3 +99,48 @@ def test_stateful_weights_are_compared_with_a_stateless_run_by_digest():
     digest = decoder._digest({"w": (decoder.np.ones((2, 3), dtype="float16"), None)})
     assert digest == decoder._digest({"w": (decoder.np.ones((2, 3), dtype="float16"), "LUT")})
     assert digest != decoder._digest({"w": (decoder.np.ones((3, 2), dtype="float16"), None)})
+
+
+def test_each_package_is_verified_through_the_api_and_the_cli_and_stateful_equals_stateless(tmp_path):
+    import warnings
+
+    import milcompress
+    from benchmarks.models.llama import LlamaConfig, convert, random_llama
+    from milcompress.config import LinearQuantizeConfig
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, max_context=16)
+    ids_path = tmp_path / decoder.VERIFY_FILE
+    decoder.np.savez(ids_path, input_ids=decoder.np.array([[5, 17, 3, 42, 8, 60]], dtype="int32"))
+    found = {}
+    for variant in ("stateful", "stateless"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dense = convert(random_llama(config, stateful=variant == "stateful", seed=3))
+        small = milcompress.linear_quantize_weights(dense, LinearQuantizeConfig(dtype="int4", granularity="per_block", block_size=8, weight_threshold=0))
+        dense.save(str(tmp_path / f"{variant}.mlpackage"))
+        small.save(str(tmp_path / f"{variant}-int4.mlpackage"))
+        # One real CLI process (the stateful one); the stateless package through the API only.
+        found[variant] = decoder.verify_package(tmp_path / f"{variant}.mlpackage", tmp_path / f"{variant}-int4.mlpackage", ids_path,
+                                                cli=variant == "stateful")
+    stateful, stateless = found["stateful"], found["stateless"]
+    assert stateful["cli_exit"] == 0 and stateful["cli_same"] is True, stateful
+    assert "cli_exit" not in stateless
+    steps = stateful["api"]["steps"]
+    assert [s["step"] for s in steps] == list(range(decoder.VERIFY_STEPS + 1)) and steps[0]["positions"] == 6
+    assert all(0.9 < s["cosine"] < 1 for s in steps) and stateful["api"]["perplexity"][0] != stateful["api"]["perplexity"][1]
+    assert decoder.same_verify(stateful["api"], stateless["api"])
+    moved = json.loads(json.dumps(stateless["api"]))
+    moved["steps"][1]["kl"] *= 1.01
+    assert not decoder.same_verify(stateful["api"], moved)
+
+    result = _smollm2_result("stateful")
+    run = result["configs"]["palettize 4-bit per tensor"]["milcompress"]
+    run["verify"] = stateful
+    other = _smollm2_result("stateless")
+    other["configs"]["palettize 4-bit per tensor"]["milcompress"]["verify"] = stateless
+    decoder._compare_to_stateless([other, result])
+    assert run["same_verify_as_stateless"] is True
+    text = decoder.report([other, result], "python benchmarks/decoder.py")
+    assert "Verified on Linux" in text and "CLI = API" in text
+    row = next(line for line in decoder.verify_table(result).splitlines() if line.startswith("palettize 4-bit per tensor ="))
+    assert row.split()[-2:] == ["0", "yes"]
