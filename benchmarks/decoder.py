@@ -14,8 +14,8 @@ objects for the single configs (int8 per channel, int4 per block 32, 4-bit palet
 per groups of 16) and, for milcompress only, `compress_to_size` at 3, 4, 4.5 and 5 bits per
 weight, data-free and, on SmolLM2, calibrated (7 windows of 64 tokens the evaluation never sees).
 The runs go in `plan_of`'s order, what matters most first; results are saved after each one. The
-stateful SmolLM2 runs the quick set (its weights must equal the stateless conversion's);
-coremltools' grouped k-means runs last, and not on the random decoder (hours there).
+stateful SmolLM2 runs every config too (its weights must equal the stateless conversion's, and
+verify alike); coremltools' grouped k-means runs last, and not on the random decoder (hours there).
 
 Per result: seconds, peak MB (the rise of the process's resident memory during the call), package
 size, stored bits per weight (every 2-D float const, compressed or not: the dense rotary tables
@@ -111,10 +111,10 @@ def plan_of(model: str, variant: str, quick: bool, only: Optional[List[str]] = N
     a run stopped early has it (on shared cores a full run takes hours).
 
     coremltools runs the single configs; milcompress those and compress_to_size, calibrated on
-    SmolLM2 only (real text). The stateful SmolLM2 runs the quick set: its weights must equal the
-    stateless ones, and it shows time and memory on the stateful program. coremltools' grouped
-    k-means (scikit-learn per group of 16 rows) runs last, and not on the random decoder."""
-    quick = quick or (model == "smollm2" and variant == "stateful")
+    SmolLM2 only (real text). The stateful SmolLM2 runs every config as the stateless one does: its
+    weights must equal the stateless ones, and each must verify (`verify_package`) as the stateless
+    one does. coremltools' grouped k-means (scikit-learn per group of 16 rows) runs last, and not on
+    the random decoder."""
     uniform = QUICK_UNIFORM if quick else ("int4 per block 32", "palettize 4-bit per tensor", "palettize 4-bit groups of 16", "int8 per channel")
     targets = QUICK_TARGETS if quick else (4.0, 4.5, 3.0, 5.0)
     plan = []

@@ -19,9 +19,10 @@ def test_compress_to_size_and_calibration_are_ours_alone_and_on_smollm2_only():
     random = decoder.plan_of("random_llama", "stateful", quick=False)
     assert not any("calibrated" in label for _, label in random)
     assert ("milcompress", "palettize 4-bit groups of 16") in random and ("coremltools", "palettize 4-bit groups of 16") not in random
-    stateful = decoder.plan_of("smollm2", "stateful", quick=False)  # the quick set: same weights, time, memory
-    assert stateful == decoder.plan_of("smollm2", "stateless", quick=True)
-    assert ("milcompress", "compress_to_size 4 calibrated") in stateful
+    stateful = decoder.plan_of("smollm2", "stateful", quick=False)  # every config: same weights, verified alike
+    assert stateful == plan
+    assert decoder.plan_of("smollm2", "stateful", quick=True) == decoder.plan_of("smollm2", "stateless", quick=True)
+    assert ("milcompress", "compress_to_size 4 calibrated") in decoder.plan_of("smollm2", "stateful", quick=True)
     assert decoder.plan_of("smollm2", "stateless", quick=True, only=["compress_to_size 4"]) == [("milcompress", "compress_to_size 4")]
     match = decoder.SIZE_LABEL.match("compress_to_size 4.5 calibrated")
     assert float(match["target"]) == 4.5 and match["calibrated"]
