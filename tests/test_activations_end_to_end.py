@@ -151,8 +151,17 @@ def test_command_line_w8a8_and_its_usage_errors(models, tmp_path):
     code, stdout, _ = _cli("run", package, "-o", tmp_path / "a8.mlpackage", "--activations", "int8", "--calibration", calibration)
     assert code == 0 and "passes: milcompress::quantize_activations" in stdout  # A8 alone, weights as they are
 
+    code, stdout, stderr = _cli("run", package, "-o", tmp_path / "mse.mlpackage", "--activations", "int8", "--calibration", calibration,
+                                "--activation-ranges", "mse", "--report", tmp_path / "mse.json")
+    assert code == 0 and "quantize_activations{config=int8,calibration=" in stdout and "estimator=mse}" in stdout, stderr
+    minmax, mse = (json.loads((tmp_path / name).read_text())[-1]["tensors"] for name in ("r.json", "mse.json"))
+    assert [t["name"] for t in minmax] == [t["name"] for t in mse]
+    assert any(a["scale"] != b["scale"] for a, b in zip(minmax, mse))  # other ranges were chosen
+
     code, _, stderr = _cli("run", package, "-o", tmp_path / "x.mlpackage", "--pipeline", "INT8", "--activations", "int8")
     assert code == 2 and "--activations needs --calibration" in stderr
+    code, _, stderr = _cli("run", package, "-o", tmp_path / "x.mlpackage", "--pipeline", "INT8", "--activation-ranges", "mse")
+    assert code == 2 and "--activation-ranges goes with --activations" in stderr
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, x=np.zeros((4, 1, 3, 5, 5), np.float32))
     code, _, stderr = _cli("run", package, "-o", tmp_path / "y.mlpackage", "--activations", "int8", "--calibration", wrong)

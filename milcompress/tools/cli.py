@@ -95,6 +95,8 @@ def _specs(args) -> list:
         raise ConfigError("give exactly one of --pipeline, --config, --passes, --target-bpw (or --activations alone)", field="run")
     if args.activations and not args.calibration:
         raise ConfigError("--activations needs --calibration (an .npz of calibration inputs)", field="calibration")
+    if args.activation_ranges and not args.activations:
+        raise ConfigError("--activation-ranges goes with --activations", field="activation_ranges")
     if args.calibration and not (args.target_bpw or args.activations):
         raise ConfigError("--calibration goes with --target-bpw or --activations", field="run")
     if (args.sensitivity_seconds or args.error_feedback or args.no_synthetic_check) and not args.target_bpw:
@@ -123,7 +125,10 @@ def _specs(args) -> list:
     else:
         specs = parse_passes(args.passes)
     if args.activations:  # last: calibration sees the weights as they will be stored
-        specs.append(PassSpec("milcompress::quantize_activations", {"config": args.activations, "calibration": args.calibration}))
+        options = {"config": args.activations, "calibration": args.calibration}
+        if args.activation_ranges:
+            options["estimator"] = args.activation_ranges
+        specs.append(PassSpec("milcompress::quantize_activations", options))
     if args.strict:  # config entries that match no weight fail the pass instead of a warning
         specs = [PassSpec(s.pass_id, {**s.options, "strict": "true"}) if _takes_option(s, "strict") else s for s in specs]
     if args.on_unsupported:
@@ -595,6 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "with --activations: the inputs activation ranges are calibrated on")
     run.add_argument("--activations", choices=["int8", "uint8"],
                      help="also quantize activations (coremltools' linear_quantize_activations, iOS17+), last, calibrated on --calibration; alone: A8 with the weights as they are")
+    run.add_argument("--activation-ranges", choices=["minmax", "percentile", "mse"],
+                     help="with --activations: how each activation's range is chosen from the calibration: minmax (the default, "
+                          "coremltools'), percentile (99.99%% of the values) or mse (least quantization error)")
     run.add_argument("--sensitivity-seconds", help="with --target-bpw and --calibration: time to measure each weight's end-to-end sensitivity")
     run.add_argument("--error-feedback", action="store_true",
                      help="with --target-bpw and --calibration: re-encode matrix-like weights by error feedback (GPTQ) where held-out calibration inputs confirm it helps")
