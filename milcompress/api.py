@@ -137,7 +137,7 @@ def compress_to_size(
     calibration=None,
     sensitivity_seconds: float = 0.0,
     bias_correction: bool = True,
-    error_feedback: bool = False,
+    error_feedback: Optional[bool] = None,
     weight_threshold: int = 2048,
     synthetic_check: Optional[bool] = None,
     activations=None,
@@ -150,8 +150,9 @@ def compress_to_size(
     inputs (arrays by input name, stacked along a new first axis, or a list of dicts) for
     activation-aware errors and k-means and, unless `bias_correction=False`, for correcting each
     compressed layer's bias by the mean output shift its compression adds and, with
-    `error_feedback=True`, for re-encoding each matrix-like weight's chosen form by error feedback
-    (GPTQ); `sensitivity_seconds` > 0 also measures end-to-end sensitivity. Without calibration, a
+    error feedback (GPTQ), for re-encoding each matrix-like weight's chosen form (`error_feedback`:
+    None, the default, for decoders only; True or False for any model);
+    `sensitivity_seconds` > 0 also measures end-to-end sensitivity. Without calibration, a
     decoder (token ids in, logits out) is run on synthetic token ids instead, every weight's
     sensitivity measured on them (`synthetic_check`: None for decoders only, True to require it,
     False never). `progress=True` draws

@@ -79,7 +79,7 @@ the trace of each weight's Fisher information from two backward passes through t
 (data-free errors) and 192 (activation-weighted), 5 bits 62 and 101: it is a small-noise
 expansion, and the forms that save the most bytes are not small noise.
 
-With `error_feedback=True` (off by default), each chosen form of a weight that acts as a matrix
+With `error_feedback=True` (by default on decoders given calibration inputs, off otherwise), each chosen form of a weight that acts as a matrix
 (linear, matmul, 1x1 convolution) is re-encoded by GPTQ against the second moment of its inputs
 (`ops/feedback.py`: same tables and scales, so the same bytes; other indices), where, fitted on
 the first half of the calibration samples, that lowers the output error on the second half. It
@@ -92,7 +92,12 @@ grayscale, with sensitivity, gets a lower KL at 6 of the size sweep's 8 targets 
 0.123); without sensitivity, 0.053 -> 0.061 at 4.5 bits. The held-out check passes there all
 the same: both halves share the grayscale photos' channel correlations, which colour photos do
 not have. Hence off by default: it trusts the calibration inputs more than the diagonal
-weighting does.
+weighting does. Decoders are the exception, and there it is on by default when calibration inputs
+are given: sequences of real text are the inputs GPTQ was made for, and on SmolLM2-135M (7
+windows of 64 tokens) it took perplexity from 981 to 582 at 3 bits per weight and from 63.8 to
+55.8 at 4 (next-token agreement 0.62 -> 0.63), for about 170 of its 211 weights; the held-out
+check declines the rest. It costs time: the rewrite took 290-440 s instead of about 50 on two
+shared cores.
 
 Tried and left out: weighting each element's error by the diagonal of the outputs' Fisher /
 Gauss-Newton matrix (gradients through the reference executor). It predicted single-layer damage
@@ -328,7 +333,7 @@ def compress_program_to_size(
     calibration=None,
     sensitivity_seconds: float = 0.0,
     bias_correction: bool = True,
-    error_feedback: bool = False,
+    error_feedback: Optional[bool] = None,
     weight_threshold: int = 2048,
     synthetic_check: Optional[bool] = None,
     pass_name: str = "milcompress::compress_to_size",
@@ -346,6 +351,10 @@ def compress_program_to_size(
     also measures each weight's end-to-end sensitivity within that many seconds. `progress` (a
     `milcompress.progress.Progress`) hears of each stage: calibration, evaluation, sensitivity,
     rewrite (building the chosen forms) and error feedback.
+
+    `error_feedback`: re-encode matrix-like weights by GPTQ (see the module docstring); None (the
+    default) does it for a decoder given calibration inputs (real sequences: GPTQ's home ground),
+    never without calibration inputs; True asks for it (an error without them); False never.
 
     `synthetic_check` (without calibration): run the program on synthetic inputs and weigh each
     weight by what they show, as calibration does, measuring every weight's sensitivity. None (the
@@ -370,6 +379,8 @@ def compress_program_to_size(
         raise ConfigError("error_feedback needs calibration inputs", field="error_feedback")
     candidates = tuple(DEFAULT_CANDIDATES if candidates is None else candidates)
     decoder = _decoder_of(prog)
+    if error_feedback is None:  # decoders calibrated on real sequences gain the most from it
+        error_feedback = decoder is not None and calibration is not None
     synthetic = None
     if calibration is None and synthetic_check is not False:
         if decoder is None and synthetic_check:
@@ -528,7 +539,7 @@ class CompressToSize(AbstractGraphPass):
     - calibration: inputs for the reference executor (arrays by input name, or an .npz path)
       for activation-weighted errors and k-means and bias correction; bias_correction (default
       true; "false" keeps the biases); sensitivity_seconds: time for end-to-end sensitivity
-      measurement (needs calibration); error_feedback (default false; needs calibration):
+      measurement (needs calibration); error_feedback (needs calibration; unset: for decoders):
       re-encode matrix-like weights by GPTQ where held-out calibration inputs confirm it helps;
     - weight_threshold: weights with at most this many elements stay dense (default 2048);
     - synthetic_check: without calibration, weigh a decoder's weights by a run on synthetic token
@@ -547,7 +558,7 @@ class CompressToSize(AbstractGraphPass):
     calibration = PassOption(lambda name, value: load_arrays(value) if isinstance(value, (str, os.PathLike)) else value)
     sensitivity_seconds = PassOption(lambda name, value: parse_float(name, value, 0.0, math.inf), default=0.0)
     bias_correction = PassOption(parse_bool, default=True)
-    error_feedback = PassOption(parse_bool, default=False)
+    error_feedback = PassOption(optional(parse_bool))
     weight_threshold = PassOption(lambda name, value: parse_int(name, value, 0), default=2048)
     synthetic_check = PassOption(optional(parse_bool))
     report_path = PassOption(parse_path)

@@ -99,8 +99,8 @@ def _specs(args) -> list:
         raise ConfigError("--activation-ranges goes with --activations", field="activation_ranges")
     if args.calibration and not (args.target_bpw or args.activations):
         raise ConfigError("--calibration goes with --target-bpw or --activations", field="run")
-    if (args.sensitivity_seconds or args.error_feedback or args.no_synthetic_check) and not args.target_bpw:
-        raise ConfigError("--sensitivity-seconds, --error-feedback and --no-synthetic-check go with --target-bpw", field="run")
+    if (args.sensitivity_seconds or args.error_feedback is not None or args.no_synthetic_check) and not args.target_bpw:
+        raise ConfigError("--sensitivity-seconds, --(no-)error-feedback and --no-synthetic-check go with --target-bpw", field="run")
     if args.error_feedback and not args.calibration:
         raise ConfigError("--error-feedback needs --calibration", field="run")
     if args.target_bpw is not None:
@@ -109,8 +109,8 @@ def _specs(args) -> list:
             options["calibration"] = args.calibration
         if args.sensitivity_seconds:
             options["sensitivity_seconds"] = args.sensitivity_seconds
-        if args.error_feedback:
-            options["error_feedback"] = "true"
+        if args.error_feedback is not None:
+            options["error_feedback"] = "true" if args.error_feedback else "false"
         if args.no_synthetic_check:
             options["synthetic_check"] = "false"
         specs = [PassSpec("milcompress::compress_to_size", options)]
@@ -604,8 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --activations: how each activation's range is chosen from the calibration: minmax (the default, "
                           "coremltools'), percentile (99.99%% of the values) or mse (least quantization error)")
     run.add_argument("--sensitivity-seconds", help="with --target-bpw and --calibration: time to measure each weight's end-to-end sensitivity")
-    run.add_argument("--error-feedback", action="store_true",
-                     help="with --target-bpw and --calibration: re-encode matrix-like weights by error feedback (GPTQ) where held-out calibration inputs confirm it helps")
+    feedback = run.add_mutually_exclusive_group()
+    feedback.add_argument("--error-feedback", action="store_true", default=None,
+                          help="with --target-bpw and --calibration: re-encode matrix-like weights by error feedback (GPTQ) where held-out "
+                               "calibration inputs confirm it helps (the default for decoders)")
+    feedback.add_argument("--no-error-feedback", dest="error_feedback", action="store_false",
+                          help="with --target-bpw: never re-encode by error feedback, not even a decoder's weights")
     run.add_argument("--no-synthetic-check", action="store_true",
                      help="with --target-bpw and no --calibration: do not run a decoder on synthetic token ids to measure each weight's sensitivity (faster; data-free errors alone)")
     run.add_argument("--on-unsupported", choices=["error", "skip"], help="forms the model's opset cannot hold: fail (default) or skip")

@@ -218,9 +218,11 @@ def test_compress_verify_and_calibrated_compress_to_size_on_a_stateful_decoder(d
         ("int4 per block 32", LinearQuantizeConfig(dtype="int4", granularity="per_block", block_size=32, weight_threshold=0)),
         ("palette 4-bit", PalettizeConfig(nbits=4, weight_threshold=0)),
     ]
-    small = milcompress.compress_to_size(model, 5.0, calibration=calibration, candidates=candidates, sensitivity_seconds=1,
-                                         error_feedback=True, weight_threshold=0)
+    small = milcompress.compress_to_size(model, 5.0, calibration=calibration, candidates=candidates, sensitivity_seconds=1, weight_threshold=0)
     summary = milcompress.report_of(small).summary
+    # A calibrated decoder gets error feedback by default: each matrix-like weight says what it did.
+    notes = [note for record in milcompress.report_of(small).records for note in record.notes]
+    assert sum("error feedback" in note for note in notes) >= 4, notes
     assert summary["calibrated"] and summary["sensitivity_measured"] > 0 and summary["biases_corrected"] > 0  # from the statistics of every call
     assert 4.5 < summary["bits_per_weight"] <= 5.0
     report = milcompress.verify(model, small, {"input_ids": calibration["input_ids"][:2]}, steps=4)
@@ -236,8 +238,10 @@ def test_compress_verify_and_calibrated_compress_to_size_on_a_stateful_decoder(d
     assert main(["verify", str(original), str(packed), "--random", "1", "--shape", "input_ids"]) == 2
     # The runner calibrates on the same token ids.
     again = tmp_path / "decoder_cli.mlpackage"
-    spec = f"compress_to_size{{target_bits_per_weight=8,weight_threshold=1024,calibration={tmp_path / 'ids.npz'}}}"
-    assert main(["run", str(original), "-o", str(again), "--passes", spec]) == 0
+    spec = f"compress_to_size{{target_bits_per_weight=8,weight_threshold=1024,calibration={tmp_path / 'ids.npz'},error_feedback=false}}"
+    assert main(["run", str(original), "-o", str(again), "--passes", spec, "--report", str(tmp_path / "r.json")]) == 0
+    records = json.loads((tmp_path / "r.json").read_text())[0]["consts"]
+    assert records and not any("error feedback" in note for record in records for note in record.get("notes") or [])
     assert main(["verify", str(original), str(again), "--random", "1", "--steps", "1"]) == 0
 
 

@@ -464,9 +464,11 @@ def test_run_to_a_target_size(models, tmp_path):
     result = cli("run", models["ios18"], "-o", tmp_path / "x.mlpackage", "--pipeline", "INT8", "--calibration", inputs)
     assert result.returncode == 2 and "--calibration goes with --target-bpw or --activations" in result.stderr
     result = cli("run", models["ios18"], "-o", tmp_path / "x.mlpackage", "--pipeline", "INT8", "--no-synthetic-check")
-    assert result.returncode == 2 and "--sensitivity-seconds, --error-feedback and --no-synthetic-check go with --target-bpw" in result.stderr
+    assert result.returncode == 2 and "--sensitivity-seconds, --(no-)error-feedback and --no-synthetic-check go with --target-bpw" in result.stderr
     result = cli("run", models["ios18"], "-o", tmp_path / "x.mlpackage", "--target-bpw", "5", "--error-feedback")
     assert result.returncode == 2 and "--error-feedback needs --calibration" in result.stderr
+    result = cli("run", models["ios18"], "-o", tmp_path / "x.mlpackage", "--target-bpw", "5", "--error-feedback", "--no-error-feedback")
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr
 
 
 @pytest.fixture(scope="module")
