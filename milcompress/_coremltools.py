@@ -371,6 +371,14 @@ def blob_ref_of(var: Var):
     return held.blob_ref if isinstance(held, _OnDemand) else None
 
 
+def const_value(var: Var):
+    """A const output's value, as `var.val` gives it, read from its blob once: coremltools' `val`
+    asks its holder twice (once to see whether it is symbolic), which would read a weight read on
+    demand twice."""
+    held = getattr(var, "_sym_val", None)
+    return held._read() if isinstance(held, _OnDemand) else var.val
+
+
 def read_on_demand(var: Var, ref) -> None:
     """Make const `var` read its value from `ref` whenever asked, instead of holding it: the value
     it holds now is dropped. `ref`: a `storage.BlobRef`, or anything with its `load(what=...)`."""

@@ -187,6 +187,10 @@ is measured on this many sequences (of the calibration inputs, or the synthetic 
 SNAPSHOT_BYTES = 1 << 30
 """Sensitivity runs reuse the dense run's values (`Interpreter.snapshot`) of samples holding up to
 this many bytes in all; further samples are run whole."""
+HELD_WEIGHT_BYTES = 1 << 30
+"""While sensitivity is measured, the weights the executor reads from a saved package stay in
+memory (as the executor holds them: float32) up to this many bytes (`Interpreter.holding`), so
+each is read and converted once rather than on every what-if run."""
 FEEDBACK_MAX_INPUTS = 4096
 """Error feedback needs each weight's [inputs, inputs] second moment: recorded up to this size."""
 _PROBE = PalettizeConfig(nbits=4, weight_threshold=0)  # the form sensitivity is measured with
@@ -728,9 +732,9 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
         count = len(samples)
     count = count if max_samples is None else min(count, max_samples)
     chosen = np.linspace(0, len(samples) - 1, count).round().astype(int)  # distinct: count <= len(samples)
-    run.snapshots = _snapshots(interpreter, [samples[i] for i in chosen], chosen)
     measured: Dict[int, float] = {}
-    with progress.stage("sensitivity", total=len(weights), unit="weights") as advance:
+    with interpreter.holding(HELD_WEIGHT_BYTES), progress.stage("sensitivity", total=len(weights), unit="weights") as advance:
+        run.snapshots = _snapshots(interpreter, [samples[i] for i in chosen], chosen)
         for index in sorted(range(len(weights)), key=lambda i: -weights[i].candidate.value.size):
             if time.perf_counter() > deadline:
                 break

@@ -36,6 +36,7 @@ other: in "float32" precision a float16 state holds float32 values, in "float16"
 
 from __future__ import annotations
 
+import contextlib
 from collections import ChainMap
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -114,7 +115,8 @@ class _StaticValues(Mapping):
     weights are read on demand from its package (`packages.program_of`) has only its small ones
     held, and each large one (a weight, dense or decompressed) computed from the package whenever
     an op reads it and dropped after that op, so running a model takes the memory of one weight
-    at a time, not of them all."""
+    at a time, not of them all. Many runs in a row (the size allocation's what-if runs) may `hold`
+    large ones too, up to a number of bytes, for as long as they need them."""
 
     SMALL_BYTES = 1 << 16
 
@@ -123,20 +125,40 @@ class _StaticValues(Mapping):
         self._ops = {var.name: (block, op) for block, op in static for var in op.outputs}
         self._hold_all = hold_all
         self._held: Dict[str, Value] = {}
+        self._large: Dict[str, Value] = {}  # large values held while `hold` allows
+        self._budget = 0  # bytes of large values that may still be held
         if hold_all:
             for block, op in static:
                 self._execute(block, op, self._held)
 
+    @contextlib.contextmanager
+    def hold(self, max_bytes: int):
+        """Within the block, keep each large value computed while the ones kept hold at most
+        `max_bytes` in all; released after it."""
+        self._budget = int(max_bytes)
+        try:
+            yield
+        finally:
+            self._budget = 0
+            self._large.clear()
+
     def __getitem__(self, name: str) -> Value:
         if name in self._held:
             return self._held[name]
+        if name in self._large:
+            return self._large[name]
         block, op = self._ops[name]
         computed: Dict[str, Value] = ChainMap({}, self)
         self._execute(block, op, computed)
         for var in op.outputs:
             value = computed.maps[0][var.name]
-            if isinstance(value, torch.Tensor) and value.numel() * value.element_size() <= self.SMALL_BYTES:
-                self._held[var.name] = value
+            if isinstance(value, torch.Tensor):
+                nbytes = value.numel() * value.element_size()
+                if nbytes <= self.SMALL_BYTES:
+                    self._held[var.name] = value
+                elif nbytes <= self._budget:
+                    self._large[var.name] = value
+                    self._budget -= nbytes
         return computed.maps[0][name]
 
     def __contains__(self, name) -> bool:
@@ -277,6 +299,12 @@ class Interpreter:
         env.update(states)
         outputs = self._run_block(self.function, env, ())
         return {var.name: value_to_numpy(value) for var, value in zip(self.function.outputs, outputs)}
+
+    def holding(self, max_bytes: int):
+        """A context in which the weights a run reads from the package stay in memory, up to
+        `max_bytes` in all, for the runs that follow (a program held in memory holds them all
+        anyway): many runs in a row then read and convert each weight once."""
+        return self._static.hold(max_bytes)
 
     def snapshot(self, inputs: Mapping[str, object]) -> "Snapshot":
         """One call of a stateless function, keeping every value it computed, so that what-if runs

@@ -351,3 +351,44 @@ def test_a_stateful_program_has_no_snapshot():
 
     with pytest.raises(InputError, match="stateful"):
         Interpreter(program).snapshot({"x": np.zeros(2, np.float16)})
+
+
+def test_holding_keeps_the_weights_read_from_a_package_for_the_runs_that_follow(tmp_path, monkeypatch):
+    import coremltools as ct
+
+    from milcompress import storage
+    from milcompress.packages import program_of
+
+    generator = np.random.default_rng(0)
+    # Two weights of 128 KiB in float32 (64 KiB in float16), more than the executor keeps anyway.
+    first, second = generator.standard_normal((256, 128)).astype(np.float32), generator.standard_normal((128, 256)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec((2, 128))], opset_version=IOS18)
+    def program(x):
+        return mb.linear(x=mb.relu(x=mb.linear(x=x, weight=first)), weight=second, name="out")
+
+    path = tmp_path / "two.mlpackage"
+    ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18).save(str(path))
+    interpreter = Interpreter(program_of(ct.models.MLModel(str(path), skip_model_load=True)))
+    loads = []
+    original_load = storage.BlobRef.load
+    monkeypatch.setattr(storage.BlobRef, "load", lambda self, *a, **k: loads.append(self.offset) or original_load(self, *a, **k))
+    interpreter.run({"x": np.zeros((2, 128), np.float32)})  # the small consts (biases) are kept from the first run on
+    loads.clear()
+    inputs = {"x": generator.standard_normal((2, 128)).astype(np.float32)}
+    expected = interpreter.run(inputs)["out"]
+    assert len(loads) == 2  # read on demand, each weight once a run
+    with interpreter.holding(1 << 20):
+        for _ in range(3):
+            np.testing.assert_array_equal(interpreter.run(inputs)["out"], expected)
+    assert len(loads) == 4  # read once for the three runs
+    interpreter.run(inputs)
+    assert len(loads) == 6  # released after the block
+    with interpreter.holding(100_000):  # no room for a float32 weight (131,072 bytes): none is kept
+        interpreter.run(inputs)
+        interpreter.run(inputs)
+    assert len(loads) == 10
+    with interpreter.holding(140_000):  # room for one of them
+        interpreter.run(inputs)
+        interpreter.run(inputs)
+    assert len(loads) == 13

@@ -12,9 +12,10 @@ from milcompress.reference.kernels import OpArgs, kernel
 
 @kernel("const")
 def const(args: OpArgs):
+    from milcompress._coremltools import const_value
     from milcompress.reference.interpreter import value_from_numpy
 
-    return value_from_numpy(args.op.outputs[0].val)
+    return value_from_numpy(const_value(args.op.outputs[0]))
 
 
 @kernel("identity")
