@@ -69,11 +69,23 @@ embedding alone as a 4-bit palette costs 307, as int4 per block of 32 44.4; the 
 on one sequence, whenever the allocation runs it: the calibration's first sequence, or, without
 calibration, `SYNTHETIC_TOKENS` random token ids (`synthetic_check`; the massive activations
 that make a few weights matter show on any input, Yu et al. 2024, *The Super Weight in Large
-Language Models*). Data-free at 4 bits that gives 68.2 (next-token agreement with float16 0.58),
-against 288 for 4-bit palettes in groups of 16 (4.03 bits) and 65.6 for int4 per block of 32 at
-4.5 bits; it costs 211 what-if runs, one per weight, which took 1,700 of the call's 1,888 s on
-two cores shared with four other jobs. What-if runs resume from a snapshot of the dense run
-(`Interpreter.snapshot`), recomputing only from the weight's first reader on. Tried and left out:
+Language Models*). Data-free at 3, 4, 4.5 and 5 bits that gives 997, 67.9, 56.6 and 49.5
+(`benchmarks/decoder.py`), against 288 for 4-bit palettes in groups of 16 (4.03 bits), 1,077 for
+4-bit palettes per tensor and 65.6 for int4 per block of 32 at 4.5 bits. It costs 211 what-if
+runs, one per weight: the call took 112 s on two shared cores, against 7.7 s for int4 per block.
+What-if runs resume from a snapshot of the dense run (`Interpreter.snapshot`), recomputing only
+from the weight's first reader on, and the executor holds the weights it reads while they run
+(`HELD_WEIGHT_BYTES`; reading and converting each weight on every run took four times as long).
+
+What still misleads it, measured on SmolLM2's tied embedding alone (the rest float16): its forms'
+weight noise-to-signal ratios rank them unlike the damage they do. A 6-bit palette has an eighth
+of int4 per block's ratio (0.002 against 0.016) and does more damage (perplexity 49.6 against
+44.4); the logits' noise-to-signal ratio is the same for int4 per block and a 4-bit palette in
+groups of 16 (0.0148, 0.0144) where perplexity is 44.4 against 162. Weighting the errors by the
+model's own KL divergence instead of the logits' noise, measuring two synthetic sequences instead
+of one, or sampling the synthetic sequence from the model itself (at temperature 1) gave 71.8, 73.0
+and 80.0 at 4 bits against 67.8 as it is (an offline allocation from the same menus), so none was
+kept. Tried and left out:
 the trace of each weight's Fisher information from two backward passes through the executor
 (every weight at once, for about the cost of 40 what-if runs), which chose worse at 4 bits: 427
 (data-free errors) and 192 (activation-weighted), 5 bits 62 and 101: it is a small-noise

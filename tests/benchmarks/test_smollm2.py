@@ -129,3 +129,35 @@ def test_converted_program_keeps_names_one_tied_const_and_its_float16_perplexity
     scores = smollm2.metrics(program, ids, reference)
     assert scores["perplexity"] == pytest.approx(float32, rel=0.02) and scores["top1_agreement"] >= 0.95
     assert isinstance(mlmodel, ct.models.MLModel)
+
+
+def test_the_stateful_conversion_compresses_verifies_and_compresses_to_size(bench, tmp_path):
+    """SmolLM2 converted with KV-cache states, as an app ships it: int4 per block 32 and
+    compress_to_size(4) data-free (its synthetic check runs the stateful program) both verify
+    through the API and the command line on real text, prefill then greedy decode steps, each
+    model keeping its own state; perplexity of the prompt stays near the float16 model's."""
+    import warnings
+
+    import milcompress
+    from milcompress.config import LinearQuantizeConfig
+    from milcompress.tools.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stateful = llama.convert(smollm2.smollm2_module(stateful=True))
+    dense = tmp_path / "dense.mlpackage"
+    stateful.save(str(dense))
+    ids = smollm2.evaluation_ids(1)[:, :24]
+    np.savez(tmp_path / "ids.npz", input_ids=ids)
+    int4 = milcompress.linear_quantize_weights(stateful, LinearQuantizeConfig(dtype="int4", granularity="per_block", block_size=32))
+    sized = milcompress.compress_to_size(stateful, 4.0)
+    assert milcompress.report_of(sized).summary["synthetic"]
+    for name, model in (("int4", int4), ("sized", sized)):  # float16 perplexity about 41, these about 66 and 68 (8 windows)
+        report = milcompress.verify(stateful, model, {"input_ids": ids}, steps=4)
+        assert report.stateful == (True, True) and report.ok
+        original, compressed = report.perplexity
+        assert original < compressed < 2 * original, (name, report.perplexity)
+        assert report.steps[0].cosine > 0.9, (name, report.steps[0])
+        path = tmp_path / f"{name}.mlpackage"
+        model.save(str(path))
+        assert main(["verify", str(dense), str(path), "--inputs", str(tmp_path / "ids.npz"), "--steps", "4"]) == 0
