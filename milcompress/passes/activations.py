@@ -53,6 +53,7 @@ from milcompress.errors import ConfigError, InputError
 from milcompress.lowering.activations import check_activation_target, emit_quantize_pair, scale_dtype_of
 from milcompress.ops.activations import RANGE_ESTIMATORS, ActivationQuantization, activation_qparams, estimated_range
 from milcompress.passes.options import PassOption, parse_choice, parse_float, parse_path
+from milcompress.passes.report import attach, reports_of
 from milcompress.progress import Progress, as_progress
 
 logger = logging.getLogger(__name__)
@@ -505,7 +506,7 @@ def quantize_program_activations(
     for other in prog.functions:
         if other != function_name:
             report.warnings.append(f"function '{other}' left float: calibration ran function '{function_name}' only")
-    _attach(prog, report)
+    attach(prog, report, _ATTRIBUTE)
     return report
 
 
@@ -549,16 +550,8 @@ def _rewrite(block: Block, selection: Selection, plan) -> List[QuantizedTensor]:
 _ATTRIBUTE = "_milcompress_activation_reports"
 
 
-def _attach(prog: Program, report: ActivationReport) -> None:
-    reports = getattr(prog, _ATTRIBUTE, None)
-    if reports is None:
-        reports = []
-        setattr(prog, _ATTRIBUTE, reports)
-    reports.append(report)
-
-
 def activation_reports_of(prog) -> List[ActivationReport]:
-    return list(getattr(prog, _ATTRIBUTE, None) or [])
+    return reports_of(prog, _ATTRIBUTE)
 
 
 # -- the registered pass ----------------------------------------------------------------------

@@ -205,15 +205,15 @@ def _fit(rows: List[List[str]], width: int) -> List[List[str]]:
             for row in rows]
 
 
-def attach(prog, report: Report) -> None:
-    """Keep `report` with the program it describes."""
-    reports = getattr(prog, _ATTRIBUTE, None)
+def attach(prog, report, attribute: str = _ATTRIBUTE) -> None:
+    """Keep `report` with the program it describes (under `attribute`: one list per kind of report)."""
+    reports = getattr(prog, attribute, None)
     if reports is None:
         reports = []
-        setattr(prog, _ATTRIBUTE, reports)
+        setattr(prog, attribute, reports)
     reports.append(report)
 
 
-def reports_of(prog) -> List[Report]:
-    """The reports of every milcompress pass run on `prog`, oldest first."""
-    return list(getattr(prog, _ATTRIBUTE, None) or [])
+def reports_of(prog, attribute: str = _ATTRIBUTE) -> list:
+    """The reports attached to `prog` under `attribute` (default: every milcompress weight pass's), oldest first."""
+    return list(getattr(prog, attribute, None) or [])
