@@ -527,15 +527,9 @@ def readme_section(results: List[dict], command) -> str:
 def update_readme(results: List[dict], command, readme: Path = ROOT / "README.md") -> None:
     """Replace the README's decoder section (between its markers) with one from `results`; add it
     under a "Decoder LLMs" heading at the end when the markers are absent."""
-    text = readme.read_text()
-    section = readme_section(results, command)
-    if README_START in text and README_END in text:
-        head, rest = text.split(README_START, 1)
-        tail = rest.split(README_END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n## Decoder LLMs\n\n" + section + "\n"
-    readme.write_text(text)
+    from benchmarks.readme import replace_section
+
+    replace_section(readme, README_START, README_END, readme_section(results, command), "Decoder LLMs")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

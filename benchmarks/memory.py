@@ -307,15 +307,9 @@ def readme_section(results: dict) -> str:
 
 
 def write_readme(results: dict) -> None:
-    text = README.read_text()
-    section = readme_section(results)
-    if BEGIN in text:
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n## Models larger than memory\n\n" + section + "\n"
-    README.write_text(text)
+    from benchmarks.readme import replace_section
+
+    replace_section(README, BEGIN, END, readme_section(results), "Models larger than memory")
     plot(results)
 
 
