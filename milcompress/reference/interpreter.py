@@ -281,9 +281,10 @@ class Interpreter:
         for name, value in (replace or {}).items():
             if name not in self._static:
                 raise InputError(f"replace: '{name}' is not the output of a const or constexpr op")
-            if tuple(np.shape(value)) != tuple(self._static[name].shape):
-                raise InputError(f"replace: '{name}' has shape {list(self._static[name].shape)}, not {list(np.shape(value))}")
-            converted[name] = self._stored_like(self._static[name], value_from_numpy(np.asarray(value)))
+            current = self._static[name]  # a weight read on demand is read here: once
+            if tuple(np.shape(value)) != tuple(current.shape):
+                raise InputError(f"replace: '{name}' has shape {list(current.shape)}, not {list(np.shape(value))}")
+            converted[name] = self._stored_like(current, value_from_numpy(np.asarray(value)))
         return converted
 
     def run_with(self, inputs: Mapping[str, object], replacements: Mapping[str, Value], states: Optional[Mapping[str, StateCell]] = None) -> Dict[str, np.ndarray]:
