@@ -614,14 +614,24 @@ class _CalibrationRun:
     measured sensitivity) and the interpreter, kept for what-if runs; with error feedback, also
     the inputs' second moments of the first and of the second half of the samples (`folds`).
     A sample is a sequence of calls run in one session (`reference.verify.sequences_of`: one call
-    for a stateless program's sample); its outputs are one dict per call."""
+    for a stateless program's sample); its outputs are one dict per call.
+
+    `probes` are the samples as what-if runs take them: a stateful decoder's token ids as one
+    prefill call each (what its prefill and decode steps compute, in one call that a snapshot can
+    resume; `sequences_of(..., steps=0)`), other samples as they are (`probes is samples`)."""
 
     interpreter: object
     samples: list
     outputs: list
     statistics: Dict[str, object]
     folds: Tuple[Dict[str, object], ...] = ()
-    snapshots: Dict[int, object] = field(default_factory=dict)  # sample index -> its snapshot, while sensitivity is measured
+    probes: Optional[list] = None
+    snapshots: Dict[int, object] = field(default_factory=dict)  # probe index -> its snapshot, while sensitivity is measured
+    references: Dict[int, list] = field(default_factory=dict)  # probe index -> its dense outputs, while sensitivity is measured
+
+    def __post_init__(self):
+        if self.probes is None:
+            self.probes = self.samples
 
 
 def _decoder_of(prog: Program):
@@ -675,7 +685,8 @@ def _calibrate(prog: Program, calibration, weights: List[_Weight], second_moment
     interpreter.observers.clear()  # what-if runs must not add to the statistics
     for weight in weights:
         weight.column_weights = _column_weights(weight.candidate.value, weight.layout, statistics.records.get(weight.candidate.const.outputs[0].name))
-    return _CalibrationRun(interpreter, samples, outputs, statistics.records, tuple(fold.records for fold in folds))
+    probes = sequences_of(calibration, interpreter, steps=0) if interpreter.stateful else samples
+    return _CalibrationRun(interpreter, samples, outputs, statistics.records, tuple(fold.records for fold in folds), probes)
 
 
 def _with_feedback(params, weight: _Weight, folds) -> Tuple[object, Optional[str]]:
@@ -731,7 +742,7 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
     of them. Weights there was still no time for get the median."""
     from milcompress.reference.verify import run_sequence
 
-    interpreter, samples = run.interpreter, run.samples
+    interpreter, samples = run.interpreter, run.probes
     if not samples or not weights:
         return 0, 0
     start = time.perf_counter()
@@ -743,18 +754,22 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
     else:
         count = len(samples)
     count = count if max_samples is None else min(count, max_samples)
-    chosen = np.linspace(0, len(samples) - 1, count).round().astype(int)  # distinct: count <= len(samples)
+    chosen = [int(i) for i in np.linspace(0, len(samples) - 1, count).round().astype(int)]  # distinct: count <= len(samples)
     measured: Dict[int, float] = {}
     with interpreter.holding(HELD_WEIGHT_BYTES), progress.stage("sensitivity", total=len(weights), unit="weights") as advance:
         run.snapshots = _snapshots(interpreter, [samples[i] for i in chosen], chosen)
+        run.references = {
+            i: [run.snapshots[i].outputs] if i in run.snapshots else run.outputs[i] if samples is run.samples else run_sequence(interpreter, samples[i])
+            for i in chosen
+        }
         for index in sorted(range(len(weights)), key=lambda i: -weights[i].candidate.value.size):
             if time.perf_counter() > deadline:
                 break
-            found = _sensitivity(run, weights[index], [int(i) for i in chosen], bias_correction)
+            found = _sensitivity(run, weights[index], chosen, bias_correction)
             if found is not None:
                 measured[index] = found
             advance(weights[index].record.name)
-    run.snapshots = {}
+    run.snapshots, run.references = {}, {}
     if measured:
         typical = float(np.median(list(measured.values())))
         for index, weight in enumerate(weights):
@@ -763,13 +778,11 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
 
 
 def _snapshots(interpreter, samples: list, indices) -> Dict[int, object]:
-    """Sample index -> the snapshot of its run (`Interpreter.snapshot`), for the samples of a
-    stateless program that are one call each, as long as they hold at most `SNAPSHOT_BYTES`: a
-    what-if run then recomputes only the ops from the weight's first reader on (on SmolLM2's
-    stateless program, the last layer's weights in a tenth of a whole run)."""
+    """Probe index -> the snapshot of its run (`Interpreter.snapshot`), for the probes that are
+    one call each (a stateful program's from zero states), as long as they hold at most
+    `SNAPSHOT_BYTES`: a what-if run then recomputes only the ops from the weight's first reader
+    on (on SmolLM2's stateless program, the last layer's weights in a tenth of a whole run)."""
     found: Dict[int, object] = {}
-    if interpreter.stateful:
-        return found
     held = 0
     for index, sample in zip(indices, samples):
         if len(sample) != 1:
@@ -806,8 +819,8 @@ def _sensitivity(run: _CalibrationRun, weight: _Weight, sample_indices: List[int
     noise = signal = 0.0
     for sample_index in sample_indices:
         snapshot = run.snapshots.get(sample_index)
-        rerun = [run.interpreter.resume(snapshot, replace)] if snapshot is not None else run_sequence(run.interpreter, run.samples[sample_index], replace=replace)
-        for expected, outputs in zip(run.outputs[sample_index], rerun):
+        rerun = [run.interpreter.resume(snapshot, replace)] if snapshot is not None else run_sequence(run.interpreter, run.probes[sample_index], replace=replace)
+        for expected, outputs in zip(run.references[sample_index], rerun):
             for name, value_out in outputs.items():
                 noise += float(np.sum(np.square(value_out.astype(np.float64) - expected[name].astype(np.float64))))
                 signal += float(np.sum(np.square(expected[name].astype(np.float64))))

@@ -86,13 +86,19 @@ def _blocks_and_ops_of(op: Operation) -> Iterator[Tuple[Block, Operation]]:
 
 
 class Snapshot:
-    """Every value one stateless call computed (`Interpreter.snapshot`), and their bytes."""
+    """Every value one call computed (`Interpreter.snapshot`), their bytes and the call's outputs
+    (as `run` gives them); for a stateful function also what its states held: `states` lists
+    (top-level op index, state name, content after that op) for every op that changed one, in
+    order, from the zero states it started at."""
 
-    __slots__ = ("values", "nbytes")
+    __slots__ = ("values", "nbytes", "outputs", "states")
 
-    def __init__(self, values: Dict[str, Value], nbytes: int):
+    def __init__(self, values: Dict[str, Value], nbytes: int, outputs: Dict[str, np.ndarray],
+                 states: Sequence[Tuple[int, str, torch.Tensor]] = ()):
         self.values = values
         self.nbytes = nbytes
+        self.outputs = outputs
+        self.states = tuple(states)
 
 
 def _where(function_name: str, block: Block, op: Operation) -> str:
@@ -308,28 +314,54 @@ class Interpreter:
         return self._static.hold(max_bytes)
 
     def snapshot(self, inputs: Mapping[str, object]) -> "Snapshot":
-        """One call of a stateless function, keeping every value it computed, so that what-if runs
-        on the same inputs (`resume`) recompute only what a replaced const changes."""
-        if self.stateful:
-            raise InputError("snapshot: a stateful program's calls depend on its states; run it through a session")
+        """One call, keeping every value it computed, so that what-if runs on the same inputs
+        (`resume`) recompute only what a replaced const changes. A stateful function's call is a
+        new session's first (zero states): the snapshot also keeps what the states held after
+        each op that wrote one, for `resume` to start from the states of that moment."""
         env: Dict[str, Value] = ChainMap({}, self._static)  # this call's values first, then the consts'
         self._bind_inputs(inputs, env)
-        self._run_block(self.function, env, ())
-        computed = {name: value for name, value in env.maps[0].items() if name not in self._static}
-        nbytes = sum(v.element_size() * v.numel() for v in computed.values() if isinstance(v, torch.Tensor))
-        return Snapshot(computed, nbytes)
+        cells = self._zero_states()
+        env.update(cells)
+        history, held = [], {name: cell.value for name, cell in cells.items()}
+        for index, op in enumerate(self.function.operations):
+            if _is_static(op):
+                continue
+            self._execute(self.function, op, env)
+            for name, cell in cells.items():
+                if cell.value is not held[name]:
+                    held[name] = cell.value
+                    history.append((index, name, cell.value))
+        computed = {name: value for name, value in env.maps[0].items() if name not in self._static and name not in cells}
+        tensors = {id(v): v for v in [*computed.values(), *(value for _, _, value in history)] if isinstance(v, torch.Tensor)}
+        nbytes = sum(v.element_size() * v.numel() for v in tensors.values())
+        outputs = {var.name: value_to_numpy(env[var.name]) for var in self.function.outputs}
+        return Snapshot(computed, nbytes, outputs, history)
 
     def resume(self, snapshot: "Snapshot", replace: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """`run` on the snapshot's inputs with `replace`, computing only from the first top-level op
-        that reads a replaced const on: every op before it computed what it did in the snapshot."""
+        that reads a replaced const on: every op before it computed what it did in the snapshot
+        (and left the states as they were then)."""
         replacements = self.converted_replacements(replace)
         readers, operations = self._first_readers(), list(self.function.operations)
         start = min((readers.get(name, len(operations)) for name in replacements), default=len(operations))
         env: Dict[str, Value] = ChainMap({**snapshot.values, **replacements}, self._static)
+        cells = self._zero_states()
+        for index, name, value in snapshot.states:
+            if index < start:
+                cells[name].value = value
+        env.update(cells)
         for op in operations[start:]:
             if not _is_static(op):
                 self._execute(self.function, op, env)
         return {var.name: value_to_numpy(env[var.name]) for var in self.function.outputs}
+
+    def _state_dtype(self, name: str) -> torch.dtype:
+        """The torch dtype the executor keeps state `name` in."""
+        return torch_dtype(state_wrapped_type(self.function.inputs[name]).get_primitive())
+
+    def _zero_states(self) -> Dict[str, StateCell]:
+        """A cell of zeros for every state: a new session's."""
+        return {name: StateCell(name, torch.zeros(shape, dtype=self._state_dtype(name))) for name, (shape, _) in self._states.items()}
 
     def _first_readers(self) -> Dict[str, int]:
         """Var name -> index of the first top-level op that reads it (itself or in a nested block)."""
@@ -446,9 +478,7 @@ class Session:
                  replace: Optional[Mapping[str, np.ndarray]] = None):
         self.interpreter = interpreter
         self._replacements = interpreter.converted_replacements(replace)
-        self._cells = {
-            name: StateCell(name, torch.zeros(shape, dtype=self._dtype(name))) for name, (shape, _) in interpreter.state_spec().items()
-        }
+        self._cells = interpreter._zero_states()
         for name, value in (initial_states or {}).items():
             self.write_state(name, value)
 
@@ -483,8 +513,7 @@ class Session:
         return {name: value_to_numpy(cell.value).copy() for name, cell in self._cells.items()}
 
     def _dtype(self, name: str) -> torch.dtype:
-        """The torch dtype the executor keeps state `name` in."""
-        return torch_dtype(state_wrapped_type(self.interpreter.function.inputs[name]).get_primitive())
+        return self.interpreter._state_dtype(name)
 
     def _check_name(self, name: str) -> None:
         spec = self.interpreter.state_spec()

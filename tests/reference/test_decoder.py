@@ -322,7 +322,7 @@ def test_token_ids_wrapped_for_negative_indices_are_still_recognised():
     assert decoder is not None and (decoder.ids, decoder.mask, decoder.logits, decoder.vocabulary) == ("input_ids", "causal_mask", "logits", vocabulary)
 
 
-def test_data_free_compress_to_size_runs_a_decoder_on_synthetic_token_ids(decoders):
+def test_data_free_compress_to_size_runs_a_decoder_on_synthetic_token_ids(decoders, monkeypatch):
     """Without calibration, a decoder's weights are weighed by a run on random token ids (every
     weight's sensitivity measured; with calibration, on its first sequence);
     `synthetic_check=False` gives the plain data-free errors, and
@@ -334,9 +334,16 @@ def test_data_free_compress_to_size_runs_a_decoder_on_synthetic_token_ids(decode
         ("int8", LinearQuantizeConfig(dtype="int8", granularity="per_channel", weight_threshold=0)),
         ("palette 4-bit", PalettizeConfig(nbits=4, weight_threshold=0)),
     ]
+    sensitivities, resumed = {}, []
+    resume = Interpreter.resume
+    monkeypatch.setattr(Interpreter, "resume", lambda self, *args: resumed.append(self.stateful) or resume(self, *args))
     for name, (_, model) in decoders.items():
+        resumed.clear()
         checked = milcompress.report_of(milcompress.compress_to_size(model, 6.0, candidates=candidates, weight_threshold=0)).summary
         assert checked["synthetic"] and not checked["calibrated"], name
+        # Every what-if run resumed from the snapshot of the dense run, the stateful one's too.
+        assert resumed == [name == "stateful"] * len(checked["choices"]), name
+        sensitivities[name] = {c["name"]: c["sensitivity"] for c in checked["choices"]}
         assert checked["sensitivity_measured"] == len(checked["choices"]) and checked["sensitivity_samples"] == 1
         assert len({c["sensitivity"] for c in checked["choices"]}) > 1  # measured, not the default 1 for all
         plain = milcompress.report_of(milcompress.compress_to_size(model, 6.0, candidates=candidates, weight_threshold=0, synthetic_check=False)).summary
@@ -345,6 +352,12 @@ def test_data_free_compress_to_size_runs_a_decoder_on_synthetic_token_ids(decode
         calibrated = milcompress.report_of(milcompress.compress_to_size(model, 6.0, calibration=given, candidates=candidates, weight_threshold=0)).summary
         assert calibrated["calibrated"] and not calibrated["synthetic"]  # and sensitivity measured all the same, on one sequence:
         assert calibrated["sensitivity_measured"] == len(calibrated["choices"]) and calibrated["sensitivity_samples"] == 1
+    # The stateful conversion's what-if runs take the sequence in one prefill call, as the stateless
+    # one does: the same sensitivities, up to float rounding.
+    stateful, stateless = sensitivities["stateful"], sensitivities["stateless"]
+    assert sorted(stateful) == sorted(stateless)
+    for const, value in stateless.items():
+        assert stateful[const] == pytest.approx(value, rel=1e-3), const
     assert SYNTHETIC_TOKENS > CONFIG.max_context  # the check used the model's 16 positions, not more (else it would have failed)
     with pytest.raises(ConfigError, match="synthetic_check"):
         milcompress.compress_to_size(_plain_model(), 8.0, weight_threshold=0, synthetic_check=True)

@@ -344,13 +344,38 @@ def test_resuming_a_snapshot_equals_a_whole_run_with_the_same_replacement(seed):
     assert snapshot.nbytes >= 4 * (2 * 3 + 2 * 5)  # at least the two linears' outputs
 
 
-def test_a_stateful_program_has_no_snapshot():
-    @mb.program(input_specs=[mb.StateTensorSpec((2,), dtype=types.fp16), mb.TensorSpec((2,), dtype=types.fp16)], opset_version=IOS18)
-    def program(cache, x):
-        return mb.add(x=x, y=mb.read_state(input=cache))
+def _stateful_two_layer_program(first: np.ndarray, second: np.ndarray) -> Program:
+    """A state written between the two weights' readers and read after the second: what-if runs
+    resumed after the write must start from the state as the write left it."""
 
-    with pytest.raises(InputError, match="stateful"):
-        Interpreter(program).snapshot({"x": np.zeros(2, np.float16)})
+    @mb.program(input_specs=[mb.StateTensorSpec((2, 3), dtype=types.fp16), mb.TensorSpec((2, 4), dtype=types.fp16)], opset_version=IOS18)
+    def program(cache, x):
+        hidden = mb.linear(x=x, weight=first.astype(np.float16), name="hidden")
+        mb.coreml_update_state(state=cache, value=mb.add(x=mb.read_state(input=cache), y=hidden))
+        mixed = mb.linear(x=mb.relu(x=hidden), weight=second.astype(np.float16), name="mixed")
+        mb.coreml_update_state(state=cache, value=mb.mul(x=mb.read_state(input=cache), y=np.float16(2.0)))
+        return mb.add(x=mixed, y=mb.reduce_sum(x=mb.read_state(input=cache), axes=[1], keep_dims=True), name="out")
+
+    return program
+
+
+@given(st.integers(0, 2**31 - 1))
+@settings(max_examples=10, deadline=None)
+def test_resuming_a_stateful_snapshot_equals_a_new_sessions_first_call_with_the_same_replacement(seed):
+    generator = np.random.default_rng(seed)
+    first, second = generator.standard_normal((3, 4)), generator.standard_normal((3, 3))
+    interpreter = Interpreter(_stateful_two_layer_program(first, second))
+    inputs = {"x": generator.standard_normal((2, 4)).astype(np.float16)}
+    snapshot = interpreter.snapshot(inputs)
+    assert [name for _, name, _ in snapshot.states] == ["cache", "cache"]
+    consts = [op.outputs[0].name for op in interpreter.function.operations if op.op_type == "const" and op.outputs[0].shape in ((3, 4), (3, 3))]
+    assert len(consts) == 2
+    for name in consts:
+        changed = generator.standard_normal(interpreter._static[name].shape).astype(np.float16)
+        expected = interpreter.new_session(replace={name: changed}).run(inputs)["out"]
+        np.testing.assert_array_equal(interpreter.resume(snapshot, {name: changed})["out"], expected)
+    np.testing.assert_array_equal(interpreter.resume(snapshot, {})["out"], interpreter.run(inputs)["out"])
+    np.testing.assert_array_equal(snapshot.outputs["out"], interpreter.run(inputs)["out"])
 
 
 def test_holding_keeps_the_weights_read_from_a_package_for_the_runs_that_follow(tmp_path, monkeypatch):
