@@ -177,6 +177,40 @@ def per_tensor_snr(dense, report, samples, limit: int = 8) -> List[dict]:
     return sorted(rows, key=lambda row: row["snr_db"])
 
 
+def per_tensor_damage(base, report, samples, limit: int = 8) -> List[dict]:
+    """For each activation the W8A8 report quantized: what quantizing that tensor alone (its
+    quantize -> dequantize, simulated by `Interpreter.perturbing`) does to the outputs of `base`
+    (the int8-weight program) on `limit` samples: output cosine, SNR, and for class scores the
+    KL divergence and top-1 agreement. Worst first: where a model's W8A8 loses, this says which
+    tensors cost it (their sum is roughly the whole W8A8 loss when each costs little)."""
+    import torch
+
+    from milcompress.api import program_of
+    from milcompress.ops.activations import activation_qparams, quantize_dequantize
+    from milcompress.reference import Interpreter
+    from milcompress.reference.verify import compare_output
+
+    interpreter = Interpreter(program_of(base), precision="float16")
+    samples = samples[:limit]
+    reference = [interpreter.run(sample) for sample in samples]
+    rows = []
+    for tensor in report.tensors:
+        params = activation_qparams(tensor.rmin, tensor.rmax, "linear_symmetric", tensor.dtype)
+
+        def simulate(value, params=params):
+            return torch.from_numpy(quantize_dequantize(value.numpy(), params).astype(np.float32))
+
+        with interpreter.perturbing({tensor.name: simulate}):
+            outputs = [interpreter.run(sample) for sample in samples]
+        row = {"tensor": tensor.name, "chosen_as": tensor.kind, "range": [tensor.rmin, tensor.rmax]}
+        for name in reference[0]:
+            comparison = compare_output(name, [r[name] for r in reference], [o[name] for o in outputs])
+            row.update(cosine=comparison.cosine, snr_db=comparison.snr_db, kl=comparison.kl_divergence, top1=comparison.top1_agreement)
+            break  # the first output: every benchmark model has one that matters
+        rows.append(row)
+    return sorted(rows, key=lambda row: -(row["kl"] if row["kl"] is not None else 1 - row["cosine"]))
+
+
 def coremltools_route(dense, samples) -> str:
     import coremltools.optimize.coreml as cto
 
@@ -222,9 +256,12 @@ def run_model(name: str, quick: bool, estimators=("minmax",), only=None) -> dict
         evaluation_samples = evaluation_inputs(name, bench, quick)
         quantized = next((model for model, seconds in built.values() if seconds is not None), None)
         weakest = [] if quantized is None else per_tensor_snr(dense, milcompress.activation_report_of(quantized), evaluation_samples)
+        base = built.get("int8 weights", (None,))[0]
+        w8a8 = built.get("W8A8", (None,))[0]
+        damage = [] if base is None or w8a8 is None else per_tensor_damage(base, milcompress.activation_report_of(w8a8), evaluation_samples)
     return {
         "metrics": list(bench.metrics), "higher_is_better": bench.higher_is_better, "calibration_samples": count, "rows": rows,
-        "coremltools": coremltools, "per_tensor_snr_db": weakest,
+        "coremltools": coremltools, "per_tensor_snr_db": weakest, "per_tensor_damage": damage,
     }
 
 
@@ -255,6 +292,17 @@ def markdown(results: dict, command: str) -> str:
         weakest = result["per_tensor_snr_db"][:5]
         lines.append("Lowest per-tensor SNR of int8 activations (each tensor quantized alone, float16-weight program, 8 evaluation inputs): "
                      + "; ".join(f"{row['tensor']} ({row['chosen_as']}) {row['snr_db']:.1f} dB" for row in weakest))
+        damage = result.get("per_tensor_damage") or []
+        if damage:
+            kl = damage[0]["kl"] is not None
+            total = sum((row["kl"] if kl else 1 - row["cosine"]) for row in damage)
+            lines += ["", f"What each W8A8 activation costs quantized alone (the int8-weight program with only that tensor's quantize -> dequantize, "
+                      f"{'KL divergence and top-1 agreement' if kl else 'output cosine'} against the int8-weight program, 8 evaluation inputs; "
+                      f"the {len(damage)} costs sum to {'KL' if kl else '1 - cosine'} {total:.4f}), worst first:", "",
+                      "| tensor | chosen as | range | " + ("KL | top-1 |" if kl else "cosine |"), "|---|---|---|" + ("---|---|" if kl else "---|")]
+            for row in damage[:10]:
+                scores = f"{row['kl']:.4f} | {row['top1']:.3f} |" if kl else f"{row['cosine']:.5f} |"
+                lines.append(f"| {row['tensor']} | {row['chosen_as']} | [{row['range'][0]:.3g}, {row['range'][1]:.3g}] | {scores}")
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -211,6 +211,7 @@ class Interpreter:
     """Executes one function of a program. Build once, `run` many times.
 
     `observers` are called after each op (see `Observer`); `ChannelStatistics` is one.
+    `perturbing({var name: function})` changes computed values, as `replace` changes consts.
     """
 
     def __init__(
@@ -237,6 +238,7 @@ class Interpreter:
         self._states: Dict[str, Tuple[Tuple[int, ...], np.dtype]] = declared_states(program, function_name)
         self._check_supported()
         self._readers: Optional[Dict[str, int]] = None
+        self._perturb: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         static = [(block, op) for block, op in _blocks_and_ops(self.function) if _is_static(op)]
         self._static = _StaticValues(self._execute, static, hold_all=not any(blob_ref_of(op.outputs[0]) is not None for _, op in static))
 
@@ -306,6 +308,25 @@ class Interpreter:
         env.update(states)
         outputs = self._run_block(self.function, env, ())
         return {var.name: value_to_numpy(value) for var, value in zip(self.function.outputs, outputs)}
+
+    @contextlib.contextmanager
+    def perturbing(self, functions: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]):
+        """A context in which each named value (an input, or the output of an op that runs per
+        call) is `functions[name](value)` instead, from the moment it is computed, for every op
+        that reads it: what-if runs on activations (one tensor's quantization noise, say), as
+        `replace` is for consts. The result is stored as the var's type says (float16 rounding
+        included)."""
+        unknown = sorted(set(functions) - set(self.inputs) - self._computed_names())
+        if unknown:
+            raise InputError(f"perturbing: {', '.join(repr(n) for n in unknown)} {'is' if len(unknown) == 1 else 'are'} not an input or the output of an op that runs per call")
+        saved, self._perturb = self._perturb, dict(functions)
+        try:
+            yield self
+        finally:
+            self._perturb = saved
+
+    def _computed_names(self) -> set:
+        return {var.name for _, op in _blocks_and_ops(self.function) if not _is_static(op) for var in op.outputs}
 
     def holding(self, max_bytes: int):
         """A context in which the weights a run reads from the package stay in memory, up to
@@ -392,6 +413,8 @@ class Interpreter:
             tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
             declared.check(tensor.shape)
             env[name] = self._stored(self.function.inputs[name], tensor)
+            if name in self._perturb:
+                env[name] = self._stored(self.function.inputs[name], self._perturb[name](env[name]))
 
     def _run_block(self, block: Block, env: Dict[str, Value], inputs: Sequence[Value]) -> List[Value]:
         for var, value in zip(block.inputs, inputs):
@@ -422,6 +445,11 @@ class Interpreter:
                 f"{_where(self.function_name, block, op)} ({op.op_type}): kernel gave {len(results)} outputs, op has {len(op.outputs)}"
             )
         stored = tuple(self._checked(block, op, var, value) for var, value in zip(op.outputs, results))
+        if self._perturb:
+            stored = tuple(
+                self._checked(block, op, var, self._perturb[var.name](value)) if var.name in self._perturb else value
+                for var, value in zip(op.outputs, stored)
+            )
         for var, value in zip(op.outputs, stored):
             env[var.name] = value
         if self.observers and not _is_static(op):

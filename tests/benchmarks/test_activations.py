@@ -20,6 +20,11 @@ def test_digits_w8a8_keeps_the_weight_only_accuracy(tmp_path):
     assert rows["W8A8"]["activations_quantized"] > 0 and rows["int8 weights"]["activations_quantized"] is None
     assert result["coremltools"].startswith("needs macOS")
     assert result["per_tensor_snr_db"] and all(row["snr_db"] > 20 for row in result["per_tensor_snr_db"])
+    # Each quantized activation's own cost, measured alone: every one of them, worst first, small here.
+    damage = result["per_tensor_damage"]
+    assert len(damage) == rows["W8A8"]["activations_quantized"]
+    assert [row["kl"] for row in damage] == sorted((row["kl"] for row in damage), reverse=True)
+    assert damage[0]["kl"] > 0 and all(row["kl"] < 0.01 and row["top1"] >= 0.9 for row in damage)
     assert "## digits_cnn" in (tmp_path / "activations_digits_cnn.md").read_text()
 
 

@@ -417,3 +417,31 @@ def test_holding_keeps_the_weights_read_from_a_package_for_the_runs_that_follow(
         interpreter.run(inputs)
         interpreter.run(inputs)
     assert len(loads) == 13
+
+
+def test_perturbing_changes_a_computed_value_for_every_reader_and_only_within_the_context():
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+
+    @mb.program(input_specs=[mb.TensorSpec((2, 4))])
+    def program(x):
+        hidden = mb.relu(x=x, name="hidden")
+        return mb.add(x=mb.linear(x=hidden, weight=weight), y=mb.reduce_sum(x=hidden, axes=[1], keep_dims=True), name="out")
+
+    interpreter = Interpreter(program)
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    hidden = np.maximum(x, 0)
+    shifted = np.round(hidden * 4) / 4  # a quantization of the hidden tensor, step 1/4
+
+    def expected(h):
+        return h @ weight.T + h.sum(axis=1, keepdims=True)
+
+    np.testing.assert_allclose(interpreter.run({"x": x})["out"], expected(hidden), rtol=1e-6)
+    with interpreter.perturbing({"hidden": lambda value: torch.round(value * 4) / 4}):
+        np.testing.assert_allclose(interpreter.run({"x": x})["out"], expected(shifted), rtol=1e-6)
+    with interpreter.perturbing({"x": lambda value: value + 1}):  # an input
+        np.testing.assert_allclose(interpreter.run({"x": x})["out"], expected(np.maximum(x + 1, 0)), rtol=1e-6)
+    np.testing.assert_allclose(interpreter.run({"x": x})["out"], expected(hidden), rtol=1e-6)  # gone after the context
+    const = next(op.outputs[0].name for op in interpreter.function.operations if op.op_type == "const")
+    with pytest.raises(InputError, match="not an input or the output of an op"):
+        with interpreter.perturbing({const: lambda value: value}):
+            pass
