@@ -10,6 +10,9 @@ weights); then, each from that program:
   (`linear_quantize_weights(..., joint_compression=True)`, per tensor), the weight-only
   reference for A8W4;
 - A8W4: that model, then activations.
+Activations get milcompress' default ranges (percentile, `ops.activations.DEFAULT_ESTIMATOR`);
+`--estimators` adds a W8A8 row for each other estimator (by default minmax, coremltools' choice).
+For W8A8, what each quantized activation costs alone is measured too (`per_tensor_damage`).
 Every program is scored by the model's own metric, run by milcompress's reference executor in
 float16 emulation (activations stored as float16, as Core ML's GPU and Neural Engine do); the
 float32 torch module gets the perfect score. Calibration uses inputs the evaluation never sees.
@@ -44,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.compare import MODELS, _convert  # noqa: E402
+from milcompress.ops.activations import DEFAULT_ESTIMATOR  # noqa: E402
 
 VARIANTS = ["float16 program", "int8 weights", "A8 (float16 weights)", "W8A8", "W4 (int8 tables)", "A8W4"]
 CALIBRATION_COUNTS = {"digits_cnn": 64, "resnet50_normal": 8, "resnet50_student_t": 8}
@@ -98,9 +102,10 @@ def _quiet(function, *args, **kwargs):
         return function(*args, **kwargs)
 
 
-def variants(dense, samples, estimators=("minmax",), only=None) -> Dict[str, tuple]:
-    """Variant name -> (model, seconds of its activation calibration or None). Estimators other
-    than minmax add a W8A8 row each; `only` (names) builds just those."""
+def variants(dense, samples, estimators=(DEFAULT_ESTIMATOR,), only=None) -> Dict[str, tuple]:
+    """Variant name -> (model, seconds of its activation calibration or None). Activations are
+    quantized with milcompress' default range estimator; other estimators add a W8A8 row each;
+    `only` (names) builds just those."""
     import coremltools.optimize.coreml as cto
 
     import milcompress
@@ -110,7 +115,7 @@ def variants(dense, samples, estimators=("minmax",), only=None) -> Dict[str, tup
     palettes = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=4))
     tables = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", granularity="per_tensor"))
 
-    def a8(model, estimator="minmax"):
+    def a8(model, estimator=DEFAULT_ESTIMATOR):
         start = time.perf_counter()
         result = _quiet(milcompress.linear_quantize_activations, model, activations, samples, estimator=estimator)
         return result, time.perf_counter() - start
@@ -122,7 +127,7 @@ def variants(dense, samples, estimators=("minmax",), only=None) -> Dict[str, tup
         "W8A8": lambda: a8(w8()),
     }
     for estimator in estimators:
-        if estimator != "minmax":
+        if estimator != DEFAULT_ESTIMATOR:
             builders[f"W8A8 ({estimator} ranges)"] = lambda estimator=estimator: a8(w8(), estimator)
     builders["W4 (int8 tables)"] = lambda: (w4(), None)
     builders["A8W4"] = lambda: a8(w4())
@@ -222,7 +227,7 @@ def coremltools_route(dense, samples) -> str:
     return "ran"
 
 
-def run_model(name: str, quick: bool, estimators=("minmax",), only=None) -> dict:
+def run_model(name: str, quick: bool, estimators=(DEFAULT_ESTIMATOR,), only=None) -> dict:
     import coremltools as ct
 
     import milcompress
@@ -311,7 +316,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="digits CNN and MobileNetV2 on 33 crops")
     parser.add_argument("--models", help="comma-separated, from: " + ", ".join(MODELS))
-    parser.add_argument("--estimators", default="minmax", help="range estimators, comma-separated: minmax (coremltools'), percentile, mse; each beyond minmax adds a W8A8 row")
+    parser.add_argument("--estimators", default=f"{DEFAULT_ESTIMATOR},minmax",
+                        help=f"range estimators, comma-separated: {DEFAULT_ESTIMATOR} (milcompress' default), minmax (coremltools'), mse; "
+                             f"each beyond {DEFAULT_ESTIMATOR} adds a W8A8 row")
     parser.add_argument("--variants", help="only these rows, comma-separated (default: all): " + ", ".join(VARIANTS))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
@@ -325,7 +332,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/activations.py" + (" --quick" if args.quick else "") + (f" --models {args.models}" if args.models else "")
-    command += f" --estimators {args.estimators}" if args.estimators != "minmax" else ""
+    command += f" --estimators {args.estimators}" if args.estimators != parser.get_default("estimators") else ""
     command += f" --variants '{args.variants}'" if args.variants else ""
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"{stem}.md").write_text(markdown(results, command))

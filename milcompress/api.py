@@ -30,6 +30,7 @@ from milcompress.config import CompressionConfig
 from milcompress.errors import ConfigError, ModelTypeError, OutputError
 from milcompress.lowering import read_back
 from milcompress.ops import describe
+from milcompress.ops.activations import DEFAULT_ESTIMATOR
 from milcompress.ops._arrays import unique_values
 from milcompress.packages import program_of
 from milcompress.passes import (
@@ -191,7 +192,7 @@ def compress_to_size(
 
 
 def linear_quantize_activations(
-    mlmodel, config, sample_data, calibration_op_group_size: int = -1, *, precision: str = "float32", estimator: str = "minmax", percentile: float = 99.99, progress=False
+    mlmodel, config, sample_data, calibration_op_group_size: int = -1, *, precision: str = "float32", estimator: str = DEFAULT_ESTIMATOR, percentile: float = 99.99, progress=False
 ):
     """coremltools' `linear_quantize_activations`, calibrated on the reference executor (Linux too).
 
@@ -202,8 +203,9 @@ def linear_quantize_activations(
     coremltools' signature and not needed: calibration keeps two numbers per activation and never
     builds a model with extra outputs. The same activations get quantize/dequantize pairs as
     coremltools chooses (see `passes/activations.py`); the model must be iOS17 or later.
-    `estimator` ("minmax", coremltools' choice; "percentile"; "mse") chooses each tensor's range
-    from what calibration saw (`passes/activations.py`).
+    `estimator` ("percentile", the default: 99.99% of the values; "minmax", coremltools' choice;
+    "mse") chooses each tensor's range from what calibration saw (`ops.activations.DEFAULT_ESTIMATOR`
+    says why percentile).
     `activation_report_of(result)` says what was quantized and what was left float, and why."""
     from milcompress.passes.activations import quantize_program_activations
 

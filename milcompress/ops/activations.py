@@ -96,6 +96,13 @@ def quantize_dequantize(values: np.ndarray, params: ActivationQuantization) -> n
 # -- ranges beyond min/max, from a histogram --------------------------------------------------------
 
 RANGE_ESTIMATORS = ("minmax", "percentile", "mse")
+DEFAULT_ESTIMATOR = "percentile"
+"""The range estimator activation quantization uses unless told otherwise. It won on every
+benchmark model where the choice mattered (`python benchmarks/activations.py`, W8A8, float16
+emulation): MobileNetV2 on 198 crops, top-1 agreement 0.611 (min/max, coremltools' choice) ->
+0.788 (percentile) against 0.753 (mse); all-MiniLM-L6-v2, mean cosine 0.243 -> 0.409 against
+0.297. Per-tensor min/max spends the int8 grid on the rarest extremes of a few heavy-tailed
+tensors (MobileNetV2's late residual stream reaches 34 where the median image's maximum is 2)."""
 MSE_CANDIDATES = 128  # clipping ranges tried, from 1/MSE_CANDIDATES of min/max's up to all of it
 
 

@@ -22,9 +22,10 @@ instead of Core ML (which Linux does not have). Three stages, as the weight pass
    `ActivationRanges` keeps the smallest and largest value of each selected tensor (and of the
    concat groups' members): two numbers per tensor. (coremltools' calibration keeps only the
    last sample's range, a bug in `record_intermediate_output`; this keeps all samples'.) With
-   `estimator="percentile"` or `"mse"` it also keeps a 2,048-bin histogram per tensor, and each
-   range is chosen from it (`ops.activations.estimated_range`); "minmax", coremltools' choice,
-   is the default.
+   `estimator="percentile"` (the default) or `"mse"` it also keeps a 2,048-bin histogram per
+   tensor, and each range is chosen from it (`ops.activations.estimated_range`); "minmax" is
+   coremltools' choice, where min/max alone decide (`ops.activations.DEFAULT_ESTIMATOR` says
+   why it is not the default).
 3. rewrite: one `quantize` -> `dequantize` pair per selected tensor (`lowering/activations.py`),
    just before its first quantized reader; those readers move to it. coremltools may leave
    several identical pairs on one tensor (one per reader); the values are the same.
@@ -51,7 +52,7 @@ from milcompress._coremltools import AbstractGraphPass, Block, Operation, Progra
 from milcompress.config import CompressionConfig, LinearQuantizeConfig
 from milcompress.errors import ConfigError, InputError
 from milcompress.lowering.activations import check_activation_target, emit_quantize_pair, scale_dtype_of
-from milcompress.ops.activations import RANGE_ESTIMATORS, ActivationQuantization, activation_qparams, estimated_range
+from milcompress.ops.activations import DEFAULT_ESTIMATOR, RANGE_ESTIMATORS, ActivationQuantization, activation_qparams, estimated_range
 from milcompress.passes.options import PassOption, parse_choice, parse_float, parse_path
 from milcompress.passes.report import attach, reports_of
 from milcompress.progress import Progress, as_progress
@@ -297,6 +298,7 @@ class QuantizedTensor:
     scale: float
     zero_point: Optional[int]
     dtype: str
+    note: str = ""  # why its range is not the estimator's, where it is not
 
 
 @dataclasses.dataclass
@@ -337,6 +339,7 @@ class ActivationReport:
             for t in self.tensors
         ]
         lines = [self.pass_name, format_table(["activation", "chosen as", "readers", "range quantized", "scale", "zero point"], rows)]
+        lines += [f"{t.name}: {t.note}" for t in self.tensors if t.note]
         lines += [f"{op_type} '{name}' left float: {reason}" for name, op_type, reason in self.skipped]
         lines += [f"warning: {warning}" for warning in self.warnings]
         lines.append(f"quantized {len(self.tensors)} activations in function '{self.function}', calibrated on {self.samples} samples")
@@ -395,6 +398,13 @@ def _check_samples(interpreter, samples: List[Dict[str, np.ndarray]]) -> None:
 
 
 HISTOGRAM_BINS = 2048
+SOFTMAX_DEPTH = 16.0
+"""A tensor read only by softmax (attention scores plus an additive mask of -1e4 or -inf, as
+converted transformers have them) is quantized over at most [-max(high, SOFTMAX_DEPTH), high]:
+the mask would otherwise set the scale (1e4 / 127: every real score rounds to 0, and attention
+becomes uniform; all-MiniLM-L6-v2's W8A8 came out at mean cosine 0.41). A clipped value still sits
+at least SOFTMAX_DEPTH below its row's largest (when that is at least 0), so it weighs under e^-16
+(1e-7, below float16's resolution of a softmax output) after the softmax, as before."""
 
 
 def calibration_sequences(sample_data, input_names: Sequence[str]) -> List[List[Dict[str, np.ndarray]]]:
@@ -433,7 +443,7 @@ def quantize_program_activations(
     function_name: Optional[str] = None,
     precision: str = "float32",
     ranges: Optional[Mapping[str, Tuple[float, float]]] = None,
-    estimator: str = "minmax",
+    estimator: str = DEFAULT_ESTIMATOR,
     percentile: float = 99.99,
     progress: Optional[Progress] = None,
 ) -> ActivationReport:
@@ -478,6 +488,13 @@ def quantize_program_activations(
         name: estimated_range(r.rmin, r.rmax, r.counts, r.limit, estimator, *_mode_and_dtype(selection, name), percentile)
         for name, r in records.items()
     }
+    notes = {}
+    for name, (low, high) in chosen.items():
+        var = selection.vars.get(name)
+        if var is not None and var.child_ops and all(op.op_type == "softmax" for op in var.child_ops) and low < -max(high, SOFTMAX_DEPTH):
+            chosen[name] = (-max(high, SOFTMAX_DEPTH), high)
+            notes[name] = (f"read by softmax only: range clipped below at {chosen[name][0]:.4g} (calibrated {low:.4g}, an additive mask); "
+                           f"clipped values still weigh under e^-{SOFTMAX_DEPTH:g} of their row's largest")
     records = {name: dataclasses.replace(r, rmin=chosen[name][0], rmax=chosen[name][1], counts=None) for name, r in records.items()}
     for group in groups:
         seen = [records[name] for name in group if name in records]
@@ -501,7 +518,7 @@ def quantize_program_activations(
         setting = selection.settings[name]
         plan.append((name, activation_qparams(record.rmin, record.rmax, setting.mode, setting.dtype, scale_dtype_of(selection.vars[name]))))
 
-    tensors = _rewrite(function, selection, plan)
+    tensors = [dataclasses.replace(t, note=notes.get(t.name, "")) for t in _rewrite(function, selection, plan)]
     report = ActivationReport(function_name, sample_count, tensors, skipped, warnings)
     for other in prog.functions:
         if other != function_name:
@@ -586,7 +603,7 @@ class QuantizeActivations(AbstractGraphPass):
       OpLinearQuantizerConfig (our LinearQuantizeConfig too);
     - calibration: an .npz path of inputs stacked along a new first axis, or samples (required);
     - precision: the executor's precision for calibration, float32 (default) or float16;
-    - estimator: minmax (default, coremltools'), percentile or mse: how each range is chosen;
+    - estimator: percentile (default), minmax (coremltools') or mse: how each range is chosen;
     - percentile: for the percentile estimator (default 99.99);
     - report_path: also write the JSON report there.
     """
@@ -596,7 +613,7 @@ class QuantizeActivations(AbstractGraphPass):
     config = PassOption(parse_activation_config, default=ActivationConfig())
     calibration = PassOption(_parse_calibration)
     precision = PassOption(lambda name, value: parse_choice(name, value, ("float32", "float16")), default="float32")
-    estimator = PassOption(lambda name, value: parse_choice(name, value, RANGE_ESTIMATORS), default="minmax")
+    estimator = PassOption(lambda name, value: parse_choice(name, value, RANGE_ESTIMATORS), default=DEFAULT_ESTIMATOR)
     percentile = PassOption(lambda name, value: parse_float(name, value, 50.0, 100.0), default=99.99)
     report_path = PassOption(parse_path)
 

@@ -601,8 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--activations", choices=["int8", "uint8"],
                      help="also quantize activations (coremltools' linear_quantize_activations, iOS17+), last, calibrated on --calibration; alone: A8 with the weights as they are")
     run.add_argument("--activation-ranges", choices=["minmax", "percentile", "mse"],
-                     help="with --activations: how each activation's range is chosen from the calibration: minmax (the default, "
-                          "coremltools'), percentile (99.99%% of the values) or mse (least quantization error)")
+                     help="with --activations: how each activation's range is chosen from the calibration: percentile (the default: "
+                          "99.99%% of the values), minmax (coremltools') or mse (least quantization error)")
     run.add_argument("--sensitivity-seconds", help="with --target-bpw and --calibration: time to measure each weight's end-to-end sensitivity")
     feedback = run.add_mutually_exclusive_group()
     feedback.add_argument("--error-feedback", action="store_true", default=None,
