@@ -182,12 +182,13 @@ def per_tensor_snr(dense, report, samples, limit: int = 8) -> List[dict]:
     return sorted(rows, key=lambda row: row["snr_db"])
 
 
-def per_tensor_damage(base, report, samples, limit: int = 8) -> List[dict]:
+def per_tensor_damage(base, report, samples, class_scores: bool, limit: int = 8) -> List[dict]:
     """For each activation the W8A8 report quantized: what quantizing that tensor alone (its
     quantize -> dequantize, simulated by `Interpreter.perturbing`) does to the outputs of `base`
     (the int8-weight program) on `limit` samples: output cosine, SNR, and for class scores the
-    KL divergence and top-1 agreement. Worst first: where a model's W8A8 loses, this says which
-    tensors cost it (their sum is roughly the whole W8A8 loss when each costs little)."""
+    KL divergence and top-1 agreement (`class_scores`: the model's metric is about classes).
+    Worst first, by KL for class scores, else by 1 - cosine: where a model's W8A8 loses, this
+    says which tensors cost it (their sum is roughly the whole W8A8 loss when each costs little)."""
     import torch
 
     from milcompress.api import program_of
@@ -210,7 +211,8 @@ def per_tensor_damage(base, report, samples, limit: int = 8) -> List[dict]:
         row = {"tensor": tensor.name, "chosen_as": tensor.kind, "range": [tensor.rmin, tensor.rmax]}
         for name in reference[0]:
             comparison = compare_output(name, [r[name] for r in reference], [o[name] for o in outputs])
-            row.update(cosine=comparison.cosine, snr_db=comparison.snr_db, kl=comparison.kl_divergence, top1=comparison.top1_agreement)
+            row.update(cosine=comparison.cosine, snr_db=comparison.snr_db,
+                       kl=comparison.kl_divergence if class_scores else None, top1=comparison.top1_agreement if class_scores else None)
             break  # the first output: every benchmark model has one that matters
         rows.append(row)
     return sorted(rows, key=lambda row: -(row["kl"] if row["kl"] is not None else 1 - row["cosine"]))
@@ -263,7 +265,8 @@ def run_model(name: str, quick: bool, estimators=(DEFAULT_ESTIMATOR,), only=None
         weakest = [] if quantized is None else per_tensor_snr(dense, milcompress.activation_report_of(quantized), evaluation_samples)
         base = built.get("int8 weights", (None,))[0]
         w8a8 = built.get("W8A8", (None,))[0]
-        damage = [] if base is None or w8a8 is None else per_tensor_damage(base, milcompress.activation_report_of(w8a8), evaluation_samples)
+        damage = [] if base is None or w8a8 is None else per_tensor_damage(base, milcompress.activation_report_of(w8a8), evaluation_samples,
+                                                                                   class_scores=not any("cosine" in m for m in bench.metrics))
     return {
         "metrics": list(bench.metrics), "higher_is_better": bench.higher_is_better, "calibration_samples": count, "rows": rows,
         "coremltools": coremltools, "per_tensor_snr_db": weakest, "per_tensor_damage": damage,
