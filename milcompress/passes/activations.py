@@ -489,7 +489,7 @@ def quantize_program_activations(
         for name, r in records.items()
     }
     notes = {}
-    for name, (low, high) in chosen.items():
+    for name, (low, high) in chosen.items() if ranges is None else ():  # ranges given are taken as they are
         var = selection.vars.get(name)
         if var is not None and var.child_ops and all(op.op_type == "softmax" for op in var.child_ops) and low < -max(high, SOFTMAX_DEPTH):
             chosen[name] = (-max(high, SOFTMAX_DEPTH), high)

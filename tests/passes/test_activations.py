@@ -231,10 +231,14 @@ def test_a_masked_softmax_input_keeps_its_scores():
         mask = np.where(rng.random((4, 8)) < 0.4, -1e4, 0.0).astype(np.float32)
         mask[:, 0] = 0.0  # every row attends somewhere
         samples.append({"scores": (rng.standard_normal((4, 8)) * 3).astype(np.float32), "mask": mask})
+    unquantized = copy.deepcopy(prog)
     report = quantize_program_activations(prog, None, samples)
     masked = next(t for t in report.tensors if t.name == "masked")
     assert masked.rmin == -max(masked.rmax, SOFTMAX_DEPTH) and "softmax" in masked.note and "masked: read by softmax" in str(report)
     assert all(not t.note for t in report.tensors if t.name != "masked")
+    given = {t.name: (t.rmin, t.rmax) for t in report.tensors} | {"masked": (-1e4, masked.rmax)}
+    again = quantize_program_activations(copy.deepcopy(unquantized), None, ranges=given)
+    assert next(t for t in again.tensors if t.name == "masked").rmin == -1e4  # ranges given are taken as they are
     interpreter = Interpreter(prog)
     for sample in samples:
         logits = sample["scores"] + sample["mask"]
