@@ -341,7 +341,7 @@ class Interpreter:
         each op that wrote one, for `resume` to start from the states of that moment."""
         env: Dict[str, Value] = ChainMap({}, self._static)  # this call's values first, then the consts'
         self._bind_inputs(inputs, env)
-        cells = self._zero_states()
+        cells = self.zero_states()
         env.update(cells)
         history, held = [], {name: cell.value for name, cell in cells.items()}
         for index, op in enumerate(self.function.operations):
@@ -366,7 +366,7 @@ class Interpreter:
         readers, operations = self._first_readers(), list(self.function.operations)
         start = min((readers.get(name, len(operations)) for name in replacements), default=len(operations))
         env: Dict[str, Value] = ChainMap({**snapshot.values, **replacements}, self._static)
-        cells = self._zero_states()
+        cells = self.zero_states()
         for index, name, value in snapshot.states:
             if index < start:
                 cells[name].value = value
@@ -376,13 +376,13 @@ class Interpreter:
                 self._execute(self.function, op, env)
         return {var.name: value_to_numpy(env[var.name]) for var in self.function.outputs}
 
-    def _state_dtype(self, name: str) -> torch.dtype:
+    def state_dtype(self, name: str) -> torch.dtype:
         """The torch dtype the executor keeps state `name` in."""
         return torch_dtype(state_wrapped_type(self.function.inputs[name]).get_primitive())
 
-    def _zero_states(self) -> Dict[str, StateCell]:
+    def zero_states(self) -> Dict[str, StateCell]:
         """A cell of zeros for every state: a new session's."""
-        return {name: StateCell(name, torch.zeros(shape, dtype=self._state_dtype(name))) for name, (shape, _) in self._states.items()}
+        return {name: StateCell(name, torch.zeros(shape, dtype=self.state_dtype(name))) for name, (shape, _) in self._states.items()}
 
     def _first_readers(self) -> Dict[str, int]:
         """Var name -> index of the first top-level op that reads it (itself or in a nested block)."""
@@ -506,7 +506,7 @@ class Session:
                  replace: Optional[Mapping[str, np.ndarray]] = None):
         self.interpreter = interpreter
         self._replacements = interpreter.converted_replacements(replace)
-        self._cells = interpreter._zero_states()
+        self._cells = interpreter.zero_states()
         for name, value in (initial_states or {}).items():
             self.write_state(name, value)
 
@@ -541,7 +541,7 @@ class Session:
         return {name: value_to_numpy(cell.value).copy() for name, cell in self._cells.items()}
 
     def _dtype(self, name: str) -> torch.dtype:
-        return self.interpreter._state_dtype(name)
+        return self.interpreter.state_dtype(name)
 
     def _check_name(self, name: str) -> None:
         spec = self.interpreter.state_spec()
