@@ -146,6 +146,14 @@ def variants(dense, samples, estimators=(DEFAULT_ESTIMATOR,), only=None) -> Dict
     return {name: build() for name, build in builders.items() if only is None or name in only}
 
 
+def _program_params(tensor):
+    """The quantize -> dequantize parameters the program holds for one report entry."""
+    from milcompress.ops.activations import ActivationQuantization
+
+    zero_point = None if tensor.zero_point is None else np.asarray(tensor.zero_point)
+    return ActivationQuantization(np.asarray(tensor.scale, dtype=np.float32), zero_point, tensor.dtype, tensor.rmin, tensor.rmax)
+
+
 def per_tensor_snr(dense, report, samples, limit: int = 8) -> List[dict]:
     """For each activation the W8A8 report quantized: the SNR (dB) of quantizing that tensor alone,
     measured on the float16-weight program's own values over `limit` samples (one pass, an
@@ -153,10 +161,10 @@ def per_tensor_snr(dense, report, samples, limit: int = 8) -> List[dict]:
     import torch
 
     from milcompress.api import program_of
-    from milcompress.ops.activations import activation_qparams, quantize_dequantize
+    from milcompress.ops.activations import quantize_dequantize
     from milcompress.reference import Interpreter
 
-    params = {t.name: activation_qparams(t.rmin, t.rmax, "linear_symmetric", t.dtype) for t in report.tensors}
+    params = {t.name: _program_params(t) for t in report.tensors}
     energy = {name: [0.0, 0.0] for name in params}
 
     def observe(op, args, outputs):
@@ -192,7 +200,7 @@ def per_tensor_damage(base, report, samples, class_scores: bool, limit: int = 8)
     import torch
 
     from milcompress.api import program_of
-    from milcompress.ops.activations import activation_qparams, quantize_dequantize
+    from milcompress.ops.activations import quantize_dequantize
     from milcompress.reference import Interpreter
     from milcompress.reference.verify import compare_output
 
@@ -201,7 +209,7 @@ def per_tensor_damage(base, report, samples, class_scores: bool, limit: int = 8)
     reference = [interpreter.run(sample) for sample in samples]
     rows = []
     for tensor in report.tensors:
-        params = activation_qparams(tensor.rmin, tensor.rmax, "linear_symmetric", tensor.dtype)
+        params = _program_params(tensor)
 
         def simulate(value, params=params):
             return torch.from_numpy(quantize_dequantize(value.numpy(), params).astype(np.float32))

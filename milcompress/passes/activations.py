@@ -518,7 +518,7 @@ def quantize_program_activations(
         setting = selection.settings[name]
         plan.append((name, activation_qparams(record.rmin, record.rmax, setting.mode, setting.dtype, scale_dtype_of(selection.vars[name]))))
 
-    tensors = [dataclasses.replace(t, note=notes.get(t.name, "")) for t in _rewrite(function, selection, plan)]
+    tensors = _rewrite(function, selection, plan, notes)
     report = ActivationReport(function_name, sample_count, tensors, skipped, warnings)
     for other in prog.functions:
         if other != function_name:
@@ -532,8 +532,9 @@ def _mode_and_dtype(selection: Selection, name: str) -> Tuple[str, str]:
     return setting.mode, setting.dtype
 
 
-def _rewrite(block: Block, selection: Selection, plan) -> List[QuantizedTensor]:
-    """One pair per planned tensor before its first quantized reader; those readers move to it."""
+def _rewrite(block: Block, selection: Selection, plan, notes: Mapping[str, str]) -> List[QuantizedTensor]:
+    """One pair per planned tensor before its first quantized reader; those readers move to it.
+    `notes`: why a tensor's range is not its estimator's, by name."""
     order = {op: index for index, op in enumerate(block.operations)}
     done = []
     for name, params in plan:
@@ -559,7 +560,7 @@ def _rewrite(block: Block, selection: Selection, plan) -> List[QuantizedTensor]:
             op.set_inputs(**{k: v for k, v in inputs.items()})
         done.append(QuantizedTensor(
             name, selection.kinds[name], len(uses), params.rmin, params.rmax, float(params.scale),
-            None if params.zero_point is None else int(params.zero_point), params.dtype,
+            None if params.zero_point is None else int(params.zero_point), params.dtype, notes.get(name, ""),
         ))
     return done
 

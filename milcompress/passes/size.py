@@ -622,16 +622,12 @@ class _CalibrationRun:
 
     interpreter: object
     samples: list
+    probes: list
     outputs: list
     statistics: Dict[str, object]
     folds: Tuple[Dict[str, object], ...] = ()
-    probes: Optional[list] = None
     snapshots: Dict[int, object] = field(default_factory=dict)  # probe index -> its snapshot, while sensitivity is measured
     references: Dict[int, list] = field(default_factory=dict)  # probe index -> its dense outputs, while sensitivity is measured
-
-    def __post_init__(self):
-        if self.probes is None:
-            self.probes = self.samples
 
 
 def _decoder_of(prog: Program):
@@ -686,7 +682,7 @@ def _calibrate(prog: Program, calibration, weights: List[_Weight], second_moment
     for weight in weights:
         weight.column_weights = _column_weights(weight.candidate.value, weight.layout, statistics.records.get(weight.candidate.const.outputs[0].name))
     probes = sequences_of(calibration, interpreter, steps=0) if interpreter.stateful else samples
-    return _CalibrationRun(interpreter, samples, outputs, statistics.records, tuple(fold.records for fold in folds), probes)
+    return _CalibrationRun(interpreter, samples, probes, outputs, statistics.records, tuple(fold.records for fold in folds))
 
 
 def _with_feedback(params, weight: _Weight, folds) -> Tuple[object, Optional[str]]:

@@ -530,7 +530,7 @@ class Session:
             raise InputError(f"state '{name}' holds {dtype} {list(shape)}; the value given is {str(tensor.dtype).replace('torch.', '')}")
         if tuple(tensor.shape) != shape:
             raise InputError(f"state '{name}' holds {dtype} {list(shape)}; the value given has shape {list(tensor.shape)}")
-        stored = tensor.to(self._dtype(name))
+        stored = tensor.to(self.interpreter.state_dtype(name))
         if stored.dtype == torch.float32 and self.interpreter.precision == "float16":
             stored = stored.to(torch.float16).to(torch.float32)
         self._cells[name] = StateCell(name, stored)
@@ -539,9 +539,6 @@ class Session:
     def states(self) -> Dict[str, np.ndarray]:
         """State name -> a copy of its content (floats as float32)."""
         return {name: value_to_numpy(cell.value).copy() for name, cell in self._cells.items()}
-
-    def _dtype(self, name: str) -> torch.dtype:
-        return self.interpreter.state_dtype(name)
 
     def _check_name(self, name: str) -> None:
         spec = self.interpreter.state_spec()
