@@ -48,7 +48,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from milcompress.ops._arrays import row_slices
 
 _F16_MAX = 65504.0
 _F16_CODES = 1 << 16
@@ -844,12 +843,13 @@ def outlier_scale(values: np.ndarray, weights: Optional[np.ndarray] = None) -> f
         x = held.astype(np.uint16).view(np.float16).astype(np.float64)
         energy = float((counts[held] * (x * x)).sum())
         return energy / values.size if energy > 0 else 1.0
-    w = None if weights is None else np.broadcast_to(weights, values.shape)  # a view: sliced below
+    # In buffered pieces whatever the layout (a [1, n] row of a whole tensor, weights broadcast
+    # from one per channel): never a float64 copy of the whole.
+    w = np.ones((), dtype=np.float64) if weights is None else weights
     energy = total = 0.0
-    for rows in row_slices(values.shape):
-        x = values[rows].astype(np.float64)
-        ws = np.ones_like(x) if w is None else w[rows].astype(np.float64)
-        energy += float((ws * x * x).sum())
+    for x, ws in np.nditer([values, np.broadcast_to(w, values.shape)], flags=["external_loop", "buffered", "zerosize_ok"],
+                           op_dtypes=[np.float64, np.float64], buffersize=1 << 16):
+        energy += float(np.dot(ws, x * x))
         total += float(ws.sum())
     return energy / total if energy > 0 and total > 0 else 1.0
 

@@ -142,7 +142,7 @@ def palettize(
     target = weight if scale is None else weight.astype(np.float64) / scale.astype(np.float64)
     groups = channels // group_size
     grouped = _to_groups(target, axis, groups, vector)  # [G, n, cluster_dim]
-    weights = None if importance is None else _to_groups(np.broadcast_to(importance, weight.shape), axis, groups, vector).mean(-1)
+    weights = None if importance is None else _group_weights(importance, weight.shape, axis, groups, vector)
     if config.mode == "custom":
         moved = np.moveaxis(target, axis, 0)
         group_shape = (group_size,) + moved.shape[1:]
@@ -245,7 +245,7 @@ def estimate_palettes(
         weight = np.take(weight, rows, axis=axis)
         importance = None if importance is None else np.take(importance, rows, axis=axis)
     values = _to_groups(weight, axis, count, 1)[..., 0]
-    weights = None if importance is None else _to_groups(importance, axis, count, 1)[..., 0]
+    weights = None if importance is None else _group_weights(importance, weight.shape, axis, count, 1)
     errors, energy, tables = table_errors(values, [1 << c.nbits for c in configs], weights, dtype=weight.dtype, outlier_scale=scale, with_tables=True)
     signal = float(energy.sum())
     result = []
@@ -283,7 +283,7 @@ def palettize_estimated(
         rest = np.setdiff1d(np.arange(groups), estimate.groups)
         lut[estimate.groups] = estimate.lut
         if rest.size:
-            weights = None if importance is None else _to_groups(np.broadcast_to(importance, weight.shape), axis, groups, 1)[rest, :, 0]
+            weights = None if importance is None else _group_weights(importance, weight.shape, axis, groups, 1)[rest]
             _, _, (found,) = table_errors(values[rest], [lut.shape[1]], weights, dtype=weight.dtype, outlier_scale=estimate.outlier_scale, with_tables=True)
             lut[rest] = found
     index = assign_nearest(values, lut)
@@ -349,6 +349,20 @@ def _to_groups(x: np.ndarray, axis: int, groups: int, vector: int) -> np.ndarray
     rest = int(np.prod(moved.shape[1:], dtype=np.int64))
     rows = moved.reshape(groups, channels // groups // vector, vector, rest)
     return np.swapaxes(rows, 2, 3).reshape(groups, -1, vector)
+
+
+def _group_weights(importance: np.ndarray, shape: Tuple[int, ...], axis: int, groups: int, vector: int) -> np.ndarray:
+    """`importance` (broadcasting to `shape`) in the layout of `_to_groups`: [groups, n] float32,
+    a vector's weight the mean of its components'. One copy in float32: an importance broadcast
+    from one value per input channel is otherwise expanded to the weight's size in float64 two or
+    three times over (1.3 GB of work arrays for a 43M-element embedding's per-tensor palette)."""
+    moved = np.moveaxis(np.broadcast_to(importance, shape), axis, 0)
+    channels = moved.shape[0]
+    rest = int(np.prod(moved.shape[1:], dtype=np.int64))
+    grouped = np.empty((groups, channels // groups // vector, rest, vector), dtype=np.float32)
+    grouped[...] = np.swapaxes(moved.reshape(groups, channels // groups // vector, vector, rest), 2, 3)  # a view: no other copy
+    grouped = grouped.reshape(groups, -1, vector)
+    return grouped[..., 0] if vector == 1 else grouped.mean(-1, dtype=np.float64).astype(np.float32)
 
 
 def _from_groups(index: np.ndarray, shape: Tuple[int, ...], axis: int, vector: int) -> np.ndarray:
