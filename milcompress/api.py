@@ -156,7 +156,7 @@ def compress_to_size(
     `sensitivity_seconds` > 0 also measures end-to-end sensitivity. Without calibration, a
     decoder (token ids in, logits out) is run on synthetic token ids instead, every weight's
     sensitivity measured on them (`synthetic_check`: None for decoders only, True to require it,
-    False never). `progress=True` draws
+    False never); a decoder's every weight is measured unless `sensitivity_seconds` bounds it. `progress=True` draws
     a bar per stage (calibration, evaluation, sensitivity, rewrite, error feedback). `workers` and
     `client`: where the evaluation and the rewrite run, as for the other functions.
     `activations` ("int8", "uint8", or an activation config as `linear_quantize_activations` takes

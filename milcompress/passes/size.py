@@ -363,7 +363,7 @@ def compress_program_to_size(
     `calibration`: inputs for the reference executor (a dict of arrays, stacked along a new first
     axis for several samples, or a list of dicts; for a stateful program, also a list of
     sequences, each a list of per-call dicts, or, for a decoder, its token ids alone:
-    `reference.verify.sequences_of`); `sensitivity_seconds` > 0 (needs calibration)
+    `reference.verify.sequences_of`); `sensitivity_seconds` > 0 (needs calibration, or a decoder's synthetic check)
     also measures each weight's end-to-end sensitivity within that many seconds. `progress` (a
     `milcompress.progress.Progress`) hears of each stage: calibration, evaluation, sensitivity,
     rewrite (building the chosen forms) and error feedback.
@@ -377,6 +377,9 @@ def compress_program_to_size(
     default) does it for decoders (`reference.decoder`: one sequence of `SYNTHETIC_TOKENS` random
     token ids), the models whose data-free errors are known to mislead (see the module docstring);
     True asks for it (an error for a program it cannot make inputs for); False never does it.
+    A decoder's sensitivities, synthetic or calibrated, are measured for every weight unless
+    `sensitivity_seconds` bounds that stage (the largest weights first; the rest get the median):
+    on an 8B-parameter decoder every weight takes hours on two cores.
 
     The evaluation's and the rewrite's per-weight work runs as independent jobs
     (`ops.jobs.menu_forms`, `ops.jobs.build_form`) on the executor `milcompress.parallel.executor_for(workers,
@@ -389,8 +392,6 @@ def compress_program_to_size(
         raise ConfigError(f"target_bits_per_weight must be in (0, 32], not {target_bits_per_weight}", field="target_bits_per_weight")
     if target_bytes is not None and (isinstance(target_bytes, bool) or int(target_bytes) != target_bytes or target_bytes < 0):
         raise ConfigError(f"target_bytes must be a non-negative integer, not {target_bytes!r}", field="target_bytes")
-    if sensitivity_seconds and calibration is None:
-        raise ConfigError("sensitivity_seconds needs calibration inputs", field="sensitivity_seconds")
     if error_feedback and calibration is None:
         raise ConfigError("error_feedback needs calibration inputs", field="error_feedback")
     candidates = tuple(DEFAULT_CANDIDATES if candidates is None else candidates)
@@ -404,11 +405,14 @@ def compress_program_to_size(
                               "inputs to make for it; give calibration inputs instead", field="synthetic_check")
         if decoder is not None:
             synthetic = calibration = synthetic_inputs(decoder)
+    if sensitivity_seconds and calibration is None:
+        raise ConfigError("sensitivity_seconds needs calibration inputs, or a decoder to run the synthetic check on", field="sensitivity_seconds")
     sensitivity_cap = None
-    if decoder is not None and calibration is not None and not sensitivity_seconds:
+    if decoder is not None and calibration is not None and (synthetic is not None or not sensitivity_seconds):
         # A decoder's weights differ in sensitivity by orders of magnitude that no weight error shows
-        # (its tied embedding most of all): measure every weight, on one sequence.
-        sensitivity_seconds, sensitivity_cap = math.inf, DECODER_SENSITIVITY_SAMPLES
+        # (its tied embedding most of all): measure every weight (or as many as `sensitivity_seconds`
+        # allows, the largest first), on one sequence.
+        sensitivity_seconds, sensitivity_cap = sensitivity_seconds or math.inf, DECODER_SENSITIVITY_SAMPLES
 
     graph = ProgramGraph(prog)
     scratch = scratch_of(prog)  # a program read on demand: chosen forms and emitted consts go to disk

@@ -603,7 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--activation-ranges", choices=["minmax", "percentile", "mse"],
                      help="with --activations: how each activation's range is chosen from the calibration: percentile (the default: "
                           "99.99%% of the values), minmax (coremltools') or mse (least quantization error)")
-    run.add_argument("--sensitivity-seconds", help="with --target-bpw and --calibration: time to measure each weight's end-to-end sensitivity")
+    run.add_argument("--sensitivity-seconds", help="with --target-bpw, and --calibration or a decoder's synthetic check: time to measure each weight's end-to-end "
+                     "sensitivity in (a decoder's: every weight unless this bounds it, the largest first)")
     feedback = run.add_mutually_exclusive_group()
     feedback.add_argument("--error-feedback", action="store_true", default=None,
                           help="with --target-bpw and --calibration: re-encode matrix-like weights by error feedback (GPTQ) where held-out "

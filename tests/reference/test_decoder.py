@@ -322,6 +322,21 @@ def test_token_ids_wrapped_for_negative_indices_are_still_recognised():
     assert decoder is not None and (decoder.ids, decoder.mask, decoder.logits, decoder.vocabulary) == ("input_ids", "causal_mask", "logits", vocabulary)
 
 
+def test_sensitivity_seconds_bounds_a_decoders_synthetic_check(decoders):
+    """Every weight of a decoder is measured by default, which takes hours at 8B parameters:
+    `sensitivity_seconds` bounds the synthetic check as it bounds a calibrated one (the largest
+    weights first, the rest at the median: here none measured, so none weighed apart)."""
+    _, model = decoders["stateless"]
+    bounded = milcompress.report_of(milcompress.compress_to_size(model, 6.0, weight_threshold=0, sensitivity_seconds=1e-9)).summary
+    assert bounded["synthetic"] and bounded["sensitivity_measured"] == 0 and {c["sensitivity"] for c in bounded["choices"]} == {1.0}
+    ample = milcompress.report_of(milcompress.compress_to_size(model, 6.0, weight_threshold=0, sensitivity_seconds=600)).summary
+    assert ample["synthetic"] and ample["sensitivity_measured"] == len(ample["choices"]) and ample["sensitivity_samples"] == 1
+    from milcompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sensitivity_seconds needs calibration inputs, or a decoder"):
+        milcompress.compress_to_size(_plain_model(), 8.0, weight_threshold=0, sensitivity_seconds=5)
+
+
 def test_data_free_compress_to_size_runs_a_decoder_on_synthetic_token_ids(decoders, monkeypatch):
     """Without calibration, a decoder's weights are weighed by a run on random token ids (every
     weight's sensitivity measured; with calibration, on its first sequence);
