@@ -52,6 +52,8 @@ README = ROOT / "README.md"
 PLOT = ROOT / "benchmarks" / "results" / "memory.png"
 CONFIGS = {
     "int4 per block 32": {"pipeline": "INT4_BLOCK32"},
+    # Without the default pool's worker processes, each holding the weight it compresses.
+    "int4 per block 32, --workers 1": {"pipeline": "INT4_BLOCK32", "workers": 1},
     "palettize 4-bit per tensor": {"pipeline": "PALETTIZE_4BIT"},
     "compress_to_size 4": {"target_bpw": 4.0},
     # At 8B parameters, measuring every weight's sensitivity (450 what-if runs) takes hours on two cores.
@@ -80,6 +82,7 @@ def _child(library: str, config: str, package: str, output: str, in_memory: bool
         options = CONFIGS[config]
         how = ["--pipeline", options["pipeline"]] if "pipeline" in options else ["--target-bpw", str(options["target_bpw"])]
         how += ["--sensitivity-seconds", str(options["sensitivity_seconds"])] if "sensitivity_seconds" in options else []
+        how += ["--workers", str(options["workers"])] if "workers" in options else []
         with open(os.devnull, "w") as quiet, _stdout_to(quiet):
             code = main(["run", package, "-o", output, "--force", *how])
         sys.exit(code)
@@ -257,7 +260,7 @@ def sweep(sizes: List[str], configs: List[str], libraries: List[str], *, in_memo
             for library in libraries:
                 modes = [False] + ([True] if in_memory and library == "milcompress" else [])
                 for memory_mode in modes:
-                    if library == "coremltools" and config.startswith("compress_to_size"):
+                    if library == "coremltools" and (config.startswith("compress_to_size") or "workers" in CONFIGS[config]):
                         continue
                     record = measure(library, config, path, CACHE / f"out_{size}.mlpackage", in_memory=memory_mode, cap_gb=cap_gb)
                     entry["runs"] = [r for r in entry["runs"] if (r["library"], r["config"], r["mode"]) != (record["library"], record["config"], record["mode"])]
