@@ -147,6 +147,10 @@ def palettize(
         moved = np.moveaxis(target, axis, 0)
         group_shape = (group_size,) + moved.shape[1:]
         lut, index = _custom(grouped, config, weight.dtype, group_shape)
+    elif config.mode == "kmeans" and vector == 1 and config.outlier_aware:
+        # The outlier scale of the values as they are (weights per input channel, not per element):
+        # the same number as of the grouped copy, at a fraction of the cost.
+        lut, index = _kmeans(grouped, config, weight.dtype, weights, outliers=outlier_scale(target, importance))
     else:
         lut, index = _MODES[config.mode](grouped, config, weight.dtype, weights)
     full_lut_shape = [1] * weight.ndim + list(lut.shape[1:])
@@ -378,14 +382,15 @@ def _finish_scalar(values: np.ndarray, tables: np.ndarray, dtype: np.dtype) -> T
     return lut[..., None], assign_nearest(values, lut)
 
 
-def _kmeans(values: np.ndarray, config: PalettizeConfig, dtype: np.dtype, weights: Optional[np.ndarray]):
+def _kmeans(values: np.ndarray, config: PalettizeConfig, dtype: np.dtype, weights: Optional[np.ndarray], outliers: Optional[float] = None):
     """k-means tables, outlier-aware unless the config says not (`kmeans.kmeans_1d`): a value
     beyond `OUTLIER_RMS` times the whole tensor's RMS (a vector: its norm against the RMS norm)
-    weighs more, so one scale decides what an outlier is in every group."""
+    weighs more, so one scale decides what an outlier is in every group (`outliers`: that scale,
+    where the caller has it)."""
     k = 1 << config.nbits
     scale = None
     if config.outlier_aware:  # the mean square of a value (a vector: the mean squared norm)
-        scale = outlier_scale(values, None if weights is None else weights[..., None]) * values.shape[-1]
+        scale = outliers if outliers is not None else outlier_scale(values, None if weights is None else weights[..., None]) * values.shape[-1]
     if values.shape[-1] == 1:
         scalars = values[..., 0]
         return _finish_scalar(scalars, kmeans_1d(scalars, k, weights, outlier_scale=scale), dtype)

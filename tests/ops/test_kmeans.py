@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from milcompress.ops.kmeans import assign_nearest, kmeans_1d, kmeans_vectors, table_errors
@@ -283,3 +283,24 @@ def test_table_errors_of_small_groups_are_the_optimum():
     errors, _ = table_errors(x, (16, 4), dtype=np.float32)  # float32 tables: no rounding of the optimum
     for row, k in zip(errors, (16, 4)):
         np.testing.assert_allclose(row, [optimal_sse(x[g], k) for g in range(3)], rtol=1e-6)
+
+
+@given(
+    shape=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+    mask=st.lists(st.booleans(), min_size=3, max_size=3),
+    dtype=st.sampled_from([np.float16, np.float32]),
+    seed=st.integers(0, 999),
+)
+@settings(max_examples=60, deadline=None)
+def test_the_outlier_scale_is_the_weighted_mean_square_whatever_the_weights_broadcast_along(shape, mask, dtype, seed):
+    from milcompress.ops.kmeans import outlier_scale
+
+    rng = np.random.default_rng(seed)
+    values = (rng.standard_normal(shape) * 3).astype(dtype)
+    weights_shape = [size if keep else 1 for size, keep in zip(shape, mask)]  # one weight per slice along some axes
+    weights = rng.random(weights_shape)
+    full = np.broadcast_to(weights, values.shape).astype(np.float64)
+    expected = float((full * values.astype(np.float64) ** 2).sum() / full.sum())
+    assert outlier_scale(values, weights) == pytest.approx(expected if expected > 0 else 1.0, rel=1e-9)
+    assert outlier_scale(values, full) == pytest.approx(expected if expected > 0 else 1.0, rel=1e-9)
+    assert outlier_scale(values) == pytest.approx(float((values.astype(np.float64) ** 2).mean()) or 1.0, rel=1e-9)
