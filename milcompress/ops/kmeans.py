@@ -578,6 +578,26 @@ def _greedy_cuts(bins: _Bins, k: int, batched: bool = False) -> np.ndarray:
     return np.concatenate([np.sort(start, axis=1), np.full((groups, 1), bins.n)], axis=1)
 
 
+def _companded_cuts(bins: _Bins, k: int) -> np.ndarray:
+    """Cuts [G, k + 1] at equal steps of the integral of the weight density's cube root: the
+    point density of the least-squares quantizer with many levels (Panter and Dite, 1951)."""
+    groups, n = bins.groups, bins.n
+    weight = np.diff(bins.w, axis=1)  # [G, n], 0 for padding
+    value = bins.value
+    edges = np.concatenate([value[:, :1], (value[:, 1:] + value[:, :-1]) / 2, value[:, -1:]], axis=1)
+    width = np.diff(edges, axis=1)
+    mass = np.where(width > 0, np.cbrt(weight * width * width), np.cbrt(weight))  # the cube root of the density, times the width
+    cumulative = np.cumsum(mass, axis=1)
+    total = cumulative[:, -1:]
+    rows = np.arange(groups)[:, None]
+    # One search for all rows: row r is shifted by 2r so rows stay sorted end to end.
+    shifted = (cumulative / np.where(total > 0, total, 1.0) + 2 * rows).reshape(-1)
+    found = np.searchsorted(shifted, (np.arange(1, k)[None, :] / k + 2 * rows).reshape(-1), side="left")
+    cuts = np.clip(found.reshape(groups, -1) - rows * n + 1, 1, n)
+    ends = np.zeros((groups, 1), np.int64), np.full((groups, 1), n, np.int64)
+    return np.concatenate([ends[0], np.maximum.accumulate(cuts, axis=1), ends[1]], axis=1)
+
+
 def _sweep(bins: _Bins, cuts: np.ndarray, offsets: np.ndarray, grid: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """One exact DP over all cuts jointly, each cut choosing from its neighbourhood.
 
@@ -727,8 +747,13 @@ def _cluster_bins(bins: _Bins, k: int, thorough: bool = True) -> np.ndarray:
         start = _dp_over_positions(bins, _coarse_positions(bins, _COARSE_ATOMS_PER_CLUSTER * k), k)
         cuts = _improve(bins, _lloyd(bins, start, iterations), coarse=False, fine_sweeps=_MAX_FINE_SWEEPS if thorough else 1)
     else:
-        start = _greedy_cuts(bins, k, batched=not thorough)
-        cuts = _improve(bins, _lloyd(bins, start, iterations), coarse=thorough)
+        # Two starts, each polished by Lloyd, the better kept per group: the divisive one suits
+        # heavy tails, the companded one (near the optimum for smooth densities) spares the
+        # sweeps most of their work there. On 1M float16 weights, k = 256: 0.24 -> 0.10 s
+        # (normal), 0.30 -> 0.09 s (Student-t), each at the same or a lower error.
+        starts = [_lloyd(bins, start, iterations) for start in (_greedy_cuts(bins, k, batched=True), _companded_cuts(bins, k))]
+        better = (bins.total_cost(starts[1]) < bins.total_cost(starts[0]))[:, None]
+        cuts = _improve(bins, np.where(better, starts[1], starts[0]), coarse=thorough)
     return bins.centroids(cuts)
 
 
