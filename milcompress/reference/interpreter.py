@@ -167,6 +167,18 @@ class _StaticValues(Mapping):
                     self._budget -= nbytes
         return computed.maps[0][name]
 
+    def output_var(self, name: str) -> Var:
+        """The var of const output `name`, whose value is computed only when asked for."""
+        _, op = self._ops[name]
+        return next(var for var in op.outputs if var.name == name)
+
+    def release(self, name: str) -> None:
+        """Let go of large value `name` if it is held, returning its bytes to the budget (a
+        replacement stands in for it: holding both would double the largest working set)."""
+        value = self._large.pop(name, None)
+        if value is not None:
+            self._budget += value.numel() * value.element_size()
+
     def __contains__(self, name) -> bool:
         return name in self._ops
 
@@ -289,10 +301,11 @@ class Interpreter:
         for name, value in (replace or {}).items():
             if name not in self._static:
                 raise InputError(f"replace: '{name}' is not the output of a const or constexpr op")
-            current = self._static[name]  # a weight read on demand is read here: once
-            if tuple(np.shape(value)) != tuple(current.shape):
-                raise InputError(f"replace: '{name}' has shape {list(current.shape)}, not {list(np.shape(value))}")
-            converted[name] = self._stored_like(current, value_from_numpy(np.asarray(value)))
+            var = self._static.output_var(name)  # its value is not read: a weight on demand stays on disk
+            if tuple(np.shape(value)) != tuple(var.shape):
+                raise InputError(f"replace: '{name}' has shape {list(var.shape)}, not {list(np.shape(value))}")
+            self._static.release(name)
+            converted[name] = self._stored(var, value_from_numpy(np.asarray(value)))
         return converted
 
     def run_with(self, inputs: Mapping[str, object], replacements: Mapping[str, Value], states: Optional[Mapping[str, StateCell]] = None) -> Dict[str, np.ndarray]:
@@ -467,12 +480,6 @@ class Interpreter:
                 f"{list(value.shape)}; the program declares {list(var.shape)}"
             )
         return self._stored(var, value)
-
-    def _stored_like(self, current: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        value = value.to(current.dtype)
-        if value.dtype == torch.float32 and self.precision == "float16":
-            value = value.to(torch.float16).to(torch.float32)
-        return value
 
     def _stored(self, var: Var, value: torch.Tensor) -> torch.Tensor:
         dtype = torch_dtype(var.dtype)

@@ -417,6 +417,17 @@ def test_holding_keeps_the_weights_read_from_a_package_for_the_runs_that_follow(
         interpreter.run(inputs)
         interpreter.run(inputs)
     assert len(loads) == 13
+    # A weight replaced in a what-if run is not read (its shape is the program's), and a held copy
+    # of it is let go, its room given back: the first weight fills the room, the replacement frees
+    # it for the second.
+    name = next(op.outputs[0].name for op in interpreter.function.operations if op.op_type == "const" and op.outputs[0].shape == (256, 128))
+    with interpreter.holding(140_000):
+        interpreter.run(inputs)
+        assert len(loads) == 15
+        replaced = interpreter.run(inputs, replace={name: np.zeros((256, 128), np.float32)})["out"]
+        assert len(loads) == 16 and not replaced.any()  # the second read once more, now held
+        interpreter.run(inputs, replace={name: np.zeros((256, 128), np.float32)})
+        assert len(loads) == 16
 
 
 def test_perturbing_changes_a_computed_value_for_every_reader_and_only_within_the_context():
