@@ -199,10 +199,12 @@ is measured on this many sequences (of the calibration inputs, or the synthetic 
 SNAPSHOT_BYTES = 1 << 30
 """Sensitivity runs reuse the dense run's values (`Interpreter.snapshot`) of samples holding up to
 this many bytes in all; further samples are run whole."""
-HELD_WEIGHT_BYTES = 1 << 30
+HELD_WEIGHT_BYTES = 768 << 20
 """While sensitivity is measured, the weights the executor reads from a saved package stay in
 memory (as the executor holds them: float32) up to this many bytes (`Interpreter.holding`), so
-each is read and converted once rather than on every what-if run."""
+each is read and converted once rather than on every what-if run. All of SmolLM2-135M's fit; at
+8B parameters (32 GB in float32) what it holds hardly matters to the time, and a larger hold
+adds its size to the peak (1 GiB: 3.4 GB for data-free compress_to_size)."""
 FEEDBACK_MAX_INPUTS = 4096
 """Error feedback needs each weight's [inputs, inputs] second moment: recorded up to this size."""
 _PROBE = PalettizeConfig(nbits=4, weight_threshold=0)  # the form sensitivity is measured with
@@ -801,6 +803,7 @@ def _sensitivity(run: _CalibrationRun, weight: _Weight, sample_indices: List[int
     or leaves it exact."""
     from milcompress.reference.verify import run_sequence
 
+    run.interpreter.release(weight.candidate.const.outputs[0].name)  # replaced below: its float32 copy is not needed meanwhile
     value = weight.candidate.value
     fitted, _ = fit_to_shape(_PROBE, value.shape, weight.layout)
     try:

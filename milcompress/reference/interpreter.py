@@ -341,6 +341,10 @@ class Interpreter:
     def _computed_names(self) -> set:
         return {var.name for _, op in _blocks_and_ops(self.function) if not _is_static(op) for var in op.outputs}
 
+    def release(self, name: str) -> None:
+        """Let go of const output `name` if `holding` keeps it (a caller about to replace it)."""
+        self._static.release(name)
+
     def holding(self, max_bytes: int):
         """A context in which the weights a run reads from the package stay in memory, up to
         `max_bytes` in all, for the runs that follow (a program held in memory holds them all
