@@ -357,15 +357,11 @@ def _to_groups(x: np.ndarray, axis: int, groups: int, vector: int) -> np.ndarray
 
 def _group_weights(importance: np.ndarray, shape: Tuple[int, ...], axis: int, groups: int, vector: int) -> np.ndarray:
     """`importance` (broadcasting to `shape`) in the layout of `_to_groups`: [groups, n] float32,
-    a vector's weight the mean of its components'. One copy in float32: an importance broadcast
-    from one value per input channel is otherwise expanded to the weight's size in float64 two or
-    three times over (1.3 GB of work arrays for a 43M-element embedding's per-tensor palette)."""
-    moved = np.moveaxis(np.broadcast_to(importance, shape), axis, 0)
-    channels = moved.shape[0]
-    rest = int(np.prod(moved.shape[1:], dtype=np.int64))
-    grouped = np.empty((groups, channels // groups // vector, rest, vector), dtype=np.float32)
-    grouped[...] = np.swapaxes(moved.reshape(groups, channels // groups // vector, vector, rest), 2, 3)  # a view: no other copy
-    grouped = grouped.reshape(groups, -1, vector)
+    a vector's weight the mean of its components'. In float32 from the start: an importance
+    broadcast from one value per input channel was otherwise expanded to the weight's size in
+    float64 two or three times over (1.3 GB of work arrays for a 43M-element embedding's
+    per-tensor palette)."""
+    grouped = _to_groups(np.broadcast_to(importance, shape).astype(np.float32, order="C"), axis, groups, vector)
     return grouped[..., 0] if vector == 1 else grouped.mean(-1, dtype=np.float64).astype(np.float32)
 
 
