@@ -4,7 +4,7 @@ For each config (int4 per block of 32, 4-bit palettes in groups of 16, and `comp
 data-free), the model is compressed with `workers=1` and with `workers=2`, in alternating order
 (1, 2, then 2, 1: whatever else the machine does then weighs on both alike), and the run reports:
 - the wall time of the pass's per-weight stage (from its progress: the stage the executor runs,
-  or for `compress_to_size` its evaluation and rewrite stages) and of the whole call (loading the
+  or for `compress_to_size` its evaluation, sensitivity and rewrite stages) and of the whole call (loading the
   program from the model and serialising the new one included), each the mean of the two runs;
 - the ratio one worker / two workers;
 - whether the two outputs' weights are byte-identical (the digest of the saved packages);
@@ -102,7 +102,7 @@ def _digest(model, work: Path) -> str:
         return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file())).hexdigest()
 
 
-PASS_STAGES = ("evaluation", "rewrite", "linear_quantize_weights", "palettize_weights")
+PASS_STAGES = ("evaluation", "sensitivity", "rewrite", "linear_quantize_weights", "palettize_weights")
 
 
 def run_once(package: Path, label: str, workers: Optional[int], work: Path) -> dict:
@@ -185,7 +185,7 @@ def report(results: List[dict], meta: dict) -> str:
                   format_table(["workers", "run", *stages, "total"],
                                [[str(r["workers"]), str(i), *(f"{r['size_stage_seconds'][s]:.1f}" for s in stages), f"{r['total_seconds']:.1f}"]
                                 for i, r in enumerate(sized)], [True, True] + [True] * (len(stages) + 1)), "```", ""]
-    lines += ["pass s: the pass's per-weight stages (for compress_to_size: evaluation and rewrite); total s: the whole call, "
+    lines += ["pass s: the pass's per-weight stages (for compress_to_size: evaluation, sensitivity and rewrite); total s: the whole call, "
               "loading the program and serialising the new model included. Each the mean of the runs (alternating order)."]
     return "\n".join(lines) + "\n"
 

@@ -42,6 +42,12 @@ _TEMPORARY = re.compile(r"^\..+\.milcompress-(\d+)-[^.]+(\.tmp)?$")  # .<name>.m
 
 def load_model(path) -> Tuple[object, object]:
     """(MLModel, its MIL program) for the package at `path`; InputError if it is unusable."""
+    model, _ = _opened(path)
+    return model, program_of(model)
+
+
+def _opened(path) -> Tuple[object, Path]:
+    """(MLModel without its program loaded, the path) for the package at `path`; InputError if it is unusable."""
     import coremltools as ct
 
     from milcompress._coremltools import model_type
@@ -75,7 +81,7 @@ def load_model(path) -> Tuple[object, object]:
     kind = model_type(model)
     if kind != "mlProgram":
         raise InputError(f"{path}: a {kind} model; milcompress compresses ML programs (convert_to='mlprogram')")
-    return model, program_of(model)
+    return model, path
 
 
 def program_of(mlmodel, at_least_ios16: bool = False):
@@ -103,7 +109,28 @@ def program_of(mlmodel, at_least_ios16: bool = False):
         raise unreadable_program(getattr(mlmodel, "package_path", None) or "the model's package", error) from error
     if on_demand:  # the passes keep what they make on disk too (passes/streaming.py)
         attach_scratch(prog, ScratchSpace(tempfile.gettempdir()))
+        prog._milcompress_package = (str(mlmodel.package_path), bool(at_least_ios16))
         _return_freed_memory_promptly()
+    return prog
+
+
+def package_of(prog) -> Optional[Tuple[str, bool]]:
+    """(the package path, `at_least_ios16`) that `program_of` read `prog` from on demand, or None
+    for a program held in memory. The program may have been changed since (by a pass)."""
+    return getattr(prog, "_milcompress_package", None)
+
+
+def program_at(path, at_least_ios16: bool = False):
+    """The program of the package at `path`, its weights read on demand and no scratch space: a
+    read-only copy for a worker process (see `passes/sensitivity.py`); InputError as `load_model`."""
+    from milcompress import _coremltools as ct_private
+
+    model, _ = _opened(path)
+    try:
+        prog = ct_private.program_from_mlmodel(model, at_least_ios16=at_least_ios16, lazy_weights=True)
+    except Exception as error:
+        raise unreadable_program(path, error) from error
+    _return_freed_memory_promptly()
     return prog
 
 

@@ -33,7 +33,7 @@ import signal
 import sys
 import types
 from abc import ABC, abstractmethod
-from typing import Callable, Deque, Iterable, Iterator, Optional, TypeVar
+from typing import Callable, Deque, Dict, Iterable, Iterator, Optional, TypeVar
 
 from milcompress.errors import ConfigError, PassError
 
@@ -53,6 +53,17 @@ CONNECT_TIMEOUT = "10s"  # how long a scheduler address is tried before it is an
 IN_FLIGHT_PER_WORKER = 2
 """Jobs submitted and not yet taken back, per worker: enough to keep every worker busy while the
 caller takes a result, few enough that memory holds only a handful of weights and their forms."""
+
+
+worker_state: Dict[str, object] = {}
+"""What jobs keep from one to the next in the process that runs them, by a key of their own (the
+size allocation's sensitivity jobs keep the dense runs they compare against: see
+`passes/sensitivity.py`). Cleared when the executor closes: a pool's processes end with it, and a
+Dask cluster's workers, which outlive it, are told to clear theirs."""
+
+
+def _clear_worker_state() -> None:
+    worker_state.clear()
 
 
 def machine_workers() -> int:
@@ -112,6 +123,9 @@ class InProcess(Executor):
     def map(self, function, jobs):
         for job in jobs:
             yield function(job)
+
+    def close(self, abort: bool = False) -> None:
+        _clear_worker_state()
 
 
 @contextlib.contextmanager
@@ -231,6 +245,8 @@ class DaskExecutor(_Bounded):
         return self.client.submit(function, data, pure=False)
 
     def close(self, abort: bool = False) -> None:
+        with contextlib.suppress(Exception):  # a cluster gone away keeps nothing to clear
+            self.client.run(_clear_worker_state)
         if self._owned is not None:
             self._owned.close()
             self._owned = None

@@ -3,11 +3,13 @@ flight, weights given as arrays or as references loaded in the worker, and compr
 reports and progress byte-identical whether the per-weight jobs run here, in a pool of processes
 or on a Dask cluster."""
 
+import dataclasses
 import hashlib
 import json
 import math
 import operator
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -259,3 +261,92 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(tmp_path)
     root = str(Path(__file__).resolve().parents[1])
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": root})
     assert (done.returncode, done.stdout) == (0, "ran\n[-1, -2, -3]\n"), done.stderr
+
+
+# -- the size allocation's sensitivity runs -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def decoder_package(tmp_path_factory):
+    """A 2-layer Llama-shaped decoder saved as a package: data-free compress_to_size measures every
+    weight's sensitivity on it (the synthetic check)."""
+    from benchmarks.models.llama import LlamaConfig
+    from benchmarks.models.llama_package import write_llama_package
+
+    config = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=192, num_layers=2, num_heads=4, num_kv_heads=2)
+    return write_llama_package(config, tmp_path_factory.mktemp("decoder") / "decoder.mlpackage", sequence_length=16)
+
+
+def _sensitivity_executor(caplog) -> str:
+    found = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sensitivity of ")]
+    assert len(found) == 1, found
+    return found[0].split(": ")[-1]
+
+
+def test_sensitivity_runs_on_workers_give_the_same_package_report_and_progress(decoder_package, tmp_path, caplog):
+    """The workers open the package themselves; every sensitivity (in the report's choices, to the
+    last bit), every choice and every byte are those measured here."""
+    caplog.set_level("INFO", logger="milcompress.passes.size")
+    model = ct.models.MLModel(str(decoder_package), skip_model_load=True)
+    here = _compressed(tmp_path, "here", milcompress.compress_to_size, model, 4.0, weight_threshold=0, workers=1)
+    assert _sensitivity_executor(caplog) == "InProcess(workers=1)"
+    assert here[1]["summary"]["synthetic"] and here[1]["summary"]["sensitivity_measured"] == len(here[1]["summary"]["choices"]) == 17
+    caplog.clear()
+    pooled = _compressed(tmp_path, "pooled", milcompress.compress_to_size, model, 4.0, weight_threshold=0, workers=2)
+    assert _sensitivity_executor(caplog) == "ProcessPool(workers=2)"
+    assert pooled == here
+
+
+@pytest.mark.slow
+def test_sensitivity_runs_on_a_dask_cluster_give_the_same_package(decoder_package, tmp_path, cluster_client, caplog):
+    caplog.set_level("INFO", logger="milcompress.passes.size")
+    model = ct.models.MLModel(str(decoder_package), skip_model_load=True)
+    here = _compressed(tmp_path, "here", milcompress.compress_to_size, model, 4.0, weight_threshold=0, workers=1)
+    caplog.clear()
+    assert _compressed(tmp_path, "dask", milcompress.compress_to_size, model, 4.0, weight_threshold=0, client=cluster_client) == here
+    assert _sensitivity_executor(caplog) == "DaskExecutor(workers=2)"
+    assert cluster_client.run(lambda: __import__("milcompress.parallel").parallel.worker_state) == {a: {} for a in cluster_client.nthreads()}
+
+
+def test_a_program_held_in_memory_or_changed_by_a_pass_measures_here(decoder_package):
+    """Workers are sent the package's path, never a program: only a program read from a package
+    that it still is qualifies."""
+    from milcompress.packages import load_model, program_at
+    from milcompress.passes.sensitivity import package_source
+
+    _, prog = load_model(decoder_package)
+    path, at_least_ios16, digest = package_source(prog, "main")
+    assert (path, at_least_ios16) == (str(decoder_package), False)
+    held = program_at(decoder_package)  # read on demand, but not recorded as read from a package
+    assert package_source(held, "main") is None
+    from milcompress.passes.compress import compress_program
+
+    const = next(op for op in prog.functions["main"].operations if op.op_type == "const" and "mlp" in op.name)
+    compress_program(prog, CompressionConfig(op_name_configs={const.name: LinearQuantizeConfig(weight_threshold=0)}), workers=1)
+    assert package_source(prog, "main") is None  # a pass before the allocation changed it
+
+
+def test_a_sensitivity_job_checks_the_package_and_its_deadline(decoder_package):
+    """Run here, as a worker runs it: a weight measured; none once the deadline has passed; a
+    package whose structure is not the one the job was made for refused."""
+    from milcompress.errors import PassError
+    from milcompress.packages import load_model
+    from milcompress.parallel import _clear_worker_state
+    from milcompress.passes.sensitivity import SensitivityJob, WeightProbe, measure_sensitivities, package_source
+    from milcompress.reference import Interpreter
+    from milcompress.reference.decoder import Decoder
+
+    _, prog = load_model(decoder_package)
+    path, at_least_ios16, digest = package_source(prog, "main")
+    weight = next(op for op in prog.functions["main"].operations if op.op_type == "const" and "mlp" in op.name)
+    sample = [Decoder.of(Interpreter(prog)).call(np.arange(16, dtype=np.int32), 16)]
+    job = SensitivityJob(path, at_least_ios16, "main", digest, "m1", {0: sample}, (WeightProbe(weight.outputs[0].name, 0, 1),),
+                         bias_correction=False, held_bytes=0, deadline=math.inf)
+    try:
+        (found,) = measure_sensitivities(job)
+        assert found > 0
+        assert measure_sensitivities(dataclasses.replace(job, deadline=time.time() - 1)) == []
+        with pytest.raises(PassError, match="changed on disk"):
+            measure_sensitivities(dataclasses.replace(job, measurement="m2", digest="0" * 64))
+    finally:
+        _clear_worker_state()

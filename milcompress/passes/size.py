@@ -75,7 +75,7 @@ Language Models*). Data-free at 3, 4, 4.5 and 5 bits that gives 997, 67.9, 56.6 
 runs, one per weight: the call took 112 s on two shared cores, against 7.7 s for int4 per block.
 What-if runs resume from a snapshot of the dense run (`Interpreter.snapshot`), recomputing only
 from the weight's first reader on, and the executor holds the weights it reads while they run
-(`HELD_WEIGHT_BYTES`; reading and converting each weight on every run took four times as long).
+(`passes.sensitivity.HELD_WEIGHT_BYTES`; reading and converting each weight on every run took four times as long).
 
 What still misleads it, measured on SmolLM2's tied embedding alone (the rest float16): its forms'
 weight noise-to-signal ratios rank them unlike the damage they do. A 6-bit palette has an eighth
@@ -135,11 +135,11 @@ one or two crops between allocations of equal KL, so KL decides), none kept:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -147,17 +147,15 @@ import numpy as np
 
 from milcompress._coremltools import AbstractGraphPass, Program, opset_of
 from milcompress.config import AlgorithmConfig, CompressionConfig, LinearQuantizeConfig, PalettizeConfig
-from milcompress.errors import ConfigError, MilcompressError, NotCompressible
+from milcompress.errors import ConfigError, MilcompressError
 from milcompress.lowering import required_target
-from milcompress.ops import compress, describe, snr_db
+from milcompress.ops import describe, snr_db
 from milcompress.ops.allocate import Allocation, allocate
 from milcompress.ops.feedback import feedback, output_error
-from milcompress.ops.kmeans import outlier_scale
-from milcompress.ops.metrics import noise_to_signal
 from milcompress.ops.jobs import BuildJob, MenuForm, MenuJob, build_form, menu_forms
 from milcompress.ops.palettize import PaletteEstimate
-from milcompress.parallel import check_workers, executor_for
-from milcompress.passes.bias import correct_biases, corrected_bias
+from milcompress.parallel import InProcess, check_workers, executor_for
+from milcompress.passes.bias import correct_biases
 from milcompress.passes.compress import _Plan, _rewrite, _select, _skip, clipped_warnings, fit_to_shape, outlier_warnings
 from milcompress.passes.streaming import keep_form
 from milcompress.storage import restored, scratch_of
@@ -165,6 +163,7 @@ from milcompress.packages import load_arrays
 from milcompress.passes.graph import ProgramGraph
 from milcompress.passes.options import PassOption, optional, parse_bool, parse_float, parse_int, parse_path
 from milcompress.passes.report import SKIPPED, ConstRecord, Report, attach
+from milcompress.passes.sensitivity import SensitivityJob, WeightProbe, WhatIfRuns, held_weight_bytes, measure_sensitivities, package_source, sensitivity, single_threaded
 from milcompress.passes.skip_rules import SELECTION_RULES, first_reason
 from milcompress.passes.weights import WeightLayout, common_layout
 from milcompress.progress import Progress, as_progress
@@ -196,18 +195,8 @@ SYNTHETIC_SEED = 0
 DECODER_SENSITIVITY_SAMPLES = 1
 """A decoder's sensitivity, measured for every weight unless `sensitivity_seconds` says otherwise,
 is measured on this many sequences (of the calibration inputs, or the synthetic one)."""
-SNAPSHOT_BYTES = 1 << 30
-"""Sensitivity runs reuse the dense run's values (`Interpreter.snapshot`) of samples holding up to
-this many bytes in all; further samples are run whole."""
-HELD_WEIGHT_BYTES = 768 << 20
-"""While sensitivity is measured, the weights the executor reads from a saved package stay in
-memory (as the executor holds them: float32) up to this many bytes (`Interpreter.holding`), so
-each is read and converted once rather than on every what-if run. All of SmolLM2-135M's fit; at
-8B parameters (32 GB in float32) what it holds hardly matters to the time, and a larger hold
-adds its size to the peak (1 GiB: 3.4 GB for data-free compress_to_size)."""
 FEEDBACK_MAX_INPUTS = 4096
 """Error feedback needs each weight's [inputs, inputs] second moment: recorded up to this size."""
-_PROBE = PalettizeConfig(nbits=4, weight_threshold=0)  # the form sensitivity is measured with
 FEEDBACK_APPLIED = "error feedback (GPTQ)"  # the note of a form re-encoded by error feedback begins so
 
 
@@ -291,22 +280,6 @@ class _Weight:
     sampled: Dict[str, str] = field(default_factory=dict)  # label -> how its error was sampled, for forms estimated on some groups
     estimates: Dict[str, PaletteEstimate] = field(default_factory=dict)  # label -> the estimate of a k-means palette on its menu
 
-    @property
-    def importance(self) -> Optional[np.ndarray]:
-        """What each element's squared error is weighted by in k-means (None: all alike)."""
-        return None if self.column_weights is None else np.broadcast_to(self.column_weights, self.candidate.value.shape)
-
-    @functools.cached_property
-    def outlier_scale(self) -> float:
-        """The mean square the outlier-aware error measure is relative to (`ops.kmeans.outlier_scale`)."""
-        return outlier_scale(self.candidate.value, self.column_weights)
-
-    def error(self, approximation: np.ndarray) -> float:
-        """The (activation-weighted) noise-to-signal ratio of using `approximation`, outlier-aware:
-        each element's squared error also weighed by 1 + w^2 / E[w^2], as the palettes' k-means
-        and their estimated errors weigh it, so a form that clips the few far-out weights an LLM
-        depends on (its super weights) shows that damage."""
-        return noise_to_signal(self.candidate.value, approximation, self.column_weights, outlier_scale=self.outlier_scale)
 
 
 def _menu_job(weight: _Weight, candidates: Sequence[Tuple[str, AlgorithmConfig]]) -> MenuJob:
@@ -457,7 +430,8 @@ def compress_program_to_size(
             _take_menu(weight, _fitted(weight, candidates), forms)
             advance(weight.record.name)
     lap("evaluation")
-    measured, measured_on = _measure_sensitivity(run, weights, sensitivity_seconds, bias_correction, progress, sensitivity_cap) if sensitivity_seconds else (0, 0)
+    measured, measured_on = (_measure_sensitivity(run, weights, sensitivity_seconds, bias_correction, progress, sensitivity_cap, prog, workers, client)
+                             if sensitivity_seconds else (0, 0))
     lap("sensitivity")
 
     total_elements = fixed_elements + sum(int(w.candidate.value.size) for w in weights)
@@ -632,8 +606,6 @@ class _CalibrationRun:
     outputs: list
     statistics: Dict[str, object]
     folds: Tuple[Dict[str, object], ...] = ()
-    snapshots: Dict[int, object] = field(default_factory=dict)  # probe index -> its snapshot, while sensitivity is measured
-    references: Dict[int, list] = field(default_factory=dict)  # probe index -> its dense outputs, while sensitivity is measured
 
 
 def _decoder_of(prog: Program):
@@ -731,17 +703,20 @@ def sensitivity_samples(samples: int, weights: int, seconds: float, seconds_per_
     return int(min(samples, max(affordable, MIN_SENSITIVITY_SAMPLES)))
 
 
-def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: float, bias_correction: bool,
-                         progress: Progress, max_samples: Optional[int] = None) -> Tuple[int, int]:
-    """Each weight's output noise-to-signal ratio with it alone compressed (its 4-bit palette, and
-    its bias corrected where that is on), over its own weighted noise-to-signal ratio; largest
-    weights first, within `seconds`. Returns (weights measured, samples each was measured on).
+def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: float, bias_correction: bool, progress: Progress,
+                         max_samples: Optional[int], prog: Program, workers: Optional[int], client) -> Tuple[int, int]:
+    """Each weight's end-to-end sensitivity (`passes/sensitivity.py`), largest weights first, within
+    `seconds`. Returns (weights measured, samples each was measured on).
 
     One run of the program on one sample is timed first, and the samples are thinned (evenly
     spaced, as many as `sensitivity_samples` allows) so that every weight can be measured in
     time: on all-MiniLM-L6-v2 a run on one passage takes 30-40 ms on two cores, so its 38 weights
     on all 32 calibration passages take about 45 s, and on a busy machine 30 s measured only 5
-    of them. Weights there was still no time for get the median."""
+    of them. Weights there was still no time for get the median.
+
+    The runs go to the executor `executor_for(workers, client, ...)` chooses where the program is
+    read from a saved package it still matches (the workers open the package themselves), else
+    they run here."""
     from milcompress.reference.verify import run_sequence
 
     interpreter, samples = run.interpreter, run.probes
@@ -749,29 +724,27 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
         return 0, 0
     start = time.perf_counter()
     deadline = start + seconds
-    if math.isfinite(seconds):
-        run_sequence(interpreter, samples[0])
-        per_run = time.perf_counter() - start
-        count = sensitivity_samples(len(samples), len(weights), seconds - per_run, per_run)
-    else:
-        count = len(samples)
-    count = count if max_samples is None else min(count, max_samples)
-    chosen = [int(i) for i in np.linspace(0, len(samples) - 1, count).round().astype(int)]  # distinct: count <= len(samples)
-    measured: Dict[int, float] = {}
-    with interpreter.holding(HELD_WEIGHT_BYTES), progress.stage("sensitivity", total=len(weights), unit="weights") as advance:
-        run.snapshots = _snapshots(interpreter, [samples[i] for i in chosen], chosen)
-        run.references = {
-            i: [run.snapshots[i].outputs] if i in run.snapshots else run.outputs[i] if samples is run.samples else run_sequence(interpreter, samples[i])
-            for i in chosen
-        }
-        for index in sorted(range(len(weights)), key=lambda i: -weights[i].candidate.value.size):
-            if time.perf_counter() > deadline:
-                break
-            found = _sensitivity(run, weights[index], chosen, bias_correction)
-            if found is not None:
-                measured[index] = found
-            advance(weights[index].record.name)
-    run.snapshots, run.references = {}, {}
+    function_name = interpreter.function_name
+    order = sorted(range(len(weights)), key=lambda i: -weights[i].candidate.value.size)
+    model_elements = sum(int(weight.candidate.value.size) for weight in weights)
+    source = package_source(prog, function_name) if client is not None or workers != 1 else None
+    executor = executor_for(workers, client, work=len(weights) * model_elements // 2, jobs=len(weights)) if source else InProcess()
+    with executor, progress.stage("sensitivity", total=len(weights), unit="weights") as advance:
+        if math.isfinite(seconds):
+            run_sequence(interpreter, samples[0])
+            per_run = time.perf_counter() - start
+            count = sensitivity_samples(len(samples), len(weights), (seconds - per_run) * executor.workers, per_run)
+        else:
+            count = len(samples)
+        count = count if max_samples is None else min(count, max_samples)
+        chosen = [int(i) for i in np.linspace(0, len(samples) - 1, count).round().astype(int)]  # distinct: count <= len(samples)
+        probes = [_probe_of(weight, run.statistics) for weight in weights]
+        logger.info("sensitivity of %d weights on %d samples each: %r", len(weights), len(chosen), executor)
+        if isinstance(executor, InProcess):
+            measured = _measure_here(run, weights, probes, order, chosen, bias_correction, deadline, advance)
+        else:
+            measured = _measure_on_workers(executor, source, function_name, run, weights, probes, order, chosen, bias_correction,
+                                           time.time() + (deadline - time.perf_counter()), advance)
     if measured:
         typical = float(np.median(list(measured.values())))
         for index, weight in enumerate(weights):
@@ -779,52 +752,53 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
     return len(measured), len(chosen)
 
 
-def _snapshots(interpreter, samples: list, indices) -> Dict[int, object]:
-    """Probe index -> the snapshot of its run (`Interpreter.snapshot`), for the probes that are
-    one call each (a stateful program's from zero states), as long as they hold at most
-    `SNAPSHOT_BYTES`: a what-if run then recomputes only the ops from the weight's first reader
-    on (on SmolLM2's stateless program, the last layer's weights in a tenth of a whole run)."""
-    found: Dict[int, object] = {}
-    held = 0
-    for index, sample in zip(indices, samples):
-        if len(sample) != 1:
-            continue
-        snapshot = interpreter.snapshot(sample[0])
-        if held + snapshot.nbytes > SNAPSHOT_BYTES:
-            break
-        held += snapshot.nbytes
-        found[int(index)] = snapshot
-    return found
+def _probe_of(weight: _Weight, statistics) -> WeightProbe:
+    name = weight.candidate.const.outputs[0].name
+    return WeightProbe(name, weight.layout.output_axis, weight.layout.input_axis, weight.column_weights, statistics.get(name))
 
 
-def _sensitivity(run: _CalibrationRun, weight: _Weight, sample_indices: List[int], bias_correction: bool) -> Optional[float]:
-    """The output noise-to-signal ratio with `weight` alone compressed (the probe form) over its own
-    weighted one, on the calibration samples `sample_indices`; None where the probe cannot take it
-    or leaves it exact."""
-    from milcompress.reference.verify import run_sequence
+def _measure_here(run: _CalibrationRun, weights: List[_Weight], probes: List[WeightProbe], order: List[int], chosen: List[int],
+                  bias_correction: bool, deadline: float, advance) -> Dict[int, float]:
+    """Weight index -> sensitivity, measured on the calibration's own interpreter, in `order`
+    until `deadline` (`time.perf_counter()`)."""
+    interpreter = run.interpreter
+    measured: Dict[int, float] = {}
+    with single_threaded(), interpreter.holding(held_weight_bytes(interpreter)):
+        runs = WhatIfRuns(interpreter, {i: run.probes[i] for i in chosen})
+        for index in order:
+            if time.perf_counter() > deadline:
+                break
+            weight = weights[index]
+            found = sensitivity(runs, weight.candidate.const, weight.candidate.value, probes[index], bias_correction)
+            if found is not None:
+                measured[index] = found
+            advance(weight.record.name)
+        del runs
+    return measured
 
-    run.interpreter.release(weight.candidate.const.outputs[0].name)  # replaced below: its float32 copy is not needed meanwhile
-    value = weight.candidate.value
-    fitted, _ = fit_to_shape(_PROBE, value.shape, weight.layout)
-    try:
-        probe = compress(value, fitted, output_axis=weight.layout.output_axis, input_axis=weight.layout.input_axis,
-                         importance=weight.importance).decompress()
-    except NotCompressible:
-        return None
-    own = weight.error(probe)
-    if not own > 0:
-        return None
-    replace = {weight.candidate.const.outputs[0].name: probe}
-    if bias_correction:  # measure the damage the probe does once its bias is corrected, as it will be
-        found = corrected_bias(weight.candidate.const, value, probe, run.statistics)
-        if not isinstance(found, str):
-            replace[found[0].name] = found[1]
-    noise = signal = 0.0
-    for sample_index in sample_indices:
-        snapshot = run.snapshots.get(sample_index)
-        rerun = [run.interpreter.resume(snapshot, replace)] if snapshot is not None else run_sequence(run.interpreter, run.probes[sample_index], replace=replace)
-        for expected, outputs in zip(run.references[sample_index], rerun):
-            for name, value_out in outputs.items():
-                noise += float(np.sum(np.square(value_out.astype(np.float64) - expected[name].astype(np.float64))))
-                signal += float(np.sum(np.square(expected[name].astype(np.float64))))
-    return (noise / signal) / own if signal > 0 else 1.0
+
+SENSITIVITY_JOBS_PER_WORKER = 4
+"""On workers, the weights go in this many jobs per worker (each a run of consecutive weights in
+size order): few enough that the samples travel a few times, enough to share the work evenly."""
+
+
+def _measure_on_workers(executor, source, function_name: str, run: _CalibrationRun, weights: List[_Weight], probes: List[WeightProbe],
+                        order: List[int], chosen: List[int], bias_correction: bool, deadline: float, advance) -> Dict[int, float]:
+    """As `_measure_here`, on the executor's workers (`sensitivity.measure_sensitivities`), which
+    open the package `source` names; `deadline` is a `time.time()`."""
+    package, at_least_ios16, digest = source
+    size = max(1, math.ceil(len(order) / (SENSITIVITY_JOBS_PER_WORKER * executor.workers)))
+    shares = [order[k : k + size] for k in range(0, len(order), size)]
+    samples = {i: run.probes[i] for i in chosen}
+    held = held_weight_bytes(run.interpreter)  # each worker holds what one process would
+    measurement = uuid.uuid4().hex
+    jobs = (SensitivityJob(package, at_least_ios16, function_name, digest, measurement, samples, tuple(probes[i] for i in share),
+                           bias_correction, held, deadline) for share in shares)
+    measured: Dict[int, float] = {}
+    for share, found in zip(shares, executor.map(measure_sensitivities, jobs)):
+        for index, value in zip(share, found):
+            if value is not None:
+                measured[index] = value
+        for index in share:
+            advance(weights[index].record.name)
+    return measured

@@ -345,6 +345,18 @@ class Interpreter:
         """Let go of const output `name` if `holding` keeps it (a caller about to replace it)."""
         self._static.release(name)
 
+    def weight_bytes(self) -> int:
+        """Bytes of the const and constexpr values the function's ops read, as the executor holds
+        them (floats in float32): what `holding` would need to keep them all."""
+        total = 0
+        for _, op in _blocks_and_ops(self.function):
+            if _is_static(op):
+                for var in op.outputs:
+                    if types.is_tensor(var.sym_type) and any(not _is_static(child) for child in var.child_ops):
+                        elements = int(np.prod([int(d) for d in var.shape], dtype=np.int64))
+                        total += elements * torch.empty((), dtype=torch_dtype(var.dtype)).element_size()
+        return total
+
     def holding(self, max_bytes: int):
         """A context in which the weights a run reads from the package stay in memory, up to
         `max_bytes` in all, for the runs that follow (a program held in memory holds them all
