@@ -366,9 +366,10 @@ def _blob_values_on_demand(weights_dir: str) -> Iterator[None]:
 
 
 def blob_ref_of(var: Var):
-    """The BlobRef a const's value is read from, if it is read on demand; else None."""
+    """The BlobRef a const's value is read from, if it is read on demand (and no value was set
+    since); else None."""
     held = getattr(var, "_sym_val", None)
-    return held.blob_ref if isinstance(held, _OnDemand) else None
+    return held.blob_ref if isinstance(held, _OnDemand) and held._set is None else None
 
 
 def const_value(var: Var):

@@ -179,7 +179,7 @@ def structure_digest(prog: Program, function_name: str) -> str:
         if op.op_type == "const":
             var = op.outputs[0]
             ref = blob_ref_of(var)
-            if ref is not None and getattr(var._sym_val, "_set", None) is None:
+            if ref is not None:
                 digest.update(repr(("blob", ref.offset, ref.dtype, ref.shape)).encode())
             else:
                 held = np.asarray(var.val)
