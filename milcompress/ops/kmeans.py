@@ -657,9 +657,8 @@ def _sweep_dp(bins: _Bins, candidates: np.ndarray, rows: np.ndarray) -> np.ndarr
         for t in range(first, last):
             total = cost[:, t - first]
             total += best[:, None, :]
-            choice = total.argmin(axis=2)
-            choices[t] = choice
-            best = np.take_along_axis(total, choice[:, :, None], axis=2)[:, :, 0]
+            choices[t] = total.argmin(axis=2)
+            best = total.min(axis=2)  # the value at the argmin: one reduction, no index arithmetic
     rows = np.arange(groups)
     index = np.zeros(groups, dtype=np.int64)  # every candidate of the last cut is n
     result = np.empty((groups, k + 1), dtype=np.int64)
