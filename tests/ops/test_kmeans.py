@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from milcompress.ops import kmeans
 from milcompress.ops.kmeans import assign_nearest, kmeans_1d, kmeans_vectors, table_errors
 from tests.ops.reference import optimal_sse, sse_to_nearest
 from milcompress.ops._arrays import unique_values
@@ -194,6 +195,21 @@ def test_assign_nearest_is_exact_for_many_large_float16_groups(spread):
     distance = np.abs(x.astype(np.float64)[..., None] - tables.astype(np.float64)[:, None, :])
     chosen = np.take_along_axis(distance, index[..., None], axis=-1)[..., 0]
     assert (chosen <= distance.min(-1)).all()
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_long_float16_rows_are_assigned_by_bit_pattern_exactly(groups):
+    """Rows of 65,536 values or more are looked up per 16-bit pattern: every value at its nearest
+    entry, ties (values on a midpoint) low, as the search by keys gives them."""
+    rng = np.random.default_rng(1)
+    x = (rng.standard_t(3, (groups, 70_000)) * 0.05).astype(np.float16)
+    tables = np.sort(rng.normal(0, 0.1, (groups, 16)), axis=1).astype(np.float16)
+    x[:, :15] = ((tables[:, :-1].astype(np.float64) + tables[:, 1:]) / 2).astype(np.float16)  # on (or next to) midpoints
+    index = assign_nearest(x, tables)
+    assert index.dtype == np.uint8 and index.shape == x.shape
+    np.testing.assert_array_equal(index, kmeans._assign_sorted(x, tables))  # the search by keys
+    distance = np.abs(x.astype(np.float64)[..., None] - tables.astype(np.float64)[:, None, :])
+    assert (np.take_along_axis(distance, index[..., None].astype(np.intp), axis=-1)[..., 0] <= distance.min(-1)).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
