@@ -55,6 +55,7 @@ CONFIGS = {
     # Without the default pool's worker processes, each holding the weight it compresses.
     "int4 per block 32, --workers 1": {"pipeline": "INT4_BLOCK32", "workers": 1},
     "palettize 4-bit per tensor": {"pipeline": "PALETTIZE_4BIT"},
+    "palettize 4-bit groups of 16": {"pipeline": "PALETTIZE_4BIT_GROUPED"},
     "compress_to_size 4": {"target_bpw": 4.0},
     # At 8B parameters, measuring every weight's sensitivity (450 what-if runs) takes hours on two cores.
     "compress_to_size 4, sensitivity 1,200 s": {"target_bpw": 4.0, "sensitivity_seconds": 1200},
@@ -98,6 +99,9 @@ def _child(library: str, config: str, package: str, output: str, in_memory: bool
         result = cto.linear_quantize_weights(model, cto.OptimizationConfig(global_config=op_config))
     elif config == "palettize 4-bit per tensor":
         result = cto.palettize_weights(model, cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=4)))
+    elif config == "palettize 4-bit groups of 16":
+        op_config = cto.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=16)
+        result = cto.palettize_weights(model, cto.OptimizationConfig(global_config=op_config))
     else:
         raise SystemExit(f"coremltools has no {config}")
     result.save(output)
@@ -159,8 +163,10 @@ def _report_peak() -> None:
     sys.stderr.flush()
 
 
-def measure(library: str, config: str, package: Path, output: Path, *, in_memory: bool = False, cap_gb: float = 8.0) -> dict:
-    """Run one compression in a new process; its peak memory, seconds, output size and hash."""
+def measure(library: str, config: str, package: Path, output: Path, *, in_memory: bool = False, cap_gb: float = 8.0,
+            time_cap_s: Optional[float] = None) -> dict:
+    """Run one compression in a new process; its peak memory, seconds, output size and hash. A run
+    whose resident memory passes `cap_gb`, or that is still running after `time_cap_s`, is killed."""
     if output.exists():
         shutil.rmtree(output)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", library, config, str(package), str(output)]
@@ -176,8 +182,9 @@ def measure(library: str, config: str, package: Path, output: Path, *, in_memory
         while process.poll() is None:
             resident = _tree_kb(process.pid)
             highest[0] = max(highest[0], resident)
-            if resident > cap_gb * 1024 * 1024:
-                killed.append(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            if resident > cap_gb * 1024 * 1024 or (time_cap_s is not None and elapsed > time_cap_s):
+                killed.append((elapsed, resident > cap_gb * 1024 * 1024))
                 process.send_signal(signal.SIGKILL)
                 return
             time.sleep(0.2)
@@ -200,7 +207,8 @@ def measure(library: str, config: str, package: Path, output: Path, *, in_memory
     if cpu:
         record["cpu_seconds"] = cpu[-1]  # on shared cores, wall seconds say more about the neighbours
     if killed:
-        record.update(status=f"killed at the {cap_gb:g} GB cap after {killed[0]:.0f} s")
+        elapsed, by_memory = killed[0]
+        record.update(status=f"killed at the {cap_gb:g} GB cap after {elapsed:.0f} s" if by_memory else f"stopped at the {time_cap_s:g} s time cap")
     elif process.returncode != 0:
         last = next((line.strip() for line in reversed(stderr_lines) if line.strip()), f"exit {process.returncode}")
         record.update(status=f"failed: {last[:200]}")
