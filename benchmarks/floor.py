@@ -28,7 +28,8 @@ says how many each compressed.
 Then, on converted packages (ResNet50 normal and MobileNetV2; `--size-models`), milcompress's
 `compress_to_size(model, 4.0)` data-free next to one int4-per-block-32 pass of the same model
 (`linear_quantize_weights`), both through the library's call on the loaded model (the pass and
-the rewrite; loading and saving the package excluded).
+the rewrite; loading and saving the package excluded), each with `workers=1` so that this
+process's CPU seconds are all of its work.
 
     python benchmarks/floor.py --quick      # every 6th ResNet50 tensor, MobileNetV2, a 100M decoder
     nice python benchmarks/floor.py         # ResNet50 (normal, Student-t), MobileNetV2, the 500M decoder
@@ -328,8 +329,10 @@ def size_against_int4(name: str, quick: bool) -> dict:
         del bench
         gc.collect()
         model = ct.models.MLModel(str(path), skip_model_load=True)
-        _, int4_seconds = _timed(lambda: milcompress.linear_quantize_weights(model, int4))
-        _, size_seconds = _timed(lambda: milcompress.compress_to_size(model, SIZE_TARGET))
+        # One process each (workers=1): the CPU seconds of this process are then all the work
+        # (a pool's workers' CPU would not count).
+        _, int4_seconds = _timed(lambda: milcompress.linear_quantize_weights(model, int4, workers=1))
+        _, size_seconds = _timed(lambda: milcompress.compress_to_size(model, SIZE_TARGET, workers=1))
     return {
         "model": name,
         "int4_per_block_seconds": int4_seconds,
