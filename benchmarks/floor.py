@@ -37,7 +37,7 @@ process's CPU seconds are all of its work.
 coremltools' palettes are not run on the decoder (hours there; `--coremltools-decoder` runs
 them), nor vector palettes by either library (ten minutes of ours alone). Results go to
 benchmarks/results/floor[_quick].{md,json}; a run of some models or configs only to
-floor[_quick]_partial_<models>.{md,json}.
+floor[_quick]_partial_<models>.{md,json} (`--models` alone: floor_partial_size_<size models>).
 """
 
 from __future__ import annotations
@@ -430,7 +430,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     text = report(results, sizes, command)
     suffix = "_quick" if args.quick else ""
     if any(a.startswith("--models") or a.startswith("--configs") for a in argv):
-        suffix += "_partial_" + "_".join(args.models)
+        suffix += "_partial_" + ("_".join(args.models) or "size_" + "_".join(args.size_models))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"floor{suffix}.md").write_text(text)
     (args.out / f"floor{suffix}.json").write_text(json.dumps({"models": results, "compress_to_size": sizes}, indent=1) + "\n")
