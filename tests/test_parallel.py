@@ -308,17 +308,21 @@ def test_sensitivity_runs_on_a_dask_cluster_give_the_same_package(decoder_packag
     assert cluster_client.run(lambda: __import__("milcompress.parallel").parallel.worker_state) == {a: {} for a in cluster_client.nthreads()}
 
 
-def test_a_program_held_in_memory_or_changed_by_a_pass_measures_here(decoder_package):
+def test_a_program_held_in_memory_or_changed_by_a_pass_measures_here(decoder_package, caplog):
     """Workers are sent the package's path, never a program: only a program read from a package
     that it still is qualifies."""
     from milcompress.packages import load_model, program_at
     from milcompress.passes.sensitivity import package_source
+    from milcompress.passes.size import compress_program_to_size
 
     _, prog = load_model(decoder_package)
     path, at_least_ios16, digest = package_source(prog, "main")
     assert (path, at_least_ios16) == (str(decoder_package), False)
     held = program_at(decoder_package)  # read on demand, but not recorded as read from a package
     assert package_source(held, "main") is None
+    caplog.set_level("INFO", logger="milcompress.passes.size")
+    assert compress_program_to_size(held, target_bits_per_weight=4.0, weight_threshold=0, workers=2).sensitivity_measured == 17
+    assert _sensitivity_executor(caplog) == "InProcess(workers=1)"
     from milcompress.passes.compress import compress_program
 
     const = next(op for op in prog.functions["main"].operations if op.op_type == "const" and "mlp" in op.name)

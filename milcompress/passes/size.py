@@ -727,8 +727,11 @@ def _measure_sensitivity(run: _CalibrationRun, weights: List[_Weight], seconds: 
     function_name = interpreter.function_name
     order = sorted(range(len(weights)), key=lambda i: -weights[i].candidate.value.size)
     model_elements = sum(int(weight.candidate.value.size) for weight in weights)
-    source = package_source(prog, function_name) if client is not None or workers != 1 else None
-    executor = executor_for(workers, client, work=len(weights) * model_elements // 2, jobs=len(weights)) if source else InProcess()
+    executor = executor_for(workers, client, work=len(weights) * model_elements // 2, jobs=len(weights))
+    source = None if isinstance(executor, InProcess) else package_source(prog, function_name)
+    if source is None:  # the workers could not open the program: it is measured here
+        executor.close()
+        executor = InProcess()
     with executor, progress.stage("sensitivity", total=len(weights), unit="weights") as advance:
         if math.isfinite(seconds):
             run_sequence(interpreter, samples[0])
