@@ -49,11 +49,11 @@ this many bytes in all; further samples are run whole."""
 HELD_WEIGHT_BYTES = 768 << 20
 """While sensitivity is measured, the weights the executor reads from a saved package stay in
 memory (as the executor holds them: float32) up to this many bytes in all (`Interpreter.holding`;
-shared among the workers where they measure), so each is read and converted once rather than on
-every what-if run. All of SmolLM2-135M's fit. A model whose weights do not (in float32) holds
-none: at 8B parameters (32 GB in float32) what a hold keeps hardly matters to the time (each
-what-if run reads the weights after the probed one, all but a few of them from disk anyway), and
-its size adds to the peak (1 GiB: 3.4 GB for data-free compress_to_size)."""
+in each worker process that measures), so each is read and converted once rather than on every
+what-if run. All of SmolLM2-135M's fit. A model whose weights do not (in float32) holds none: at
+8B parameters (32 GB in float32) what a hold keeps hardly matters to the time (each what-if run
+reads the weights after the probed one, all but a few of them from disk anyway), and its size
+adds to the peak (data-free compress_to_size on one process: 3.25 GB with the hold, 2.69 without)."""
 
 
 def held_weight_bytes(interpreter) -> int:
