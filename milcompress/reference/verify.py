@@ -59,7 +59,8 @@ from milcompress.signature import shapes_with
 
 Sample = Dict[str, np.ndarray]
 DECODE_STEPS = 8
-"""Greedy decode steps `verify` runs after a decoder's prompt unless told otherwise."""
+"""Greedy decode steps `verify` runs after a decoder's prompt unless told otherwise: as many as
+the model's positions allow after the longest prompt, up to this many."""
 
 
 @dataclass(frozen=True)
@@ -330,7 +331,7 @@ def verify(
                 raise InputError(f"a decoder is verified on token ids: give the shape of '{decoder.ids}' only, not {', '.join(unknown)}")
             length = int(shapes[decoder.ids][-1])
         ids = None if inputs is None else inputs[decoder.ids]
-        return _verify_decoder(reference, candidate, ids, random, DECODE_STEPS if steps is None else steps, length, precision, seed)
+        return _verify_decoder(reference, candidate, ids, random, steps, length, precision, seed)
     if steps is not None:
         raise InputError("steps (decode steps) apply to a decoder given token ids or random prompts; "
                          + ("these inputs are not token ids alone" if decoder is not None else "this model is not a decoder (see milcompress/reference/decoder.py)"))
@@ -451,7 +452,7 @@ def verify_decoder(
     ids=None,
     *,
     random: Optional[int] = None,
-    steps: int = DECODE_STEPS,
+    steps: Optional[int] = None,
     length: Optional[int] = None,
     precision: str = "float32",
     seed: int = 0,
@@ -461,7 +462,8 @@ def verify_decoder(
 
     `ids`: prompts, (length,) or (sequences, length) integers; or `random=N` prompts of `length`
     tokens (default: the ids input's default length) drawn uniformly from the vocabulary. Each
-    prompt runs through both models (a prefill), then `steps` greedy decode steps: the token fed
+    prompt runs through both models (a prefill), then `steps` greedy decode steps (default:
+    `DECODE_STEPS`, or fewer where the model takes fewer positions after the prompt): the token fed
     at each step is the original model's top-1 choice, so both models see the same sequence, each
     keeping its own state. Reported per step (0 = the prompt): logits cosine, top-1 agreement and
     KL(original || compressed); and, for given ids, the perplexity of the prompts under each model.
@@ -472,14 +474,14 @@ def verify_decoder(
     return _verify_decoder(reference, candidate, ids, random, steps, length, precision, seed)
 
 
-def _verify_decoder(reference: Interpreter, candidate: Interpreter, ids, random: Optional[int], steps: int, length: Optional[int], precision: str, seed: int) -> DecoderReport:
+def _verify_decoder(reference: Interpreter, candidate: Interpreter, ids, random: Optional[int], steps: Optional[int], length: Optional[int], precision: str, seed: int) -> DecoderReport:
     decoders = Decoder.of(reference), Decoder.of(candidate)
     if decoders[0] is None or decoders[1] is None:
         raise InputError(
             "not a decoder: verifying on token ids needs an integer token-id input read by a gather, a causal-mask input "
             "and a logits output (see milcompress/reference/decoder.py); give every input instead"
         )
-    if steps < 0:
+    if steps is not None and steps < 0:
         raise InputError(f"steps must be zero or more, not {steps}")
     if ids is None:
         if random < 1:
@@ -493,6 +495,9 @@ def _verify_decoder(reference: Interpreter, candidate: Interpreter, ids, random:
         prompts = prompts[None] if prompts.ndim == 1 else prompts
         if prompts.ndim != 2:
             raise InputError(f"token ids for '{decoders[0].ids}' must be (length,) or (sequences, length), not {list(np.shape(ids))}")
+    if steps is None:  # the default: as many as fit after the prompts, up to DECODE_STEPS
+        limit = decoders[0].max_positions
+        steps = DECODE_STEPS if limit is None else max(0, min(DECODE_STEPS, limit - prompts.shape[-1]))
     prompts = np.stack([decoders[0].check_ids(prompt, steps) for prompt in prompts])
     per_step: List[Tuple[List[np.ndarray], List[np.ndarray]]] = [([], []) for _ in range(steps + 1)]
     likelihood = [0.0, 0.0]

@@ -639,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--max-kl", type=float, help="exit 1 if any class-score output's mean KL(original || compressed) is above this")
     verify.add_argument("--shape", type=_shape_option, action="append", metavar="NAME=SHAPE",
                         help="with --random: the shape of a flexible input, such as input_ids=1x8 (default: its default shape)")
-    verify.add_argument("--steps", type=int, help="on a decoder given token ids or --random: greedy decode steps after the prompt (default 8)")
+    verify.add_argument("--steps", type=int, help="on a decoder given token ids or --random: greedy decode steps after the prompt (default: 8, or as many as the model has positions for after the prompt)")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=_verify)
 

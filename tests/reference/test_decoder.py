@@ -173,7 +173,10 @@ def test_ids_outside_the_vocabulary_or_too_long_are_refused(decoders, compressed
     with pytest.raises(InputError, match=r"token id 64 at position 2 of 'input_ids' is outside the vocabulary \(0\.\.63\)"):
         verify(model, compressed["stateful"], {"input_ids": np.array([1, 2, 64])})
     with pytest.raises(InputError, match=r"10 tokens and 8 decode steps make 18 positions; the model takes at most 16"):
-        verify(model, compressed["stateful"], {"input_ids": IDS})
+        verify(model, compressed["stateful"], {"input_ids": IDS}, steps=8)
+    # Unless told how many, the decode steps are as many as fit after the prompt (up to 8).
+    assert verify(model, compressed["stateful"], {"input_ids": IDS}).decode_steps == 6
+    assert verify(model, compressed["stateful"], random=1, shapes={"input_ids": (1, 16)}).decode_steps == 0
     with pytest.raises(InputError, match=r"give the shape of 'input_ids' only"):
         verify(model, compressed["stateful"], random=1, shapes={"causal_mask": (1, 1, 4, 4)})
     assert verify(model, compressed["stateful"], random=1, shapes={"input_ids": (1, 3)}, steps=1).prompt_length == 3
