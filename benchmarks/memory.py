@@ -307,34 +307,21 @@ def table(results: dict) -> str:
 
 
 def plot(results: dict, path: Path = PLOT) -> None:
-    import matplotlib
+    from benchmarks.readme import log_log_figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    figure, axes = pyplot.subplots(figsize=(7, 4.5))
     series: Dict[tuple, list] = {}
     for entry in results["sizes"].values():
         for run in entry["runs"]:
             series.setdefault((run["library"], run["mode"], run["config"]), []).append((entry["parameters"], run["peak_mb"] / 1024, run["status"] == "ok"))
-    for (library, mode, config), points in sorted(series.items()):
-        points.sort()
-        label = f"{library}{' (in memory)' if mode == 'in memory' else ''}: {config}"
-        style = "-" if library == "milcompress" and mode == "streaming" else "--"
-        axes.plot([p for p, _, _ in points], [m for _, m, _ in points], style, marker="o", label=label)
-        for parameters, memory, ok in points:
-            if not ok:
-                axes.plot(parameters, memory, "x", color="red", markersize=10)
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.set_xlabel("parameters")
-    axes.set_ylabel("peak resident memory (GB)")
-    axes.set_title("Peak memory, Llama-shaped float16 packages (x: killed or failed)", fontsize=10)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    with log_log_figure(path, "peak resident memory (GB)", "Peak memory, Llama-shaped float16 packages (x: killed or failed)") as axes:
+        for (library, mode, config), points in sorted(series.items()):
+            points.sort()
+            label = f"{library}{' (in memory)' if mode == 'in memory' else ''}: {config}"
+            style = "-" if library == "milcompress" and mode == "streaming" else "--"
+            axes.plot([p for p, _, _ in points], [m for _, m, _ in points], style, marker="o", label=label)
+            for parameters, memory, ok in points:
+                if not ok:
+                    axes.plot(parameters, memory, "x", color="red", markersize=10)
 
 
 def readme_section(results: dict) -> str:

@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import memory  # noqa: E402
+from milcompress.table import format_table  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scaling.json"
 PLOT = ROOT / "benchmarks" / "results" / "scaling.png"
@@ -108,38 +109,25 @@ def table(results: dict) -> str:
                     if parameters in ours and ours[parameters][1]:
                         ratios.append(f"{'' if ok else '>'}{seconds / ours[parameters][0]:.1f}x")
             rows.append([config, library, *cells, "-" if fitted is None else f"{fitted:.2f}", ", ".join(ratios) or "-"])
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *[line(r) for r in rows]])
+    return format_table(headers, rows)
 
 
 def plot(results: dict, path: Path = PLOT) -> None:
-    import matplotlib
+    from benchmarks.readme import log_log_figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    figure, axes = pyplot.subplots(figsize=(7, 4.5))
-    for (library, config), points in sorted(series(results).items()):
-        style = "-" if library == "milcompress" else "--"
-        line, = axes.plot([p for p, _, _ in points], [s for _, s, _ in points], style, marker="o", label=f"{library}: {config}")
-        for parameters, seconds, ok in points:
-            if not ok:  # stopped at the time cap: the point is a lower bound
-                axes.plot(parameters, seconds, "^", color=line.get_color(), markersize=11)
-    low = min(entry["parameters"] for entry in results["sizes"].values())
-    high = max(entry["parameters"] for entry in results["sizes"].values())
-    anchor = min(s for points in series(results).values() for _, s, _ in points)
-    axes.plot([low, high], [anchor, anchor * high / low], ":", color="grey", label="linear (slope 1)")
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.set_xlabel("parameters")
-    axes.set_ylabel("seconds (wall, whole run)")
-    axes.set_title("Compression time, Llama-shaped float16 packages (triangle: stopped, a lower bound)", fontsize=9)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    found = series(results)
+    title = "Compression time, Llama-shaped float16 packages (triangle: stopped, a lower bound)"
+    with log_log_figure(path, "seconds (wall, whole run)", title, title_size=9) as axes:
+        for (library, config), points in sorted(found.items()):
+            style = "-" if library == "milcompress" else "--"
+            line, = axes.plot([p for p, _, _ in points], [s for _, s, _ in points], style, marker="o", label=f"{library}: {config}")
+            for parameters, seconds, ok in points:
+                if not ok:  # stopped at the time cap: the point is a lower bound
+                    axes.plot(parameters, seconds, "^", color=line.get_color(), markersize=11)
+        low = min(entry["parameters"] for entry in results["sizes"].values())
+        high = max(entry["parameters"] for entry in results["sizes"].values())
+        anchor = min(s for points in found.values() for _, s, _ in points)
+        axes.plot([low, high], [anchor, anchor * high / low], ":", color="grey", label="linear (slope 1)")
 
 
 def readme_section(results: dict) -> str:
