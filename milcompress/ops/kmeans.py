@@ -148,9 +148,7 @@ def assign_nearest(values: np.ndarray, tables: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore"):  # NaN patterns get some index; weights hold none
             per_pattern = _assign_sorted(np.broadcast_to(np.nan_to_num(patterns), (groups, _F16_CODES)), tables).astype(result.dtype)
         raw = np.ascontiguousarray(values).view(np.uint16)
-        if groups == 1:
-            return np.take(per_pattern[0], raw, out=result) if raw.flags.c_contiguous else per_pattern[0][raw]
-        return per_pattern[np.arange(groups)[:, None], raw]
+        return np.take(per_pattern[0], raw, out=result) if groups == 1 else per_pattern[np.arange(groups)[:, None], raw]
     per_chunk = max(1, _CHUNK_ELEMENTS // max(1, n))
     width = max(1, min(n, _CHUNK_ELEMENTS))
     for first in range(0, groups, per_chunk):

@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from milcompress.ops.kmeans import outlier_scale
 from milcompress.ops.metrics import noise_to_signal
 from milcompress.passes.bias import corrected_bias
 from milcompress.passes.compress import fit_to_shape
+from milcompress.passes.graph import walk_ops
 from milcompress.passes.weights import WeightLayout
 
 PROBE = PalettizeConfig(nbits=4, weight_threshold=0)
@@ -166,12 +167,10 @@ def structure_digest(prog: Program, function_name: str) -> str:
     """A digest of what a run of `function_name` depends on: every op's type, name, inputs and
     outputs, and every const's value (a weight read on demand by where it is stored; others by
     their bytes). Equal for a program read from a package and for the package read again."""
-    from milcompress.reference.interpreter import _blocks_and_ops
-
     digest = hashlib.sha256()
     function = prog.functions[function_name]
     digest.update(repr([(name, str(var.sym_type)) for name, var in function.inputs.items()]).encode())
-    for _, op in _blocks_and_ops(function):
+    for op in _ops_of(prog, function_name):
         inputs = sorted((name, tuple(v.name for v in var) if isinstance(var, (list, tuple)) else var.name)
                         for name, var in op.inputs.items() if not name.startswith("_"))
         outputs = [(var.name, str(var.sym_type)) for var in op.outputs]
@@ -231,6 +230,15 @@ class SensitivityJob:
 _STATE_KEY = "milcompress.passes.sensitivity"
 
 
+class _Kept(NamedTuple):
+    """What a worker keeps of one measurement between its jobs."""
+
+    key: tuple
+    runs: WhatIfRuns
+    consts: Dict[str, Operation]  # the program's consts by output name
+    holding: contextlib.ExitStack  # the executor's weight hold, let go with the measurement
+
+
 def _worker_runs(job: SensitivityJob) -> Tuple[WhatIfRuns, Dict[str, Operation]]:
     """The dense runs of `job`'s measurement in this process, and its program's consts by output
     name: made by its first job here, kept (`parallel.worker_state`) for the others."""
@@ -240,27 +248,25 @@ def _worker_runs(job: SensitivityJob) -> Tuple[WhatIfRuns, Dict[str, Operation]]
 
     key = (job.package, job.at_least_ios16, job.function_name, job.digest, job.measurement)
     kept = worker_state.get(_STATE_KEY)
-    if kept is not None and kept[0] == key:
-        return kept[1], kept[2]
-    if kept is not None:
-        kept[3].close()
-    worker_state.pop(_STATE_KEY, None)
+    if kept is not None and kept.key == key:
+        return kept.runs, kept.consts
+    if kept is not None:  # another measurement's: let it go before this one's is made
+        del worker_state[_STATE_KEY]
+        kept.holding.close()
     prog = program_at(job.package, job.at_least_ios16)
     if structure_digest(prog, job.function_name) != job.digest:
         raise PassError(f"{job.package}: the package changed on disk while its weights' sensitivity was being measured")
     interpreter = Interpreter(prog, function_name=job.function_name)
-    stack = contextlib.ExitStack()
-    stack.enter_context(interpreter.holding(job.held_bytes))
-    runs = WhatIfRuns(interpreter, job.samples)
-    consts = {op.outputs[0].name: op for _, op in _const_ops(prog, job.function_name)}
-    worker_state[_STATE_KEY] = (key, runs, consts, stack)
-    return runs, consts
+    holding = contextlib.ExitStack()
+    holding.enter_context(interpreter.holding(job.held_bytes))
+    kept = _Kept(key, WhatIfRuns(interpreter, job.samples), {op.outputs[0].name: op for op in _ops_of(prog, job.function_name) if op.op_type == "const"}, holding)
+    worker_state[_STATE_KEY] = kept
+    return kept.runs, kept.consts
 
 
-def _const_ops(prog: Program, function_name: str):
-    from milcompress.reference.interpreter import _blocks_and_ops
-
-    return [(block, op) for block, op in _blocks_and_ops(prog.functions[function_name]) if op.op_type == "const"]
+def _ops_of(prog: Program, function_name: str):
+    """Every op of function `function_name`, nested blocks included, in program order."""
+    return (op for op, function in walk_ops(prog) if function == function_name)
 
 
 def measure_sensitivities(job: SensitivityJob) -> List[Optional[float]]:

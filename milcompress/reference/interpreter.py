@@ -354,7 +354,7 @@ class Interpreter:
                 for var in op.outputs:
                     if types.is_tensor(var.sym_type) and any(not _is_static(child) for child in var.child_ops):
                         elements = int(np.prod([int(d) for d in var.shape], dtype=np.int64))
-                        total += elements * torch.empty((), dtype=torch_dtype(var.dtype)).element_size()
+                        total += elements * torch_dtype(var.dtype).itemsize
         return total
 
     def holding(self, max_bytes: int):
