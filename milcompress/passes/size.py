@@ -592,11 +592,11 @@ class CompressToSize(AbstractGraphPass):
 
 @dataclass
 class _CalibrationRun:
-    """The calibration inputs run once through the dense program: the outputs (the reference for
-    measured sensitivity) and the interpreter, kept for what-if runs; with error feedback, also
-    the inputs' second moments of the first and of the second half of the samples (`folds`).
-    A sample is a sequence of calls run in one session (`reference.verify.sequences_of`: one call
-    for a stateless program's sample); its outputs are one dict per call.
+    """The calibration inputs run once through the dense program: what fed each weight
+    (`statistics`) and the interpreter, kept for what-if runs; with error feedback, also the
+    inputs' second moments of the first and of the second half of the samples (`folds`). A sample
+    is a sequence of calls run in one session (`reference.verify.sequences_of`: one call for a
+    stateless program's sample).
 
     `probes` are the samples as what-if runs take them: a stateful decoder's token ids as one
     prefill call each (what its prefill and decode steps compute, in one call that a snapshot can
@@ -605,7 +605,6 @@ class _CalibrationRun:
     interpreter: object
     samples: list
     probes: list
-    outputs: list
     statistics: Dict[str, object]
     folds: Tuple[Dict[str, object], ...] = ()
 
@@ -649,20 +648,19 @@ def _calibrate(prog: Program, calibration, weights: List[_Weight], second_moment
     interpreter = Interpreter(prog) if interpreter is None else interpreter
     interpreter.observers[:] = [statistics]
     samples = sequences_of(calibration, interpreter)  # each a sequence of calls sharing states
-    outputs = []
     half = (len(samples) + 1) // 2
     with progress.stage("calibration", total=len(samples), unit="samples") as advance:
         for index, sample in enumerate(samples):
             # The first and the second half, not alternate samples: neighbours are often related
             # (crops of one photo, passages of one text), and the check must see inputs it did not fit.
             interpreter.observers[:] = [statistics] + folds[index // half : index // half + 1]
-            outputs.append(run_sequence(interpreter, sample))
+            run_sequence(interpreter, sample)
             advance()
     interpreter.observers.clear()  # what-if runs must not add to the statistics
     for weight in weights:
         weight.column_weights = _column_weights(weight.candidate.value, weight.layout, statistics.records.get(weight.candidate.const.outputs[0].name))
     probes = sequences_of(calibration, interpreter, steps=0) if interpreter.stateful else samples
-    return _CalibrationRun(interpreter, samples, probes, outputs, statistics.records, tuple(fold.records for fold in folds))
+    return _CalibrationRun(interpreter, samples, probes, statistics.records, tuple(fold.records for fold in folds))
 
 
 def _with_feedback(params, weight: _Weight, folds) -> Tuple[object, Optional[str]]:
