@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import signal
 import sys
 import threading
@@ -715,24 +716,60 @@ class _Interrupted(BaseException):
         self.name = signal.Signals(signum).name
 
 
+_IMPORT_RETRY_SECONDS = 0.05
+
+
+def _unsafe_to_interrupt(frame) -> bool:
+    """Whether `frame` runs inside a module's import or the start of a worker process, where an
+    exception would abort the process or strand a half-started worker."""
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith("<frozen importlib") or _POPEN_FILE.search(name):
+            return True
+        frame = frame.f_back
+    return False
+
+
+_POPEN_FILE = re.compile(r"[/\\]multiprocessing[/\\]popen_\w+\.py$")
+
+
 @contextlib.contextmanager
 def _signals_interrupt():
     """While a command runs, SIGINT and SIGTERM raise `_Interrupted`; a second signal during the
-    cleanup the first one started is ignored, so the cleanup finishes."""
+    cleanup the first one started is ignored, so the cleanup finishes.
+
+    A signal that arrives while a module is being imported, or a worker process started, waits
+    until that is done (checked every 50 ms on SIGALRM): an extension module's initialisation may
+    be C++ calling Python, and an exception raised through it aborts the process (torch's:
+    "terminate called after throwing an instance of 'pybind11::error_already_set'", exit -6, no
+    cleanup); a worker whose start is cut short prints a traceback (EOFError) of its own."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     handled = (signal.SIGINT, signal.SIGTERM)
+    pending = []
 
     def interrupt(signum, frame):
         for each in handled:
             signal.signal(each, signal.SIG_IGN)
+        if _unsafe_to_interrupt(frame):
+            pending.append(signum)
+            signal.setitimer(signal.ITIMER_REAL, _IMPORT_RETRY_SECONDS)
+            return
         raise _Interrupted(signum)
 
+    def retry(_signum, frame):
+        if _unsafe_to_interrupt(frame):
+            signal.setitimer(signal.ITIMER_REAL, _IMPORT_RETRY_SECONDS)
+            return
+        raise _Interrupted(pending[0])
+
     previous = {each: signal.signal(each, interrupt) for each in handled}
+    previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, retry)
     try:
         yield
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         for each, handler in previous.items():
             signal.signal(each, handler)
 

@@ -399,6 +399,35 @@ def test_the_console_script_interrupted_exits_with_the_signal_code_no_traceback_
     assert list(out_dir.iterdir()) == [] and list(system_tmp.iterdir()) == []
 
 
+def test_a_signal_during_an_import_waits_for_the_import_to_end(tmp_path, monkeypatch):
+    """An extension module's initialisation may be C++ calling Python (torch's), where an
+    exception raised by the signal handler aborts the process ("terminate called after throwing
+    an instance of 'pybind11::error_already_set'"): the interrupt waits until the import is done."""
+    from milcompress.tools import cli as cli_module
+
+    (tmp_path / "slow_import.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "start = time.monotonic()\n"
+        "while time.monotonic() - start < 0.3:\n"
+        "    pass\n"
+        "FINISHED = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "slow_import", raising=False)
+    reached = []
+    with pytest.raises(cli_module._Interrupted) as raised:
+        with cli_module._signals_interrupt():
+            import slow_import  # noqa: F401
+
+            reached.append(slow_import.FINISHED)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                pass
+    assert reached == [True] and raised.value.name == "SIGINT"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_the_console_script_refuses_the_input_as_output(tmp_path, model):
     source = tmp_path / "in.mlpackage"
     shutil.copytree(model, source)
