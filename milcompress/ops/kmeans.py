@@ -24,9 +24,10 @@ Scalar (1-D) clustering of many groups at once, `kmeans_1d(values[G, n], k)`:
    of that narrower width: a sweep costs the square of its width per cut.
 3. Centroids are the weighted means of the clusters.
 
-Everything is batched over groups (padded arrays, no Python loop over groups) in chunks whose
-work arrays hold at most `_CHUNK_ELEMENTS` elements each (this bounds peak memory), deterministic,
-and computed in float64. On the distributions in tests/ops/test_kmeans.py the result is within
+The histograms, tables and errors are batched over groups in numpy (padded arrays, no Python
+loop over groups) in chunks whose work arrays hold at most `_CHUNK_ELEMENTS` elements each (this
+bounds peak memory); the cut search of step 2 is compiled (`ops._kernels`, numba), one group at a
+time. Deterministic, and computed in float64. On the distributions in tests/ops/test_kmeans.py the result is within
 0.1% of the optimal squared error; problems small enough for the exact DP are solved optimally.
 
 `table_errors(values[G, n], ks)` serves the size allocation: what tables of each size in `ks`
@@ -37,7 +38,7 @@ the values. On real models' weights within 0.3% of the thorough tables' error on
 
 Vector clustering (`kmeans_vectors`) is batched Lloyd iteration from a seeded k-means++ start.
 
-Pure numpy: this module never sees a MIL program.
+Pure numpy (and the compiled cut search): this module never sees a MIL program.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from milcompress.ops import _kernels
 from milcompress.ops._arrays import row_slices
 
 
@@ -56,16 +58,6 @@ _F16_MAX = 65504.0
 _F16_CODES = 1 << 16
 _CHUNK_ELEMENTS = 1 << 18  # bound on the elements of any padded per-chunk work array (1-D)
 _VECTOR_CHUNK_ELEMENTS = 1 << 21  # the same for vector k-means
-_EXACT_DP_BUDGET = 1 << 21  # k * (bins + 1) ** 2 per group, below which the exact DP runs
-_COARSE_DP_MAX_K = 16
-_COARSE_ATOMS_PER_CLUSTER = 4
-_SWEEP_GRID = 32
-_SWEEP_GRID_COARSE = 16
-_WIDTH_STEP = 8  # sweep batch widths are multiples of this
-_MAX_SWEEPS = 64
-_MAX_FINE_SWEEPS = 2
-_ESTIMATE_LLOYD = 5  # Lloyd iterations at the estimate effort (`table_errors`)
-_SWEEP_TOLERANCE = 1e-7  # a sweep must lower a group's error by this fraction to continue
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,63 +121,33 @@ def assign_nearest(values: np.ndarray, tables: np.ndarray) -> np.ndarray:
     """Index of the nearest entry of each group's sorted table, for every value (ties go low).
 
     `values` [G, n] (float16 or float32 precision), `tables` [G, K] sorted ascending; uint8
-    indices for tables of up to 256 entries (every palette), else int64. Exact: each value is
-    compared with the midpoints between entries on float32 keys, in one search per chunk of
-    values. Float16 values of groups larger than their range of codes are looked up per distinct
-    code instead, which is cheaper. Work arrays stay within `_CHUNK_ELEMENTS` elements: a group
-    larger than that (a per-tensor table of a big weight) is searched in slices.
+    indices for tables of up to 256 entries (every palette), else int64. Exact: each value's
+    float32 order key is compared with those of the midpoints between entries (rounded down to
+    float32), in a compiled search (`ops._kernels`) that makes no work array. Long float16 rows
+    look up every 16-bit pattern once and gather by pattern, which is cheaper still.
     """
     groups, size = tables.shape
     result = np.zeros(values.shape, dtype=np.uint8 if size <= 256 else np.int64)
-    if size == 1:
+    if size == 1 or values.size == 0:
         return result
-    n = values.shape[1]
-    if values.dtype == np.float16 and n >= _F16_CODES and groups * _F16_CODES <= _CHUNK_ELEMENTS:
+    table = tables.astype(np.float64)
+    mid_keys = _ordered_key32(_round_down_f32((table[:, :-1] + table[:, 1:]) / 2))  # x > mid  <=>  key(x) > key(mid)
+    if values.dtype == np.float16 and values.shape[1] >= _F16_CODES and groups * _F16_CODES <= _CHUNK_ELEMENTS:
         # Long float16 rows: the nearest entry of every 16-bit pattern, then one gather by pattern
         # (ResNet50's per-tensor palettes: 0.15 -> 0.05 s, against 0.07 s of keys and a search of
         # the codes each row holds).
-        patterns = np.arange(_F16_CODES, dtype=np.uint16).view(np.float16)
-        with np.errstate(invalid="ignore"):  # NaN patterns get some index; weights hold none
-            per_pattern = _assign_sorted(np.broadcast_to(np.nan_to_num(patterns), (groups, _F16_CODES)), tables).astype(result.dtype)
+        patterns = np.broadcast_to(np.arange(_F16_CODES, dtype=np.uint16).view(np.float16), (groups, _F16_CODES))
+        per_pattern = _kernels.assign_by_keys(patterns, mid_keys, _key32_of_float16(), np.empty(patterns.shape, result.dtype))
         raw = np.ascontiguousarray(values).view(np.uint16)
         return np.take(per_pattern[0], raw, out=result) if groups == 1 else per_pattern[np.arange(groups)[:, None], raw]
-    per_chunk = max(1, _CHUNK_ELEMENTS // max(1, n))
-    width = max(1, min(n, _CHUNK_ELEMENTS))
-    for first in range(0, groups, per_chunk):
-        rows = slice(first, first + per_chunk)
-        part, table = values[rows], tables[rows]
-        lookup = _per_code_lookup(part, table, width)
-        for start in range(0, n, width):
-            columns = part[:, start : start + width]
-            result[rows, start : start + width] = _assign_sorted(columns, table) if lookup is None else lookup(columns)
-    return result
+    return _kernels.assign_by_keys(values, mid_keys, _key32_of_float16(), result)
 
 
-def _per_code_lookup(values: np.ndarray, tables: np.ndarray, width: int):
-    """For float16 groups with more values than codes between their extremes: a function giving
-    the nearest entry of values of these groups from a table of every such code; else None."""
-    if values.dtype != np.float16:
-        return None
-    low, high = 0xFFFF, 0
-    for start in range(0, values.shape[1], width):
-        keys = _ordered_key16(values[:, start : start + width])
-        low, high = min(low, int(keys.min())), max(high, int(keys.max()))
-    if high - low >= values.shape[1]:
-        return None
-    codes = _key16_to_value(np.arange(low, high + 1))
-    per_code = _assign_sorted(np.broadcast_to(codes, (len(tables), codes.size)), tables)
-    return lambda part: np.take_along_axis(per_code, _ordered_key16(part).astype(np.int64) - low, axis=1)
-
-
-def _assign_sorted(values: np.ndarray, tables: np.ndarray) -> np.ndarray:
-    groups, size = tables.shape
-    table = tables.astype(np.float64)
-    mids = _round_down_f32((table[:, :-1] + table[:, 1:]) / 2)  # x > mid  <=>  key(x) > key(mid)
-    offsets = np.arange(groups, dtype=np.int64)[:, None] << 33
-    mid_keys = (_ordered_key32(mids) + offsets).reshape(-1)
-    value_keys = (_ordered_key32(values.astype(np.float32)) + offsets).reshape(-1)
-    index = np.searchsorted(mid_keys, value_keys, side="left").reshape(values.shape)
-    return index - np.arange(groups)[:, None] * (size - 1)
+@functools.lru_cache(maxsize=1)
+def _key32_of_float16() -> np.ndarray:
+    """The float32 order key (`_ordered_key32`) of every float16 bit pattern: [65536] int64."""
+    with np.errstate(invalid="ignore"):
+        return _ordered_key32(np.arange(_F16_CODES, dtype=np.uint16).view(np.float16).astype(np.float32))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,316 +416,16 @@ def _fill_empty(c: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# Cut search.
-
-
-def _dp_over_positions(bins: _Bins, positions: np.ndarray, k: int) -> np.ndarray:
-    """Optimal k-cluster cuts restricted to `positions` [G, A] (sorted, from 0 to n): [G, k + 1].
-
-    Plain O(k A^2) dynamic programming per group, run on as many groups at a time as keep the
-    [groups, A, A] cost matrix within the chunk budget.
-    """
-    groups, count = positions.shape
-    per_part = max(1, _CHUNK_ELEMENTS // (count * count))
-    if groups > per_part:
-        return np.concatenate(
-            [
-                _dp_over_positions(bins.rows(slice(i, i + per_part)), positions[i : i + per_part], k)
-                for i in range(0, groups, per_part)
-            ]
-        )
-    # cost[g, j, i]: the cluster from position i to position j. The start is the last axis, so the
-    # minimum over starts reduces contiguous memory (numpy copies to reduce any other axis).
-    cost = bins.cost(positions[:, None, :], positions[:, :, None])
-    order = np.arange(count)
-    cost[:, order[None, :] > order[:, None]] = np.inf
-    best = cost[:, :, 0].copy()
-    choices = np.empty((k - 1, groups, count), dtype=np.int32)
-    total = np.empty_like(cost)
-    for step in range(k - 1):
-        np.add(cost, best[:, None, :], out=total)
-        choice = total.argmin(axis=2)
-        choices[step] = choice
-        best = np.take_along_axis(total, choice[:, :, None], axis=2)[:, :, 0]
-    rows = np.arange(groups)
-    index = np.full(groups, count - 1)
-    picked = [index]
-    for step in range(k - 2, -1, -1):
-        index = choices[step][rows, index]
-        picked.append(index)
-    picked.append(np.zeros(groups, dtype=np.int64))
-    return np.take_along_axis(positions, np.stack(picked[::-1], axis=1), axis=1)
-
-
-def _coarse_positions(bins: _Bins, atoms: int) -> np.ndarray:
-    """Cut positions at equal steps of cumulative weight and of value: [G, 2 * atoms + 1], sorted."""
-    groups, n = bins.groups, bins.n
-    rows = np.arange(groups)[:, None]
-    weight = bins.w
-    total = weight[:, -1:]
-    fraction = np.arange(1, atoms) / atoms
-    # Searches on all rows at once: row r is shifted by 2r so rows stay sorted end to end.
-    shifted_w = (weight / np.where(total > 0, total, 1.0) + 2 * rows).reshape(-1)
-    by_weight = np.searchsorted(shifted_w, (fraction[None, :] + 2 * rows).reshape(-1), side="left")
-    by_weight = by_weight.reshape(groups, -1) - rows * (n + 1)
-    value = bins.value
-    lowest, highest = value[:, :1], value[np.arange(groups), bins.count - 1][:, None]
-    span = np.where(highest > lowest, highest - lowest, 1.0)
-    shifted_v = ((value - lowest) / span + 2 * rows).reshape(-1)
-    by_value = np.searchsorted(shifted_v, (fraction[None, :] + 2 * rows).reshape(-1), side="right")
-    by_value = by_value.reshape(groups, -1) - rows * n
-    ends = np.concatenate([np.zeros((groups, 1), np.int64), np.full((groups, 1), n)], axis=1)
-    positions = np.concatenate([ends, np.clip(by_weight, 0, n), np.clip(by_value, 0, n)], axis=1)
-    return np.sort(positions, axis=1)
-
-
-def _best_split(bins: _Bins, start: np.ndarray, stop: np.ndarray, group: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Best single cut inside each bin range [start, stop) of group `group` (default: the ranges
-    are [G, ...], row g of group g): (gain in squared error, cut position), -inf and `start`
-    where there is nothing to split."""
-    shape = start.shape
-    if group is None:
-        group = np.broadcast_to(np.arange(shape[0]).reshape((-1,) + (1,) * (len(shape) - 1)), shape)
-    group, start, stop = group.reshape(-1), start.reshape(-1), stop.reshape(-1)
-    lengths = np.maximum(stop - start - 1, 0)
-    gain = np.full(start.size, -np.inf)
-    where = start.copy()
-    total = int(lengths.sum())
-    if total == 0:
-        return gain.reshape(shape), where.reshape(shape)
-    pair = np.repeat(np.arange(start.size), lengths)
-    owner = group[pair]
-    first = np.cumsum(lengths) - lengths
-    cut = start[pair] + 1 + (np.arange(total) - first[pair])
-
-    def cost(rows, a, b):
-        return _squared_error(
-            bins.w[rows, b] - bins.w[rows, a],
-            bins.sc[rows, b] - bins.sc[rows, a],
-            bins.qc[rows, b] - bins.qc[rows, a],
-        )
-
-    split_cost = cost(owner, start[pair], cut) + cost(owner, cut, stop[pair])
-    nonempty = np.flatnonzero(lengths)
-    minimum = np.minimum.reduceat(split_cost, first[nonempty])
-    is_min = split_cost == np.repeat(minimum, lengths[nonempty])
-    score = np.where(is_min, total - np.arange(total), 0)  # first minimum wins
-    at = total - np.maximum.reduceat(score, first[nonempty])
-    whole = cost(group, start, stop)
-    gain[nonempty] = whole[nonempty] - minimum
-    where[nonempty] = cut[at]
-    return gain.reshape(shape), where.reshape(shape)
-
-
-def _greedy_cuts(bins: _Bins, k: int, batched: bool = False) -> np.ndarray:
-    """Divisive start: k - 1 times, split the cluster whose best 2-split lowers the error most.
-
-    `batched`: each round splits up to half of a group's clusters at once, those with the largest
-    gains (about 1.6 log2(k) rounds instead of k - 1; a slightly worse start, for Lloyd and the
-    sweeps to mend). A group with nothing left to split gets empty clusters, one per round."""
-    groups = bins.groups
-    start = np.zeros((groups, k), dtype=np.int64)
-    stop = np.zeros((groups, k), dtype=np.int64)
-    gain = np.full((groups, k), -np.inf)  # unused slots never win
-    split = np.zeros((groups, k), dtype=np.int64)
-    stop[:, 0] = bins.n
-    gain[:, :1], split[:, :1] = _best_split(bins, start[:, :1], stop[:, :1])
-    count = np.ones(groups, dtype=np.int64)
-    while (count < k).any():
-        limit = np.minimum(k - count, np.maximum(1, count // 2) if batched else 1)
-        order = np.argsort(-gain, axis=1, kind="stable")[:, : int(limit.max())]
-        take = (np.arange(order.shape[1]) < limit[:, None]) & (np.take_along_axis(gain, order, axis=1) > -np.inf)
-        stuck = ~take.any(axis=1) & (count < k)
-        take[stuck, 0] = True  # nothing to split: an empty cluster
-        g, column = np.nonzero(take)
-        j = order[g, column]
-        new = count[g] + (np.cumsum(take, axis=1) - 1)[g, column]
-        a, b = start[g, j], stop[g, j]
-        s = np.where(gain[g, j] > -np.inf, split[g, j], b)
-        stop[g, j] = s
-        start[g, new], stop[g, new] = s, b
-        gain[g, j], split[g, j] = _best_split(bins, a, s, g)
-        gain[g, new], split[g, new] = _best_split(bins, s, b, g)
-        count += take.sum(axis=1)
-    return np.concatenate([np.sort(start, axis=1), np.full((groups, 1), bins.n)], axis=1)
-
-
-def _companded_cuts(bins: _Bins, k: int) -> np.ndarray:
-    """Cuts [G, k + 1] at equal steps of the integral of the weight density's cube root: the
-    point density of the least-squares quantizer with many levels (Panter and Dite, 1951)."""
-    groups, n = bins.groups, bins.n
-    weight = np.diff(bins.w, axis=1)  # [G, n], 0 for padding
-    value = bins.value
-    edges = np.concatenate([value[:, :1], (value[:, 1:] + value[:, :-1]) / 2, value[:, -1:]], axis=1)
-    width = np.diff(edges, axis=1)
-    mass = np.where(width > 0, np.cbrt(weight * width * width), np.cbrt(weight))  # the cube root of the density, times the width
-    cumulative = np.cumsum(mass, axis=1)
-    total = cumulative[:, -1:]
-    rows = np.arange(groups)[:, None]
-    # One search for all rows: row r is shifted by 2r so rows stay sorted end to end.
-    shifted = (cumulative / np.where(total > 0, total, 1.0) + 2 * rows).reshape(-1)
-    found = np.searchsorted(shifted, (np.arange(1, k)[None, :] / k + 2 * rows).reshape(-1), side="left")
-    cuts = np.clip(found.reshape(groups, -1) - rows * n + 1, 1, n)
-    ends = np.zeros((groups, 1), np.int64), np.full((groups, 1), n, np.int64)
-    return np.concatenate([ends[0], np.maximum.accumulate(cuts, axis=1), ends[1]], axis=1)
-
-
-def _sweep(bins: _Bins, cuts: np.ndarray, offsets: np.ndarray, grid: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """One exact DP over all cuts jointly, each cut choosing from its neighbourhood.
-
-    Cut t may move to `grid` fractions of the way between its neighbours or by `offsets` bins;
-    a cut with no more positions between its neighbours than that may move to any of them. Groups
-    whose cuts all have few positions (many clusters on few bins) thus get a narrower, exhaustive
-    neighbourhood: they are swept in batches of equal width, each batch within the chunk budget.
-    `cuts` are those of the groups `rows`.
-    """
-    full = grid.size + offsets.size
-    needed = (cuts[:, 2:] - cuts[:, :-2]).max(1) + 1 if cuts.shape[1] > 2 else np.ones(len(cuts), np.int64)
-    width = np.minimum(full, -(-needed // _WIDTH_STEP) * _WIDTH_STEP)  # few distinct batch widths
-    result = np.empty_like(cuts)
-    for size in np.unique(width):
-        members = np.flatnonzero(width == size)
-        per_batch = max(1, _CHUNK_ELEMENTS // (int(size) * max(int(size), cuts.shape[1])))
-        for first in range(0, members.size, per_batch):
-            part = members[first : first + per_batch]
-            candidates = _candidates(cuts[part], offsets, grid, int(size), bins.n)
-            result[part] = _sweep_dp(bins, candidates, rows[part])
-    return result
-
-
-def _candidates(cuts: np.ndarray, offsets: np.ndarray, grid: np.ndarray, width: int, n: int) -> np.ndarray:
-    """Candidate positions [G, k + 1, width] of every cut (the first and last stay at 0 and n)."""
-    groups = cuts.shape[0]
-    low, high, current = cuts[:, :-2, None], cuts[:, 2:, None], cuts[:, 1:-1, None]
-    every = np.minimum(low + np.arange(width), high)  # all positions, if there are at most width
-    if width == grid.size + offsets.size:
-        spread = low + np.rint((high - low) * grid).astype(np.int64)
-        near = np.clip(current + offsets, low, high)
-        every = np.where(high - low < width, every, np.concatenate([spread, near], axis=-1))
-    ends = np.zeros((groups, 1, width), dtype=np.int64)
-    return np.concatenate([ends, every, ends + n], axis=1)
-
-
-def _sweep_dp(bins: _Bins, candidates: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The best cuts, cut t taken from candidates[:, t] [G, k + 1, W], for the groups `rows`.
-
-    The costs of (cut t, cut t + 1) candidate pairs are computed for blocks of cuts at a time
-    (bounded memory); only the min-plus recursion along the cuts is sequential.
-    """
-    groups, k, width = candidates.shape[0], candidates.shape[1] - 1, candidates.shape[2]
-    w, sc, qc = bins.at(candidates, rows)
-    # choices[t][g, j]: the best candidate of cut t given candidate j of cut t + 1.
-    choices = np.empty((k, groups, width), dtype=np.int64)
-    best = np.zeros((groups, width))  # cost so far, for each candidate of cut t (all of cut 0 are 0)
-    block = max(1, _CHUNK_ELEMENTS // (groups * width * width))
-    for first in range(0, k, block):
-        last = min(first + block, k)
-        # Pair costs from cut t (axis 3) to cut t + 1 (axis 2), for t in this block: the minimum
-        # over cut t's candidates then reduces the last, contiguous axis.
-        fro, to = np.s_[:, first:last, None, :], np.s_[:, first + 1 : last + 1, :, None]
-        cost = _pair_cost(w[to] - w[fro], sc[to] - sc[fro], qc[to] - qc[fro])
-        np.putmask(cost, candidates[fro] > candidates[to], np.inf)
-        for t in range(first, last):
-            total = cost[:, t - first]
-            total += best[:, None, :]
-            choices[t] = total.argmin(axis=2)
-            best = total.min(axis=2)  # the value at the argmin: one reduction, no index arithmetic
-    rows = np.arange(groups)
-    index = np.zeros(groups, dtype=np.int64)  # every candidate of the last cut is n
-    result = np.empty((groups, k + 1), dtype=np.int64)
-    result[:, 0], result[:, k] = 0, bins.n
-    for t in range(k - 1, 0, -1):
-        index = choices[t][rows, index]
-        result[:, t] = candidates[rows, t, index]
-    return result
-
-
-def _pair_cost(w: np.ndarray, s: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """`_squared_error` in place on fresh arrays, for the sweep's large candidate-pair arrays.
-
-    A run of bins with no weight has exactly zero centred sum (its prefix sums are equal), so
-    dividing by the weight clamped to the smallest positive float gives its error, 0.
-    """
-    np.maximum(w, np.finfo(np.float64).tiny, out=w)
-    np.multiply(s, s, out=s)
-    with np.errstate(over="ignore"):  # only pairs out of order, which the caller rules out
-        np.divide(s, w, out=s)
-    np.subtract(q, s, out=q)
-    return np.maximum(q, 0.0, out=q)
-
-
-def _lloyd(bins: _Bins, cuts: np.ndarray, iterations: int = 200) -> np.ndarray:
-    """Lloyd iteration on sorted bins: move each cut to the midpoint of its neighbouring centroids.
-
-    Each iteration costs O(k log n) per group (a search of the midpoints among the bin values),
-    not O(n); it never raises the error.
-    """
-    cuts = cuts.copy()
-    active = np.arange(bins.groups)  # groups not yet at a fixed point: the others stay there
-    for _ in range(iterations):
-        new = bins.nearest_cuts(bins.centroids(cuts[active], active), active)
-        moved = (new != cuts[active]).any(axis=1)
-        if not moved.any():
-            break
-        active, new = active[moved], new[moved]
-        cuts[active] = new
-    return cuts
-
-
-def _improve(bins: _Bins, cuts: np.ndarray, coarse: bool, fine_sweeps: int = _MAX_FINE_SWEEPS) -> np.ndarray:
-    """Sweep until no group improves: with a coarse grid (cheap, finds large moves) if `coarse`,
-    then with a fine grid plus moves of +-1, 2, 4, ... bins up to its spacing (at most
-    `fine_sweeps` times). Each sweep works only on the groups the previous sweep improved."""
-    cuts = cuts.copy()
-    cost = bins.total_cost(cuts)
-    phases = ((_SWEEP_GRID_COARSE, False, _MAX_SWEEPS),) if coarse else ()
-    for grid_size, fine, sweeps in phases + ((_SWEEP_GRID, True, fine_sweeps),):
-        grid = np.linspace(0.0, 1.0, grid_size + 1)
-        offsets = np.zeros(1, dtype=np.int64)
-        if fine:
-            widest = int((cuts[:, 2:] - cuts[:, :-2]).max())
-            reach = 1 << np.arange((widest // grid_size).bit_length() + 1)
-            offsets = np.concatenate([-reach[::-1], [0], reach])
-        active = np.arange(bins.groups)
-        for _ in range(sweeps):
-            proposal = _sweep(bins, cuts[active], offsets, grid, active)
-            proposed_cost = bins.total_cost(proposal, active)
-            better = proposed_cost < cost[active] * (1 - _SWEEP_TOLERANCE)
-            active, proposal, proposed_cost = active[better], proposal[better], proposed_cost[better]
-            if not active.size:
-                break
-            cuts[active], cost[active] = proposal, proposed_cost
-    return cuts
+# Cut search (compiled: `ops._kernels`).
 
 
 def _cluster_bins(bins: _Bins, k: int, thorough: bool = True) -> np.ndarray:
     """Cluster one chunk of groups into k clusters: centroids [G, k].
 
     `thorough=False` is the estimate effort (`table_errors`): 5 Lloyd iterations instead of up to
-    200; for k <= 16, one fine sweep instead of two; for larger k, a batched greedy start and
-    no coarse sweeps.
+    200; for k <= 16, one fine sweep instead of two; for larger k, no coarse sweeps.
     """
-    n = bins.n
-    if n <= k:
-        cuts = np.minimum(np.arange(k + 1), n)[None, :].repeat(bins.groups, axis=0)
-        return bins.centroids(cuts)
-    if k * (n + 1) ** 2 <= _EXACT_DP_BUDGET:
-        positions = np.arange(n + 1)[None, :].repeat(bins.groups, axis=0)
-        return bins.centroids(_dp_over_positions(bins, positions, k))
-    iterations = 200 if thorough else _ESTIMATE_LLOYD
-    if k <= _COARSE_DP_MAX_K:
-        # The coarse DP already places the clusters well: Lloyd and a fine polish finish the job.
-        start = _dp_over_positions(bins, _coarse_positions(bins, _COARSE_ATOMS_PER_CLUSTER * k), k)
-        cuts = _improve(bins, _lloyd(bins, start, iterations), coarse=False, fine_sweeps=_MAX_FINE_SWEEPS if thorough else 1)
-    else:
-        # Two starts, each polished by Lloyd, the better kept per group: the divisive one suits
-        # heavy tails, the companded one (near the optimum for smooth densities) spares the
-        # sweeps most of their work there. On 1M float16 weights, k = 256: 0.24 -> 0.10 s
-        # (normal), 0.30 -> 0.09 s (Student-t), each at the same or a lower error.
-        starts = [_lloyd(bins, start, iterations) for start in (_greedy_cuts(bins, k, batched=True), _companded_cuts(bins, k))]
-        better = (bins.total_cost(starts[1]) < bins.total_cost(starts[0]))[:, None]
-        cuts = _improve(bins, np.where(better, starts[1], starts[0]), coarse=thorough)
-    return bins.centroids(cuts)
+    return bins.centroids(_kernels.cluster_cuts(bins.w, bins.s, bins.sc, bins.qc, bins.value, bins.count, k, thorough))
 
 
 def _chunks(values: np.ndarray):

@@ -207,26 +207,30 @@ def test_long_float16_rows_are_assigned_by_bit_pattern_exactly(groups):
     x[:, :15] = ((tables[:, :-1].astype(np.float64) + tables[:, 1:]) / 2).astype(np.float16)  # on (or next to) midpoints
     index = assign_nearest(x, tables)
     assert index.dtype == np.uint8 and index.shape == x.shape
-    np.testing.assert_array_equal(index, kmeans._assign_sorted(x, tables))  # the search by keys
+    # The search by float32 order keys, in plain numpy: every value against the rounded-down midpoints.
+    mids = kmeans._round_down_f32((tables[:, :-1].astype(np.float64) + tables[:, 1:]) / 2)
+    mid_keys, keys = kmeans._ordered_key32(mids), kmeans._ordered_key32(x.astype(np.float32))
+    expected = np.stack([np.searchsorted(mid_keys[g], keys[g], side="left") for g in range(groups)])
+    np.testing.assert_array_equal(index, expected)
     distance = np.abs(x.astype(np.float64)[..., None] - tables.astype(np.float64)[:, None, :])
     assert (np.take_along_axis(distance, index[..., None].astype(np.intp), axis=-1)[..., 0] <= distance.min(-1)).all()
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_groups_longer_than_a_chunk_are_assigned_in_slices(monkeypatch, dtype):
-    """A per-tensor table of a big weight is searched in slices of columns: the same indices."""
+def test_the_per_pattern_lookup_and_the_direct_search_assign_alike(monkeypatch):
+    """Long float16 rows are looked up per 16-bit pattern; with too many rows for that (a small
+    chunk budget) every value is searched directly: the same indices, each at its nearest entry."""
     from milcompress.ops import kmeans
 
     rng = np.random.default_rng(0)
-    x = rng.standard_t(3, (2, 30_000)).astype(dtype) * dtype(0.05)
-    tables = np.sort(rng.normal(0, 0.1, (2, 16)), axis=1).astype(dtype)
-    whole = assign_nearest(x, tables)
+    x = (rng.standard_t(3, (2, 70_000)) * 0.05).astype(np.float16)
+    tables = np.sort(rng.normal(0, 0.1, (2, 16)), axis=1).astype(np.float16)
+    by_pattern = assign_nearest(x, tables)
     monkeypatch.setattr(kmeans, "_CHUNK_ELEMENTS", 4096)
-    sliced = assign_nearest(x, tables)
-    assert sliced.dtype == np.uint8
-    np.testing.assert_array_equal(sliced, whole)
+    direct = assign_nearest(x, tables)
+    assert direct.dtype == np.uint8
+    np.testing.assert_array_equal(direct, by_pattern)
     distance = np.abs(x.astype(np.float64)[..., None] - tables.astype(np.float64)[:, None, :])
-    assert (np.take_along_axis(distance, sliced[..., None].astype(np.intp), axis=-1)[..., 0] <= distance.min(-1)).all()
+    assert (np.take_along_axis(distance, direct[..., None].astype(np.intp), axis=-1)[..., 0] <= distance.min(-1)).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])

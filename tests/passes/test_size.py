@@ -103,9 +103,11 @@ def test_the_budget_holds_and_the_choice_is_the_optimum(bits):
             assert exact == pytest.approx(choice.error, rel=1e-5)
     assert stored == result.total_bytes
     # Against the menus the test builds itself (exact errors of every form): the pass's choice is
-    # the optimum but for the palettes' estimated errors (within 2% here; it is exact at these sizes).
+    # the optimum but for the palettes' estimated errors (within 2% here). The menus' palettes are
+    # kmeans_1d's, within 0.1% of the optimal table, not the optimum itself, so the pass's own
+    # tables (the estimate effort's) may come out a little better than the test's.
     optimum = brute_force(list(exact_menus(dense).values()), result.budget_bytes)
-    assert optimum <= exact_total * (1 + 1e-9) + 1e-15
+    assert optimum <= exact_total * (1 + 1e-3) + 1e-15
     assert exact_total <= optimum * 1.02 + 1e-15
 
 

@@ -1,0 +1,444 @@
+"""Compiled kernels of the 1-D k-means (`ops.kmeans`): the cut search and the nearest-entry
+assignment, one group at a time (numba).
+
+`cluster_cuts` takes the prefix sums of `kmeans._Bins` ([G, n + 1], float64) and returns each
+group's k - 1 cuts between bins ([G, k + 1], from 0 to n), by the algorithm `ops.kmeans`'s
+docstring describes: the exact DP on small problems; else a start (the exact DP over coarse
+atoms for k <= 16; for larger k the better after Lloyd of a divisive split and cuts at equal
+steps of the density's cube root), Lloyd iterations, and sweeps of an exact DP over all cuts
+jointly, each cut moving within a neighbourhood. `assign_by_keys` gives every value the index of
+its nearest table entry by comparing order keys with the midpoints' (ties low).
+
+Why compiled: each step is a loop over one group's bins, cuts or values. In numpy the same
+search was dozens of small array calls per Lloyd iteration and per sweep, a few milliseconds per
+table whatever its size (ResNet50's 54 per-tensor 4-bit tables: 0.54 s of CPU against a floor of
+0.15 s for the histogram, gather and pack; 8-bit: 2.8 s), and the assignment of grouped palettes
+built an 8-byte key per value for one large search. numba compiles these loops to machine code;
+`cache=True` keeps it on disk, so a process compiles once per installation (about 12 s), later
+processes load it (about 0.3 s).
+
+Deterministic and in float64, as the numpy code was; ties go to the first (lowest) candidate.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_EXACT_DP_BUDGET = 1 << 18  # k * (bins + 1) * log2(bins + 1) per group, below which the exact DP runs
+_COARSE_DP_MAX_K = 16
+_COARSE_ATOMS_PER_CLUSTER = 4
+_SWEEP_GRID = 32
+_SWEEP_GRID_COARSE = 16
+_MAX_SWEEPS = 64
+_MAX_FINE_SWEEPS = 2
+_LLOYD_ITERATIONS = 200
+_ESTIMATE_LLOYD = 5  # Lloyd iterations at the estimate effort (`kmeans.table_errors`)
+_SWEEP_TOLERANCE = 1e-7  # a sweep must lower a group's error by this fraction to continue
+
+_jit = numba.njit(cache=True)
+
+
+@_jit
+def _cost(w, sc, qc, a, b):
+    """Weighted squared error about the mean of the bins [a, b), from the prefix sums."""
+    weight = w[b] - w[a]
+    if weight <= 0.0:
+        return 0.0
+    s = sc[b] - sc[a]
+    error = (qc[b] - qc[a]) - s * (s / weight)
+    return error if error > 0.0 else 0.0
+
+
+@_jit
+def _total(w, sc, qc, cuts):
+    total = 0.0
+    for j in range(cuts.size - 1):
+        total += _cost(w, sc, qc, cuts[j], cuts[j + 1])
+    return total
+
+
+@_jit
+def _dp_step(w, sc, qc, positions, best, new, choice):
+    """One step of the k-means DP: new[j] = min over i <= j of best[i] + cost(i, j), choice[j] the
+    first i that attains it. The cost of a run of sorted values is Monge, so the first optimal i
+    never decreases with j: divide and conquer over j needs O(n log n) costs, not O(n^2)."""
+    count = positions.size
+    stack = np.empty((2 * 64 + 8, 4), dtype=np.int64)  # pending (j range, i range); depth <= log2(count) + 1
+    stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = 0, count - 1, 0, count - 1
+    top = 1
+    while top > 0:
+        top -= 1
+        j_low, j_high, i_low, i_high = stack[top, 0], stack[top, 1], stack[top, 2], stack[top, 3]
+        if j_low > j_high:
+            continue
+        j = (j_low + j_high) >> 1
+        lowest, where = np.inf, i_low
+        for i in range(i_low, min(j, i_high) + 1):
+            total = _cost(w, sc, qc, positions[i], positions[j]) + best[i]
+            if total < lowest:
+                lowest, where = total, i
+        new[j] = lowest
+        choice[j] = where
+        stack[top, 0], stack[top, 1], stack[top, 2], stack[top, 3] = j + 1, j_high, where, i_high
+        stack[top + 1, 0], stack[top + 1, 1], stack[top + 1, 2], stack[top + 1, 3] = j_low, j - 1, i_low, where
+        top += 2
+
+
+@_jit
+def _dp_over_positions(w, sc, qc, positions, k):
+    """Optimal k-cluster cuts restricted to the sorted `positions` (from 0 to the end):
+    O(k n log n) costs for n positions."""
+    count = positions.size
+    best = np.empty(count)
+    for j in range(count):
+        best[j] = _cost(w, sc, qc, positions[0], positions[j])
+    choices = np.zeros((max(k - 1, 1), count), dtype=np.int64)
+    new = np.empty(count)
+    for step in range(k - 1):
+        _dp_step(w, sc, qc, positions, best, new, choices[step])
+        best, new = new, best
+    cuts = np.empty(k + 1, dtype=np.int64)
+    index = count - 1
+    cuts[k] = positions[index]
+    for step in range(k - 2, -1, -1):
+        index = choices[step, index]
+        cuts[step + 1] = positions[index]
+    cuts[0] = positions[0]
+    return cuts
+
+
+@_jit
+def _coarse_positions(w, value, m, atoms):
+    """0, m, and cut positions at equal steps of cumulative weight and of value, sorted."""
+    total = w[m]
+    lowest, highest = value[0], value[m - 1]
+    span = highest - lowest if highest > lowest else 1.0
+    scale = total if total > 0.0 else 1.0
+    fraction_w = w[: m + 1] / scale
+    fraction_v = (value[:m] - lowest) / span
+    positions = np.empty(2 * atoms, dtype=np.int64)
+    positions[0], positions[1] = 0, m
+    for i in range(1, atoms):
+        f = i / atoms
+        positions[1 + i] = min(np.searchsorted(fraction_w, f, side="left"), m)
+        positions[atoms + i] = min(np.searchsorted(fraction_v, f, side="right"), m)
+    return np.sort(positions)
+
+
+@_jit
+def _centroids(w, s, cuts):
+    """The weighted mean of each cluster; an empty one copies its nearest non-empty neighbour
+    (the left one first), or 0 if every cluster is empty."""
+    k = cuts.size - 1
+    result = np.empty(k)
+    filled = np.zeros(k, dtype=np.bool_)
+    for j in range(k):
+        weight = w[cuts[j + 1]] - w[cuts[j]]
+        if weight > 0.0:
+            result[j] = (s[cuts[j + 1]] - s[cuts[j]]) / weight
+            filled[j] = True
+    for j in range(k):
+        if filled[j]:
+            continue
+        left = j - 1
+        while left >= 0 and not filled[left]:
+            left -= 1
+        right = j + 1
+        while right < k and not filled[right]:
+            right += 1
+        result[j] = result[left] if left >= 0 else (result[right] if right < k else 0.0)
+    return result
+
+
+@_jit
+def _round_down_f32(x):
+    r = np.float32(x)
+    if np.float64(r) > x:
+        r = np.nextafter(r, np.float32(-np.inf))
+    return r
+
+
+@_jit
+def _lloyd(w, s, sc, qc, value32, cuts, iterations):
+    """Lloyd iteration on sorted bins: each cut moves to the midpoint of its neighbouring
+    centroids (rounded down to float32, as `kmeans.assign_nearest` compares). Never raises the
+    error; O(k log n) an iteration."""
+    k = cuts.size - 1
+    m = cuts[k]
+    cuts = cuts.copy()
+    for _ in range(iterations):
+        centre = _centroids(w, s, cuts)
+        moved = False
+        for j in range(1, k):
+            mid = _round_down_f32((centre[j - 1] + centre[j]) / 2)
+            cut = min(np.searchsorted(value32[:m], mid, side="right"), m)
+            if cut != cuts[j]:
+                moved = True
+                cuts[j] = cut
+        if not moved:
+            break
+    return cuts
+
+
+@_jit
+def _sweep(w, sc, qc, cuts, offsets, grid):
+    """One exact DP over all cuts jointly, cut t choosing from its neighbourhood: `grid`
+    fractions of the way between its neighbours and moves by `offsets` bins, or every position
+    between its neighbours where there are no more of them than that."""
+    k = cuts.size - 1
+    full = grid.size + offsets.size
+    candidates = np.empty((k + 1, full), dtype=np.int64)
+    sizes = np.ones(k + 1, dtype=np.int64)
+    candidates[0, 0], candidates[k, 0] = cuts[0], cuts[k]
+    for t in range(1, k):
+        low, high, current = cuts[t - 1], cuts[t + 1], cuts[t]
+        if high - low + 1 <= full:
+            sizes[t] = high - low + 1
+            for i in range(sizes[t]):
+                candidates[t, i] = low + i
+        else:
+            sizes[t] = full
+            for i in range(grid.size):
+                candidates[t, i] = low + np.int64(np.rint((high - low) * grid[i]))
+            for i in range(offsets.size):
+                candidates[t, grid.size + i] = min(max(current + offsets[i], low), high)
+    choices = np.zeros((k + 1, full), dtype=np.int64)
+    best = np.zeros(full)
+    new = np.empty(full)
+    for t in range(1, k + 1):
+        for j in range(sizes[t]):
+            to = candidates[t, j]
+            lowest, where = np.inf, 0
+            for i in range(sizes[t - 1]):
+                fro = candidates[t - 1, i]
+                if fro > to:
+                    continue
+                total = _cost(w, sc, qc, fro, to) + best[i]
+                if total < lowest:
+                    lowest, where = total, i
+            new[j] = lowest
+            choices[t, j] = where
+        best, new = new, best
+    result = np.empty(k + 1, dtype=np.int64)
+    result[k] = cuts[k]
+    index = 0
+    for t in range(k, 0, -1):
+        index = choices[t, index]
+        result[t - 1] = candidates[t - 1, index]
+    return result
+
+
+@_jit
+def _improve(w, sc, qc, cuts, coarse, fine_sweeps):
+    """Sweep until the error stops falling: on a coarse grid (finds large moves) if `coarse`,
+    then on a fine grid plus moves of +-1, 2, 4, ... bins up to its spacing (at most
+    `fine_sweeps` times)."""
+    k = cuts.size - 1
+    cost = _total(w, sc, qc, cuts)
+    for phase in range(2):
+        if phase == 0 and not coarse:
+            continue
+        fine = phase == 1
+        size = _SWEEP_GRID if fine else _SWEEP_GRID_COARSE
+        sweeps = fine_sweeps if fine else _MAX_SWEEPS
+        grid = np.linspace(0.0, 1.0, size + 1)
+        offsets = np.zeros(1, dtype=np.int64)
+        if fine:
+            widest = 0
+            for t in range(1, k):
+                widest = max(widest, cuts[t + 1] - cuts[t - 1])
+            steps = _bit_length(widest // size) + 1
+            offsets = np.zeros(2 * steps + 1, dtype=np.int64)
+            for i in range(steps):
+                offsets[steps - 1 - i] = -(1 << i)
+                offsets[steps + 1 + i] = 1 << i
+        for _ in range(sweeps):
+            proposal = _sweep(w, sc, qc, cuts, offsets, grid)
+            proposed = _total(w, sc, qc, proposal)
+            if not proposed < cost * (1 - _SWEEP_TOLERANCE):
+                break
+            cuts, cost = proposal, proposed
+    return cuts
+
+
+@_jit
+def _best_split(w, sc, qc, a, b):
+    """The best single cut of the bins [a, b): (gain in squared error, cut); (-inf, a) when
+    there is nothing to split. The first minimum wins."""
+    if b - a < 2:
+        return -np.inf, a
+    lowest, where = np.inf, a + 1
+    for cut in range(a + 1, b):
+        total = _cost(w, sc, qc, a, cut) + _cost(w, sc, qc, cut, b)
+        if total < lowest:
+            lowest, where = total, cut
+    return _cost(w, sc, qc, a, b) - lowest, where
+
+
+@_jit
+def _greedy_cuts(w, sc, qc, m, k):
+    """Divisive start: each round splits up to half of the clusters, those whose best 2-split
+    lowers the error most (about 1.6 log2(k) rounds); with nothing left to split, an empty
+    cluster at the end."""
+    start = np.zeros(k, dtype=np.int64)
+    stop = np.zeros(k, dtype=np.int64)
+    gain = np.full(k, -np.inf)
+    split = np.zeros(k, dtype=np.int64)
+    stop[0] = m
+    gain[0], split[0] = _best_split(w, sc, qc, 0, m)
+    count = 1
+    while count < k:
+        limit = min(k - count, max(1, count // 2))
+        order = np.argsort(-gain[:count], kind="mergesort")
+        taken = 0
+        for rank in range(min(limit, count)):
+            j = order[rank]
+            if gain[j] == -np.inf:
+                break
+            new = count + taken
+            s, b = split[j], stop[j]
+            stop[j] = s
+            start[new], stop[new] = s, b
+            gain[j], split[j] = _best_split(w, sc, qc, start[j], s)
+            gain[new], split[new] = _best_split(w, sc, qc, s, b)
+            taken += 1
+        if taken == 0:  # nothing to split: an empty cluster
+            start[count], stop[count] = m, m
+            taken = 1
+        count += taken
+    cuts = np.empty(k + 1, dtype=np.int64)
+    cuts[:k] = np.sort(start)
+    cuts[k] = m
+    return cuts
+
+
+@_jit
+def _companded_cuts(w, value, m, k):
+    """Cuts at equal steps of the integral of the weight density's cube root: the point density
+    of the least-squares quantizer with many levels (Panter and Dite, 1951)."""
+    cumulative = np.empty(m)
+    running = 0.0
+    for i in range(m):
+        left = value[0] if i == 0 else (value[i] + value[i - 1]) / 2
+        right = value[m - 1] if i == m - 1 else (value[i + 1] + value[i]) / 2
+        width = right - left
+        weight = w[i + 1] - w[i]
+        running += np.cbrt(weight * width * width) if width > 0 else np.cbrt(weight)
+        cumulative[i] = running
+    scale = running if running > 0 else 1.0
+    cumulative /= scale
+    cuts = np.empty(k + 1, dtype=np.int64)
+    cuts[0], cuts[k] = 0, m
+    for i in range(1, k):
+        cut = min(max(np.searchsorted(cumulative, i / k, side="left") + 1, 1), m)
+        cuts[i] = max(cut, cuts[i - 1]) if i > 1 else cut
+    return cuts
+
+
+@_jit
+def _bit_length(x):
+    length = 0
+    while x > 0:
+        length += 1
+        x >>= 1
+    return length
+
+
+@_jit
+def _group_cuts(w, s, sc, qc, value, m, k, thorough):
+    if m <= k:
+        cuts = np.empty(k + 1, dtype=np.int64)
+        for j in range(k + 1):
+            cuts[j] = min(j, m)
+        return cuts
+    if k * (m + 1) * _bit_length(m + 1) <= _EXACT_DP_BUDGET:
+        return _dp_over_positions(w, sc, qc, np.arange(m + 1), k)
+    iterations = _LLOYD_ITERATIONS if thorough else _ESTIMATE_LLOYD
+    value32 = value[:m].astype(np.float32)
+    if k <= _COARSE_DP_MAX_K:
+        # The coarse DP already places the clusters well: Lloyd and a fine polish finish the job.
+        start = _dp_over_positions(w, sc, qc, _coarse_positions(w, value, m, _COARSE_ATOMS_PER_CLUSTER * k), k)
+        return _improve(w, sc, qc, _lloyd(w, s, sc, qc, value32, start, iterations), False, _MAX_FINE_SWEEPS if thorough else 1)
+    # Two starts, each polished by Lloyd, the better kept: the divisive one suits heavy tails,
+    # the companded one (near the optimum for smooth densities) spares the sweeps most of their
+    # work there.
+    divisive = _lloyd(w, s, sc, qc, value32, _greedy_cuts(w, sc, qc, m, k), iterations)
+    companded = _lloyd(w, s, sc, qc, value32, _companded_cuts(w, value, m, k), iterations)
+    better = companded if _total(w, sc, qc, companded) < _total(w, sc, qc, divisive) else divisive
+    return _improve(w, sc, qc, better, thorough, _MAX_FINE_SWEEPS)
+
+
+@_jit
+def _cluster_cuts(w, s, sc, qc, value, count, k, thorough):
+    groups, n = value.shape
+    result = np.empty((groups, k + 1), dtype=np.int64)
+    for g in range(groups):
+        result[g] = _group_cuts(w[g], s[g], sc[g], qc[g], value[g], count[g], k, thorough)
+        result[g, k] = n  # a group's bins past its own count are padding of zero weight
+    return result
+
+
+def cluster_cuts(w: np.ndarray, s: np.ndarray, sc: np.ndarray, qc: np.ndarray, value: np.ndarray, count: np.ndarray,
+                 k: int, thorough: bool = True) -> np.ndarray:
+    """k-means cuts [G, k + 1] of each group's sorted bins: prefix sums of weight `w`, sum `s`,
+    centred sum `sc` and centred squares `qc` [G, n + 1], bin values `value` [G, n], bins per
+    group `count` [G]. `thorough=False` is the estimate effort (5 Lloyd iterations; k <= 16: one
+    fine sweep; larger k: no coarse sweeps)."""
+    # Contiguous float64 and int64 whatever the caller holds: one compiled signature.
+    w, s, sc, qc, value = (np.ascontiguousarray(x, dtype=np.float64) for x in (w, s, sc, qc, value))
+    return _cluster_cuts(w, s, sc, qc, value, np.ascontiguousarray(count, dtype=np.int64), int(k), bool(thorough))
+
+
+@_jit
+def _key32(bits):
+    """The order key of a float32 from its bits (as `kmeans._ordered_key32`)."""
+    bits = np.int64(bits)
+    return 0x7FFFFFFF - (bits & 0x7FFFFFFF) if bits & 0x80000000 else bits | 0x80000000
+
+
+@_jit
+def _count_below(mids, key):
+    """How many of the sorted `mids` are below `key`: the index of the nearest entry. A short
+    table is counted without branches (faster than a search whose branches cannot be predicted)."""
+    if mids.size <= 32:
+        count = 0
+        for j in range(mids.size):
+            count += mids[j] < key
+        return count
+    low, high = 0, mids.size
+    while low < high:
+        middle = (low + high) >> 1
+        if mids[middle] < key:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+@_jit
+def _assign_float16(raw, key_of_pattern, mid_keys, out):
+    for g in range(raw.shape[0]):
+        mids = mid_keys[g]
+        for i in range(raw.shape[1]):
+            out[g, i] = _count_below(mids, key_of_pattern[raw[g, i]])
+
+
+@_jit
+def _assign_float32(raw, mid_keys, out):
+    for g in range(raw.shape[0]):
+        mids = mid_keys[g]
+        for i in range(raw.shape[1]):
+            out[g, i] = _count_below(mids, _key32(raw[g, i]))
+
+
+def assign_by_keys(values: np.ndarray, mid_keys: np.ndarray, key_of_pattern: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Into `out` [G, n]: for each value of `values` [G, n] (float16 or float32), how many of its
+    group's sorted midpoint keys `mid_keys` [G, K - 1] (`kmeans._ordered_key32`) lie below its own
+    float32 order key; `key_of_pattern` [65536] is that key for each float16 bit pattern."""
+    mid_keys = np.ascontiguousarray(mid_keys, dtype=np.int64)
+    if values.dtype == np.float16:
+        _assign_float16(np.ascontiguousarray(values).view(np.uint16), key_of_pattern, mid_keys, out)
+    else:
+        _assign_float32(np.ascontiguousarray(values, dtype=np.float32).view(np.uint32), mid_keys, out)
+    return out
