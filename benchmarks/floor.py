@@ -246,6 +246,15 @@ def coremltools_dense(params, config) -> np.ndarray:
     return owner.decompress(params)
 
 
+def warm_up(all_configs: Dict[str, object]) -> None:
+    """Run our kernels once on a small weight of every config before anything is timed: numba
+    compiles them on a process's first call (once per installation; later processes load the
+    machine code from its cache), which is not the work of any one compression."""
+    weight = np.random.default_rng(0).standard_normal((64, 4096)).astype(np.float16)
+    for config in all_configs.values():
+        ours_of(weight, config)()
+
+
 def _timed(call: Callable[[], object]) -> Tuple[object, float]:
     """`call()` and the CPU seconds it took (this process, every thread): on a shared machine the
     work done, not the wait for a core."""
@@ -402,6 +411,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import milcompress._coremltools  # noqa: F401  (imports coremltools without its notices)
 
     all_configs = configs()
+    warm_up(all_configs)
     results = []
     for name in args.models:
         weights = model_weights(name, args.quick)

@@ -259,16 +259,19 @@ def _bins_by_sort(values: np.ndarray) -> bool:
     return values.shape[-1] <= _SORTED_BINS_MAX
 
 
-def _histogram(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bins:
+def _histogram(values: np.ndarray, weights: Optional[np.ndarray], scale: Optional[np.ndarray] = None) -> _Bins:
     """Bin each row of `values` [G, n]; weights default to 1.
 
     Rows of up to 65,536 values are sorted and binned by exact value (float16 rows sort their
     16-bit codes, which is cheap); larger rows are binned by float16 code over at most 65,536 slots
     per row: exactly for float16, and by float16 rounding for float32, with exact statistics of
     the values in each bin.
+
+    `scale` (one per row): the bins of outlier-aware k-means (`_Bins.outlier_aware`); where every
+    bin holds one value (no `weights`) the factor goes into the counts before the prefix sums.
     """
     if not _bins_by_sort(values):
-        return _histogram_by_code(values, weights)
+        return _histogram_by_code(values, weights, scale)
     groups, n = values.shape
     if values.dtype == np.float16:
         keys = _ordered_key16(values)  # 16-bit codes: sorting them is cheap and exact
@@ -299,7 +302,10 @@ def _histogram(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bins:
     if weights is None:
         # Each bin holds one value: its statistics follow from its count.
         w = np.diff(starts, axis=1).astype(np.float64)
-        mean = (w * value).sum(1, keepdims=True) / n
+        if scale is not None:
+            w *= outlier_factor(value, scale[:, None])
+        total = w.sum(1, keepdims=True)
+        mean = (w * value).sum(1, keepdims=True) / np.where(total > 0, total, 1.0)
         centred = value - mean
         stats = (w, w * value, w * centred, w * centred * centred)
         return _Bins(*(_prefix(s) for s in stats), value, bins_per_group, mean[:, 0])
@@ -310,7 +316,8 @@ def _histogram(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bins:
     centred = x - mean
     stats = (wt, wt * x, wt * centred, wt * centred * centred)
     # Prefix sums over the sorted values, read at the bin starts.
-    return _Bins(*(np.take_along_axis(_prefix(s), starts, axis=1) for s in stats), value, bins_per_group, mean[:, 0])
+    bins = _Bins(*(np.take_along_axis(_prefix(s), starts, axis=1) for s in stats), value, bins_per_group, mean[:, 0])
+    return bins if scale is None else bins.outlier_aware(scale)
 
 
 def _prefix(stat: np.ndarray) -> np.ndarray:
@@ -320,7 +327,7 @@ def _prefix(stat: np.ndarray) -> np.ndarray:
     return result
 
 
-def _histogram_by_code(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bins:
+def _histogram_by_code(values: np.ndarray, weights: Optional[np.ndarray], scale: Optional[np.ndarray] = None) -> _Bins:
     """Bins by float16 code (up to 65,536 slots per row), for rows too large to sort cheaply.
 
     The rows are read in slices of columns, so that no work array holds more than
@@ -358,6 +365,8 @@ def _histogram_by_code(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bi
     if weights is None and exact:
         # An exact bin holds a single value: its statistics follow from the counts.
         w = count.astype(np.float64)
+        if scale is not None:
+            w *= outlier_factor(slot_value.reshape(groups, width), scale[:, None]).reshape(-1)
         s = w * slot_value
         mean = s.reshape(groups, width).sum(1) / w.reshape(groups, width).sum(1)
         centred = (slot_value.reshape(groups, width) - mean[:, None]).reshape(-1)
@@ -401,7 +410,8 @@ def _histogram_by_code(values: np.ndarray, weights: Optional[np.ndarray]) -> _Bi
     value[row_of, col_of] = slot_value[kept]
     last = value[np.arange(groups), bins_per_group - 1][:, None]
     value = np.where(np.arange(n_bins)[None, :] < bins_per_group[:, None], value, last)
-    return _Bins(prefix(w), prefix(s), prefix(sc), prefix(qc), value, bins_per_group, np.reshape(mean, groups))
+    bins = _Bins(prefix(w), prefix(s), prefix(sc), prefix(qc), value, bins_per_group, np.reshape(mean, groups))
+    return bins if scale is None or (weights is None and exact) else bins.outlier_aware(scale)
 
 
 def _fill_empty(c: np.ndarray) -> np.ndarray:
@@ -465,9 +475,8 @@ def kmeans_1d(values: np.ndarray, k: int, weights: Optional[np.ndarray] = None, 
         result[:] = 0.0
         return result
     for chunk in _chunks(values):
-        bins = _histogram(values[chunk], None if weights is None else weights[chunk])
-        if outlier_scale is not None:
-            bins = bins.outlier_aware(_rows_of(outlier_scale, groups)[chunk])
+        bins = _histogram(values[chunk], None if weights is None else weights[chunk],
+                          None if outlier_scale is None else _rows_of(outlier_scale, groups)[chunk])
         result[chunk] = _cluster_bins(bins, k)
     return np.sort(result, axis=1)
 
@@ -499,9 +508,8 @@ def table_errors(
     if n == 0:
         return (errors, energy, tables) if with_tables else (errors, energy)
     for chunk in _chunks(values):
-        bins = _histogram(values[chunk], None if weights is None else weights[chunk])
-        if outlier_scale is not None:
-            bins = bins.outlier_aware(_rows_of(outlier_scale, groups)[chunk])
+        bins = _histogram(values[chunk], None if weights is None else weights[chunk],
+                          None if outlier_scale is None else _rows_of(outlier_scale, groups)[chunk])
         total_w, total_sc, total_qc = (p[:, -1] for p in (bins.w, bins.sc, bins.qc))
         energy[chunk] = np.maximum(total_qc + bins.centre * (2 * total_sc + bins.centre * total_w), 0.0)
         for row, k in enumerate(ks):
