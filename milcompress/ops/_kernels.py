@@ -22,6 +22,8 @@ Deterministic and in float64, as the numpy code was; ties go to the first (lowes
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numba
 import numpy as np
 
@@ -59,13 +61,17 @@ def _total(w, sc, qc, cuts):
 
 
 @_jit
-def _dp_step(w, sc, qc, positions, best, new, choice):
-    """One step of the k-means DP: new[j] = min over i <= j of best[i] + cost(i, j), choice[j] the
-    first i that attains it. The cost of a run of sorted values is Monge, so the first optimal i
-    never decreases with j: divide and conquer over j needs O(n log n) costs, not O(n^2)."""
-    count = positions.size
+def _dp_step(w, sc, qc, sources, best, targets, new, choice):
+    """One step of a k-means DP: for each of the sorted positions `targets`, new[j] = the least
+    best[i] + cost(sources[i], targets[j]) over the sorted `sources` at or before it, choice[j]
+    the first i that attains it (every target must have a source at or before it).
+
+    The cost of a run of sorted values is Monge, so the first optimal i never decreases with j:
+    divide and conquer over j needs O(n log n) costs, not O(n^2)."""
+    count = targets.size
+    last = np.searchsorted(sources, targets, side="right") - 1  # the last source at or before each target
     stack = np.empty((2 * 64 + 8, 4), dtype=np.int64)  # pending (j range, i range); depth <= log2(count) + 1
-    stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = 0, count - 1, 0, count - 1
+    stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = 0, count - 1, 0, sources.size - 1
     top = 1
     while top > 0:
         top -= 1
@@ -74,8 +80,8 @@ def _dp_step(w, sc, qc, positions, best, new, choice):
             continue
         j = (j_low + j_high) >> 1
         lowest, where = np.inf, i_low
-        for i in range(i_low, min(j, i_high) + 1):
-            total = _cost(w, sc, qc, positions[i], positions[j]) + best[i]
+        for i in range(i_low, min(last[j], i_high) + 1):
+            total = _cost(w, sc, qc, sources[i], targets[j]) + best[i]
             if total < lowest:
                 lowest, where = total, i
         new[j] = lowest
@@ -96,7 +102,7 @@ def _dp_over_positions(w, sc, qc, positions, k):
     choices = np.zeros((max(k - 1, 1), count), dtype=np.int64)
     new = np.empty(count)
     for step in range(k - 1):
-        _dp_step(w, sc, qc, positions, best, new, choices[step])
+        _dp_step(w, sc, qc, positions, best, positions, new, choices[step])
         best, new = new, best
     cuts = np.empty(k + 1, dtype=np.int64)
     index = count - 1
@@ -188,37 +194,35 @@ def _sweep(w, sc, qc, cuts, offsets, grid):
     between its neighbours where there are no more of them than that."""
     k = cuts.size - 1
     full = grid.size + offsets.size
-    candidates = np.empty((k + 1, full), dtype=np.int64)
+    candidates = np.empty((k + 1, full), dtype=np.int64)  # row t: cut t's candidates, sorted, distinct
     sizes = np.ones(k + 1, dtype=np.int64)
     candidates[0, 0], candidates[k, 0] = cuts[0], cuts[k]
     for t in range(1, k):
         low, high, current = cuts[t - 1], cuts[t + 1], cuts[t]
+        row = candidates[t]
         if high - low + 1 <= full:
             sizes[t] = high - low + 1
             for i in range(sizes[t]):
-                candidates[t, i] = low + i
-        else:
-            sizes[t] = full
-            for i in range(grid.size):
-                candidates[t, i] = low + np.int64(np.rint((high - low) * grid[i]))
-            for i in range(offsets.size):
-                candidates[t, grid.size + i] = min(max(current + offsets[i], low), high)
+                row[i] = low + i
+            continue
+        for i in range(grid.size):
+            row[i] = low + np.int64(np.rint((high - low) * grid[i]))
+        for i in range(offsets.size):
+            row[grid.size + i] = min(max(current + offsets[i], low), high)
+        row.sort()
+        size = 1
+        for i in range(1, full):
+            if row[i] != row[size - 1]:
+                row[size] = row[i]
+                size += 1
+        sizes[t] = size
+    # Cut t's candidates all lie at or after cut t - 2's position, where cut t - 1's lowest lies.
     choices = np.zeros((k + 1, full), dtype=np.int64)
     best = np.zeros(full)
     new = np.empty(full)
     for t in range(1, k + 1):
-        for j in range(sizes[t]):
-            to = candidates[t, j]
-            lowest, where = np.inf, 0
-            for i in range(sizes[t - 1]):
-                fro = candidates[t - 1, i]
-                if fro > to:
-                    continue
-                total = _cost(w, sc, qc, fro, to) + best[i]
-                if total < lowest:
-                    lowest, where = total, i
-            new[j] = lowest
-            choices[t, j] = where
+        _dp_step(w, sc, qc, candidates[t - 1, : sizes[t - 1]], best[: sizes[t - 1]], candidates[t, : sizes[t]], new[: sizes[t]],
+                 choices[t, : sizes[t]])
         best, new = new, best
     result = np.empty(k + 1, dtype=np.int64)
     result[k] = cuts[k]
@@ -442,3 +446,73 @@ def assign_by_keys(values: np.ndarray, mid_keys: np.ndarray, key_of_pattern: np.
     else:
         _assign_float32(np.ascontiguousarray(values, dtype=np.float32).view(np.uint32), mid_keys, out)
     return out
+
+
+@_jit
+def _count_codes(raw, out):
+    for g in range(raw.shape[0]):
+        for i in range(raw.shape[1]):
+            out[g, raw[g, i]] += 1
+
+
+def count_codes(values: np.ndarray) -> np.ndarray:
+    """How many of each row of the float16 `values` [G, n] hold each 16-bit pattern: [G, 65536]
+    int64 (`np.bincount` converts its input to 8-byte integers first: 3x slower)."""
+    raw = np.ascontiguousarray(values).view(np.uint16).reshape(values.shape[0], -1)
+    out = np.zeros((raw.shape[0], 1 << 16), dtype=np.int64)
+    _count_codes(raw, out)
+    return out
+
+
+@_jit
+def _sorted_bins(keys, value_of_key, scale, outlier_rms2):
+    groups, n = keys.shape
+    count = np.zeros(groups, dtype=np.int64)
+    for g in range(groups):
+        if n:
+            count[g] = 1
+        for i in range(1, n):
+            count[g] += keys[g, i] != keys[g, i - 1]
+    width = max(1, count.max())
+    w, s, sc, qc = np.zeros((groups, width + 1)), np.zeros((groups, width + 1)), np.zeros((groups, width + 1)), np.zeros((groups, width + 1))
+    value = np.empty((groups, width))
+    centre = np.zeros(groups)
+    bin_weight = np.empty(width)
+    for g in range(groups):
+        b = -1
+        for i in range(n):
+            if i == 0 or keys[g, i] != keys[g, i - 1]:
+                b += 1
+                value[g, b] = value_of_key[keys[g, i]]
+                bin_weight[b] = 0.0
+            bin_weight[b] += 1.0
+        bins = b + 1
+        total = moment = 0.0
+        for b in range(bins):
+            x = value[g, b]
+            if scale.size:
+                bin_weight[b] *= 1.0 + max(x * x / scale[g] - outlier_rms2, 0.0)
+            total += bin_weight[b]
+            moment += bin_weight[b] * x
+        mean = moment / total if total > 0 else 0.0
+        centre[g] = mean
+        for b in range(bins):
+            x, weight = value[g, b], bin_weight[b]
+            d = x - mean
+            w[g, b + 1] = w[g, b] + weight
+            s[g, b + 1] = s[g, b] + weight * x
+            sc[g, b + 1] = sc[g, b] + weight * d
+            qc[g, b + 1] = qc[g, b] + weight * d * d
+        for b in range(bins, width):  # padding: the last value, the totals repeated
+            value[g, b] = value[g, bins - 1]
+            w[g, b + 1], s[g, b + 1], sc[g, b + 1], qc[g, b + 1] = w[g, b], s[g, b], sc[g, b], qc[g, b]
+    return w, s, sc, qc, value, count, centre
+
+
+def sorted_bins(keys: np.ndarray, value_of_key: np.ndarray, scale: Optional[np.ndarray], outlier_rms: float):
+    """The bins of rows of sorted 16-bit order keys [G, n] (`kmeans._ordered_key16`), one bin per
+    distinct key, as `kmeans._Bins` fields (w, s, sc, qc, value, count, centre); `value_of_key`
+    [65536] float64. `scale` (one per row, or None): each bin's count times the outlier factor
+    1 + max(0, x^2 / scale - outlier_rms^2) of outlier-aware k-means."""
+    scale = np.zeros(0) if scale is None else np.ascontiguousarray(scale, dtype=np.float64)
+    return _sorted_bins(np.ascontiguousarray(keys, dtype=np.uint16), value_of_key, scale, float(outlier_rms) ** 2)

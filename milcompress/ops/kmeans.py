@@ -91,17 +91,14 @@ def _raw_code_of_key16() -> np.ndarray:
 
 def _code_counts(values: np.ndarray) -> np.ndarray:
     """How many of each row of the float16 `values` [G, n] hold each 16-bit pattern: [G, 65536]
-    int64, counted in slices of at most `_CHUNK_ELEMENTS` values (the count converts its input to
-    8-byte integers)."""
-    groups = values.shape[0]
-    raw = np.ascontiguousarray(values).view(np.uint16).reshape(groups, -1)
-    counts = np.zeros(groups * _F16_CODES, dtype=np.int64)
-    step = max(1, _CHUNK_ELEMENTS // max(1, groups))
-    offsets = (np.arange(groups, dtype=np.int64) << 16)[:, None]
-    for first in range(0, raw.shape[1], step):
-        part = raw[:, first : first + step]
-        counts += np.bincount((part + offsets).reshape(-1) if groups > 1 else part.reshape(-1), minlength=counts.size)
-    return counts.reshape(groups, _F16_CODES)
+    int64 (compiled: `ops._kernels.count_codes`)."""
+    return _kernels.count_codes(values)
+
+
+@functools.lru_cache(maxsize=1)
+def _value_of_key16() -> np.ndarray:
+    """The float16 value (as float64) of every 16-bit order key (`_ordered_key16`)."""
+    return _key16_to_value(np.arange(_F16_CODES))
 
 
 def _ordered_key32(values: np.ndarray) -> np.ndarray:
@@ -273,6 +270,10 @@ def _histogram(values: np.ndarray, weights: Optional[np.ndarray], scale: Optiona
     if not _bins_by_sort(values):
         return _histogram_by_code(values, weights, scale)
     groups, n = values.shape
+    if values.dtype == np.float16 and weights is None:
+        # Sorted 16-bit codes, binned in one compiled pass (the factor goes into the counts).
+        keys = np.sort(_ordered_key16(values), axis=1)
+        return _Bins(*_kernels.sorted_bins(keys, _value_of_key16(), scale, OUTLIER_RMS))
     if values.dtype == np.float16:
         keys = _ordered_key16(values)  # 16-bit codes: sorting them is cheap and exact
         if weights is None:
