@@ -7,6 +7,7 @@ from typing import Iterator, Tuple
 import numpy as np
 
 from milcompress.errors import NotCompressible
+from milcompress.ops import _kernels
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 WORK_ELEMENTS = 1 << 20
@@ -22,7 +23,7 @@ def check_weight(weight: np.ndarray) -> np.ndarray:
         raise NotCompressible(f"dtype {weight.dtype} is not float16 or float32")
     if weight.size == 0:
         raise NotCompressible("the tensor is empty")
-    if not np.isfinite(weight).all():
+    if not _kernels.all_finite(weight):
         bad = int(np.size(weight) - np.count_nonzero(np.isfinite(weight)))
         raise NotCompressible(f"{bad} non-finite values (inf or nan)")
     return weight

@@ -28,6 +28,7 @@ import numba
 import numpy as np
 
 _EXACT_DP_BUDGET = 1 << 18  # k * (bins + 1) * log2(bins + 1) per group, below which the exact DP runs
+_ESTIMATE_EXACT_DP_BUDGET = 1 << 15  # the same at the estimate effort (the heuristic costs about 1/100)
 _COARSE_DP_MAX_K = 16
 _COARSE_ATOMS_PER_CLUSTER = 4
 _SWEEP_GRID = 32
@@ -356,7 +357,7 @@ def _group_cuts(w, s, sc, qc, value, m, k, thorough):
         for j in range(k + 1):
             cuts[j] = min(j, m)
         return cuts
-    if k * (m + 1) * _bit_length(m + 1) <= _EXACT_DP_BUDGET:
+    if k * (m + 1) * _bit_length(m + 1) <= (_EXACT_DP_BUDGET if thorough else _ESTIMATE_EXACT_DP_BUDGET):
         return _dp_over_positions(w, sc, qc, np.arange(m + 1), k)
     iterations = _LLOYD_ITERATIONS if thorough else _ESTIMATE_LLOYD
     value32 = value[:m].astype(np.float32)
@@ -465,6 +466,39 @@ def count_codes(values: np.ndarray) -> np.ndarray:
 
 
 @_jit
+def _finish_bins(g, bins, bin_weight, value, scale, outlier_rms2, w, s, sc, qc, centre):
+    """Row g of the bins' prefix sums from its `bins` values (in `value[g]`, sorted) and counts
+    (`bin_weight`, multiplied here by the outlier factor when `scale` is given); padding repeats
+    the last value and the totals."""
+    width = value.shape[1]
+    total = moment = 0.0
+    for b in range(bins):
+        x = value[g, b]
+        if scale.size:
+            bin_weight[b] *= 1.0 + max(x * x / scale[g] - outlier_rms2, 0.0)
+        total += bin_weight[b]
+        moment += bin_weight[b] * x
+    mean = moment / total if total > 0 else 0.0
+    centre[g] = mean
+    for b in range(bins):
+        x, weight = value[g, b], bin_weight[b]
+        d = x - mean
+        w[g, b + 1] = w[g, b] + weight
+        s[g, b + 1] = s[g, b] + weight * x
+        sc[g, b + 1] = sc[g, b] + weight * d
+        qc[g, b + 1] = qc[g, b] + weight * d * d
+    for b in range(bins, width):
+        value[g, b] = value[g, bins - 1]
+        w[g, b + 1], s[g, b + 1], sc[g, b + 1], qc[g, b + 1] = w[g, b], s[g, b], sc[g, b], qc[g, b]
+
+
+@_jit
+def _empty_bins(groups, width):
+    shape = (groups, width + 1)
+    return np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape), np.empty((groups, width)), np.zeros(groups)
+
+
+@_jit
 def _sorted_bins(keys, value_of_key, scale, outlier_rms2):
     groups, n = keys.shape
     count = np.zeros(groups, dtype=np.int64)
@@ -473,11 +507,8 @@ def _sorted_bins(keys, value_of_key, scale, outlier_rms2):
             count[g] = 1
         for i in range(1, n):
             count[g] += keys[g, i] != keys[g, i - 1]
-    width = max(1, count.max())
-    w, s, sc, qc = np.zeros((groups, width + 1)), np.zeros((groups, width + 1)), np.zeros((groups, width + 1)), np.zeros((groups, width + 1))
-    value = np.empty((groups, width))
-    centre = np.zeros(groups)
-    bin_weight = np.empty(width)
+    w, s, sc, qc, value, centre = _empty_bins(groups, max(1, count.max()))
+    bin_weight = np.empty(value.shape[1])
     for g in range(groups):
         b = -1
         for i in range(n):
@@ -486,27 +517,37 @@ def _sorted_bins(keys, value_of_key, scale, outlier_rms2):
                 value[g, b] = value_of_key[keys[g, i]]
                 bin_weight[b] = 0.0
             bin_weight[b] += 1.0
-        bins = b + 1
-        total = moment = 0.0
-        for b in range(bins):
-            x = value[g, b]
-            if scale.size:
-                bin_weight[b] *= 1.0 + max(x * x / scale[g] - outlier_rms2, 0.0)
-            total += bin_weight[b]
-            moment += bin_weight[b] * x
-        mean = moment / total if total > 0 else 0.0
-        centre[g] = mean
-        for b in range(bins):
-            x, weight = value[g, b], bin_weight[b]
-            d = x - mean
-            w[g, b + 1] = w[g, b] + weight
-            s[g, b + 1] = s[g, b] + weight * x
-            sc[g, b + 1] = sc[g, b] + weight * d
-            qc[g, b + 1] = qc[g, b] + weight * d * d
-        for b in range(bins, width):  # padding: the last value, the totals repeated
-            value[g, b] = value[g, bins - 1]
-            w[g, b + 1], s[g, b + 1], sc[g, b + 1], qc[g, b + 1] = w[g, b], s[g, b], sc[g, b], qc[g, b]
+        _finish_bins(g, b + 1, bin_weight, value, scale, outlier_rms2, w, s, sc, qc, centre)
     return w, s, sc, qc, value, count, centre
+
+
+@_jit
+def _counted_bins(counts, raw_of_key, value_of_key, scale, outlier_rms2):
+    groups, codes = counts.shape
+    count = np.zeros(groups, dtype=np.int64)
+    for g in range(groups):
+        for raw in range(codes):
+            count[g] += counts[g, raw] > 0
+    w, s, sc, qc, value, centre = _empty_bins(groups, max(1, count.max()))
+    bin_weight = np.empty(value.shape[1])
+    for g in range(groups):
+        b = 0
+        for key in range(codes):
+            held = counts[g, raw_of_key[key]]
+            if held:
+                value[g, b] = value_of_key[key]
+                bin_weight[b] = held
+                b += 1
+        _finish_bins(g, b, bin_weight, value, scale, outlier_rms2, w, s, sc, qc, centre)
+    return w, s, sc, qc, value, count, centre
+
+
+def counted_bins(counts: np.ndarray, raw_of_key: np.ndarray, value_of_key: np.ndarray, scale: Optional[np.ndarray], outlier_rms: float):
+    """The bins of float16 rows from their counts of each 16-bit pattern [G, 65536]
+    (`count_codes`), one per pattern held, in value order, as `sorted_bins` gives them;
+    `raw_of_key` [65536]: the pattern of each order key."""
+    scale = np.zeros(0) if scale is None else np.ascontiguousarray(scale, dtype=np.float64)
+    return _counted_bins(counts, raw_of_key, value_of_key, scale, float(outlier_rms) ** 2)
 
 
 def sorted_bins(keys: np.ndarray, value_of_key: np.ndarray, scale: Optional[np.ndarray], outlier_rms: float):
@@ -516,3 +557,19 @@ def sorted_bins(keys: np.ndarray, value_of_key: np.ndarray, scale: Optional[np.n
     1 + max(0, x^2 / scale - outlier_rms^2) of outlier-aware k-means."""
     scale = np.zeros(0) if scale is None else np.ascontiguousarray(scale, dtype=np.float64)
     return _sorted_bins(np.ascontiguousarray(keys, dtype=np.uint16), value_of_key, scale, float(outlier_rms) ** 2)
+
+
+@_jit
+def _any_nonfinite16(raw):
+    found = False
+    for i in range(raw.size):
+        found |= (raw[i] & 0x7C00) == 0x7C00  # exponent all ones: inf or nan
+    return found
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite; float16 from its bit patterns, 10x faster than np.isfinite
+    (which widens float16 first)."""
+    if values.dtype == np.float16:
+        return not _any_nonfinite16(np.ascontiguousarray(values).reshape(-1).view(np.uint16))
+    return bool(np.isfinite(values).all())

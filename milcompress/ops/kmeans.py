@@ -343,14 +343,11 @@ def _histogram_by_code(values: np.ndarray, weights: Optional[np.ndarray], scale:
         return _ordered_key16(chunk if exact else np.clip(chunk, -_F16_MAX, _F16_MAX))
 
     if weights is None and exact:
-        # One count of the raw 16-bit patterns, reordered by key: no key is computed per value.
-        by_key = _code_counts(values)[:, _raw_code_of_key16()]
-        held = np.flatnonzero(by_key.any(axis=0))
-        low, high = int(held[0]), int(held[-1])
-        count = by_key[:, low : high + 1].reshape(-1)
-    else:
-        extremes = [(int(k.min()), int(k.max())) for k in map(keys, parts)]
-        low, high = min(e[0] for e in extremes), max(e[1] for e in extremes)
+        # One count of the raw 16-bit patterns, binned in key order in one compiled pass (the
+        # factor goes into the counts).
+        return _Bins(*_kernels.counted_bins(_code_counts(values), _raw_code_of_key16(), _value_of_key16(), scale, OUTLIER_RMS))
+    extremes = [(int(k.min()), int(k.max())) for k in map(keys, parts)]
+    low, high = min(e[0] for e in extremes), max(e[1] for e in extremes)
     width = high - low + 1
     nslots = groups * width
     base = np.arange(groups, dtype=np.int64)[:, None] * width - low
@@ -359,42 +356,31 @@ def _histogram_by_code(values: np.ndarray, weights: Optional[np.ndarray], scale:
         return (base + keys(part)).reshape(-1)
 
     slot_value = _key16_to_value(np.arange(nslots) % width + low)
-    if not (weights is None and exact):
-        count = np.zeros(nslots, dtype=np.int64)
-        for part in parts:
-            count += np.bincount(slots(part), minlength=nslots)
-    if weights is None and exact:
-        # An exact bin holds a single value: its statistics follow from the counts.
-        w = count.astype(np.float64)
-        if scale is not None:
-            w *= outlier_factor(slot_value.reshape(groups, width), scale[:, None]).reshape(-1)
-        s = w * slot_value
-        mean = s.reshape(groups, width).sum(1) / w.reshape(groups, width).sum(1)
-        centred = (slot_value.reshape(groups, width) - mean[:, None]).reshape(-1)
-        sc, qc = w * centred, w * centred * centred
-    else:
+    count = np.zeros(nslots, dtype=np.int64)
+    for part in parts:
+        count += np.bincount(slots(part), minlength=nslots)
 
-        def weighted(part: slice) -> Tuple[np.ndarray, np.ndarray]:
-            x = values[:, part].astype(np.float64)
-            return x, (np.ones_like(x) if weights is None else weights[:, part].astype(np.float64))
+    def weighted(part: slice) -> Tuple[np.ndarray, np.ndarray]:
+        x = values[:, part].astype(np.float64)
+        return x, (np.ones_like(x) if weights is None else weights[:, part].astype(np.float64))
 
-        total = np.zeros((groups, 1))
-        moment = np.zeros((groups, 1))
-        for part in parts:
-            x, wt = weighted(part)
-            total += wt.sum(1, keepdims=True)
-            moment += (wt * x).sum(1, keepdims=True)
-        mean = moment / np.where(total > 0, total, 1.0)
-        w, s, sc, qc = (np.zeros(nslots) for _ in range(4))
-        for part in parts:
-            x, wt = weighted(part)
-            slot, centred = slots(part), x - mean
-            w += np.bincount(slot, wt.reshape(-1), nslots)
-            s += np.bincount(slot, (wt * x).reshape(-1), nslots)
-            sc += np.bincount(slot, (wt * centred).reshape(-1), nslots)
-            qc += np.bincount(slot, (wt * centred * centred).reshape(-1), nslots)
-        if not exact:
-            slot_value = np.where(w > 0, s / np.where(w > 0, w, 1.0), slot_value)
+    total = np.zeros((groups, 1))
+    moment = np.zeros((groups, 1))
+    for part in parts:
+        x, wt = weighted(part)
+        total += wt.sum(1, keepdims=True)
+        moment += (wt * x).sum(1, keepdims=True)
+    mean = moment / np.where(total > 0, total, 1.0)
+    w, s, sc, qc = (np.zeros(nslots) for _ in range(4))
+    for part in parts:
+        x, wt = weighted(part)
+        slot, centred = slots(part), x - mean
+        w += np.bincount(slot, wt.reshape(-1), nslots)
+        s += np.bincount(slot, (wt * x).reshape(-1), nslots)
+        sc += np.bincount(slot, (wt * centred).reshape(-1), nslots)
+        qc += np.bincount(slot, (wt * centred * centred).reshape(-1), nslots)
+    if not exact:
+        slot_value = np.where(w > 0, s / np.where(w > 0, w, 1.0), slot_value)
     present = (count > 0).reshape(groups, width)
     bins_per_group = present.sum(1)
     n_bins = int(bins_per_group.max())
@@ -412,7 +398,7 @@ def _histogram_by_code(values: np.ndarray, weights: Optional[np.ndarray], scale:
     last = value[np.arange(groups), bins_per_group - 1][:, None]
     value = np.where(np.arange(n_bins)[None, :] < bins_per_group[:, None], value, last)
     bins = _Bins(prefix(w), prefix(s), prefix(sc), prefix(qc), value, bins_per_group, np.reshape(mean, groups))
-    return bins if scale is None or (weights is None and exact) else bins.outlier_aware(scale)
+    return bins if scale is None else bins.outlier_aware(scale)
 
 
 def _fill_empty(c: np.ndarray) -> np.ndarray:
