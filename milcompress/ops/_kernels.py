@@ -573,3 +573,58 @@ def all_finite(values: np.ndarray) -> bool:
     if values.dtype == np.float16:
         return not _any_nonfinite16(np.ascontiguousarray(values).reshape(-1).view(np.uint16))
     return bool(np.isfinite(values).all())
+
+
+@_jit
+def _nearest_vectors(x, centroids, c_norm, labels, distance):
+    groups, n, dim = x.shape
+    k = centroids.shape[1]
+    for g in range(groups):
+        c = centroids[g]
+        for i in range(n):
+            v = x[g, i]
+            best, label = np.inf, 0
+            for j in range(k):
+                dot = v[0] * c[j, 0]
+                for e in range(1, dim):
+                    dot += v[e] * c[j, e]
+                value = dot * -2.0 + c_norm[g, j]
+                if value < best:  # strictly: ties keep the lower index
+                    best, label = value, j
+            norm = 0.0
+            for e in range(dim):
+                norm += v[e] * v[e]
+            labels[g, i] = label
+            distance[g, i] = max(best + norm, 0.0)
+
+
+def nearest_vectors(x: np.ndarray, centroids: np.ndarray):
+    """(index of the nearest centroid [G, n], squared distance to it [G, n]) for each vector of
+    x [G, n, d] among centroids [G, k, d] (float64; ties go low). |x - c|^2 = |x|^2 + (|c|^2 -
+    2 x.c): the nearest c minimises the second term, a running minimum over the centroids."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    centroids = np.ascontiguousarray(centroids, dtype=np.float64)
+    labels = np.empty(x.shape[:2], dtype=np.int64)
+    distance = np.empty(x.shape[:2])
+    _nearest_vectors(x, centroids, (centroids * centroids).sum(-1), labels, distance)
+    return labels, distance
+
+
+@_jit
+def _cluster_sums(x, w, labels, mass, sums):
+    groups, n, dim = x.shape
+    for g in range(groups):
+        for i in range(n):
+            j = labels[g, i]
+            mass[g, j] += w[g, i]
+            for e in range(dim):
+                sums[g, j, e] += w[g, i] * x[g, i, e]
+
+
+def cluster_sums(x: np.ndarray, w: np.ndarray, labels: np.ndarray, k: int):
+    """Each cluster's total weight [G, k] and weighted sum of its vectors [G, k, d]."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    mass = np.zeros((x.shape[0], k))
+    sums = np.zeros((x.shape[0], k, x.shape[2]))
+    _cluster_sums(x, np.ascontiguousarray(w, dtype=np.float64), np.ascontiguousarray(labels, dtype=np.int64), mass, sums)
+    return mass, sums
