@@ -16,7 +16,8 @@ machine is shared, so the work done rather than the wait for a core):
   (or 4-bit integers);
 - coremltools: its static compress functions, `palettize_weights.blockwise_compress` and
   `linear_quantize_weights.blockwise_compress` (kmeans1d for float16 groups of 10,000+ values,
-  scikit-learn for the rest), then the same `pack_bits` (its own packing happens when it saves).
+  scikit-learn for the rest, limited to one thread as ours is), then the same `pack_bits` (its
+  own packing happens when it saves).
 
 Reported per model and config: the three times, ours / floor and coremltools / ours, and each
 library's signal-to-noise ratio over the weights both compressed. Vector palettes (`cluster_dim`
@@ -218,12 +219,17 @@ def _coremltools_block_sizes(weight: np.ndarray, config) -> List[int]:
 
 def coremltools_of(weight: np.ndarray, config) -> Callable[[], object]:
     from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights, palettize_weights
+    from threadpoolctl import threadpool_limits
 
     sizes = _coremltools_block_sizes(weight, config)
     if isinstance(config, PalettizeConfig):
 
         def run():
-            params = palettize_weights.blockwise_compress(weight, "KMEANS", config.nbits, sizes, cluster_dim=config.cluster_dim, channel_axis=0)
+            # One thread, as ours: scikit-learn's OpenMP threads (its k-means for groups under
+            # 10,000 values) spin while they wait, CPU seconds that depend on how busy the other
+            # core is (its grouped palettes on ResNet50 read 23 to 75 s in three runs).
+            with threadpool_limits(1):
+                params = palettize_weights.blockwise_compress(weight, "KMEANS", config.nbits, sizes, cluster_dim=config.cluster_dim, channel_axis=0)
             if params is not None:
                 pack_bits(params.indices, config.nbits)
             return params

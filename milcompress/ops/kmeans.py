@@ -38,7 +38,7 @@ the values. On real models' weights within 0.3% of the thorough tables' error on
 
 Vector clustering (`kmeans_vectors`) is batched Lloyd iteration from a seeded k-means++ start.
 
-Pure numpy (and the compiled cut search): this module never sees a MIL program.
+numpy and compiled kernels (`ops._kernels`): this module never sees a MIL program.
 """
 
 from __future__ import annotations
