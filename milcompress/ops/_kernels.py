@@ -560,22 +560,6 @@ def sorted_bins(keys: np.ndarray, value_of_key: np.ndarray, scale: Optional[np.n
 
 
 @_jit
-def _any_nonfinite16(raw):
-    found = False
-    for i in range(raw.size):
-        found |= (raw[i] & 0x7C00) == 0x7C00  # exponent all ones: inf or nan
-    return found
-
-
-def all_finite(values: np.ndarray) -> bool:
-    """Whether every value is finite; float16 from its bit patterns, 10x faster than np.isfinite
-    (which widens float16 first)."""
-    if values.dtype == np.float16:
-        return not _any_nonfinite16(np.ascontiguousarray(values).reshape(-1).view(np.uint16))
-    return bool(np.isfinite(values).all())
-
-
-@_jit
 def _nearest_vectors(x, centroids, c_norm, labels, distance):
     groups, n, dim = x.shape
     k = centroids.shape[1]

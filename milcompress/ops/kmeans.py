@@ -50,7 +50,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from milcompress.ops import _kernels
 from milcompress.ops._arrays import row_slices
 
 
@@ -58,6 +57,14 @@ _F16_MAX = 65504.0
 _F16_CODES = 1 << 16
 _CHUNK_ELEMENTS = 1 << 18  # bound on the elements of any padded per-chunk work array (1-D)
 _VECTOR_CHUNK_ELEMENTS = 1 << 21  # the same for vector k-means
+
+
+def _compiled():
+    """The compiled kernels (`ops._kernels`), imported on first use: numba adds about 60 MB of
+    memory and 120 MB of mapped library to a process, which linear quantization never needs."""
+    from milcompress.ops import _kernels
+
+    return _kernels
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,7 +99,7 @@ def _raw_code_of_key16() -> np.ndarray:
 def _code_counts(values: np.ndarray) -> np.ndarray:
     """How many of each row of the float16 `values` [G, n] hold each 16-bit pattern: [G, 65536]
     int64 (compiled: `ops._kernels.count_codes`)."""
-    return _kernels.count_codes(values)
+    return _compiled().count_codes(values)
 
 
 @functools.lru_cache(maxsize=1)
@@ -134,10 +141,10 @@ def assign_nearest(values: np.ndarray, tables: np.ndarray) -> np.ndarray:
         # (ResNet50's per-tensor palettes: 0.15 -> 0.05 s, against 0.07 s of keys and a search of
         # the codes each row holds).
         patterns = np.broadcast_to(np.arange(_F16_CODES, dtype=np.uint16).view(np.float16), (groups, _F16_CODES))
-        per_pattern = _kernels.assign_by_keys(patterns, mid_keys, _key32_of_float16(), np.empty(patterns.shape, result.dtype))
+        per_pattern = _compiled().assign_by_keys(patterns, mid_keys, _key32_of_float16(), np.empty(patterns.shape, result.dtype))
         raw = np.ascontiguousarray(values).view(np.uint16)
         return np.take(per_pattern[0], raw, out=result) if groups == 1 else per_pattern[np.arange(groups)[:, None], raw]
-    return _kernels.assign_by_keys(values, mid_keys, _key32_of_float16(), result)
+    return _compiled().assign_by_keys(values, mid_keys, _key32_of_float16(), result)
 
 
 @functools.lru_cache(maxsize=1)
@@ -273,7 +280,7 @@ def _histogram(values: np.ndarray, weights: Optional[np.ndarray], scale: Optiona
     if values.dtype == np.float16 and weights is None:
         # Sorted 16-bit codes, binned in one compiled pass (the factor goes into the counts).
         keys = np.sort(_ordered_key16(values), axis=1)
-        return _Bins(*_kernels.sorted_bins(keys, _value_of_key16(), scale, OUTLIER_RMS))
+        return _Bins(*_compiled().sorted_bins(keys, _value_of_key16(), scale, OUTLIER_RMS))
     if values.dtype == np.float16:
         keys = _ordered_key16(values)  # 16-bit codes: sorting them is cheap and exact
         if weights is None:
@@ -345,7 +352,7 @@ def _histogram_by_code(values: np.ndarray, weights: Optional[np.ndarray], scale:
     if weights is None and exact:
         # One count of the raw 16-bit patterns, binned in key order in one compiled pass (the
         # factor goes into the counts).
-        return _Bins(*_kernels.counted_bins(_code_counts(values), _raw_code_of_key16(), _value_of_key16(), scale, OUTLIER_RMS))
+        return _Bins(*_compiled().counted_bins(_code_counts(values), _raw_code_of_key16(), _value_of_key16(), scale, OUTLIER_RMS))
     extremes = [(int(k.min()), int(k.max())) for k in map(keys, parts)]
     low, high = min(e[0] for e in extremes), max(e[1] for e in extremes)
     width = high - low + 1
@@ -422,7 +429,7 @@ def _cluster_bins(bins: _Bins, k: int, thorough: bool = True) -> np.ndarray:
     `thorough=False` is the estimate effort (`table_errors`): 5 Lloyd iterations instead of up to
     200; for k <= 16, one fine sweep instead of two; for larger k, no coarse sweeps.
     """
-    return bins.centroids(_kernels.cluster_cuts(bins.w, bins.s, bins.sc, bins.qc, bins.value, bins.count, k, thorough))
+    return bins.centroids(_compiled().cluster_cuts(bins.w, bins.s, bins.sc, bins.qc, bins.value, bins.count, k, thorough))
 
 
 def _chunks(values: np.ndarray):
@@ -684,7 +691,7 @@ def _refine_vectors(x: np.ndarray, w: np.ndarray, centroids: np.ndarray, iterati
 
 def _cluster_means(x: np.ndarray, w: np.ndarray, labels: np.ndarray, centroids: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The weighted mean of each cluster's vectors; an empty cluster keeps its centroid."""
-    mass, sums = _kernels.cluster_sums(x, w, labels, centroids.shape[1])
+    mass, sums = _compiled().cluster_sums(x, w, labels, centroids.shape[1])
     updated = sums / np.where(mass > 0, mass, 1.0)[..., None]
     return np.where((mass > 0)[..., None], updated, centroids)
 
@@ -741,4 +748,4 @@ def _nearest_vectors(x: np.ndarray, centroids: np.ndarray) -> Tuple[np.ndarray, 
     """(index of the nearest centroid, squared distance to it) for each vector of x [G, n, d]:
     compiled (`ops._kernels.nearest_vectors`), a running minimum over the centroids, no [n, k]
     distance matrix (1.18M vectors of 2, 16 centroids: numpy's best 0.14 s)."""
-    return _kernels.nearest_vectors(x, centroids)
+    return _compiled().nearest_vectors(x, centroids)
