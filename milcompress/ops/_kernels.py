@@ -612,3 +612,125 @@ def cluster_sums(x: np.ndarray, w: np.ndarray, labels: np.ndarray, k: int):
     sums = np.zeros((x.shape[0], k, x.shape[2]))
     _cluster_sums(x, np.ascontiguousarray(w, dtype=np.float64), np.ascontiguousarray(labels, dtype=np.int64), mass, sums)
     return mass, sums
+
+
+@_jit
+def _draw(weights, u):
+    """An index drawn with probability proportional to `weights` (uniform if all are zero), by
+    the uniform number `u` in [0, 1)."""
+    n = weights.size
+    total = 0.0
+    for i in range(n):
+        total += weights[i]
+    if not total > 0.0:
+        return min(int(u * n), n - 1)
+    target, running = u * total, 0.0
+    for i in range(n):
+        running += weights[i]
+        if running > target:
+            return i
+    return n - 1
+
+
+@_jit
+def _norm2(a):
+    total = 0.0
+    for e in range(a.size):
+        total += a[e] * a[e]
+    return total
+
+
+@_jit
+def _squared_distance(a, b):
+    total = 0.0
+    for e in range(a.size):
+        d = a[e] - b[e]
+        total += d * d
+    return total
+
+
+@_jit
+def _lloyd_group(x, w, k, iterations, uniforms, trials, tolerance, centroids):
+    """One group's vectors x [n, d]: a greedy k-means++ start (each step keeps the best of
+    `trials` candidates drawn in proportion to w times the squared distance; chosen vectors'
+    draw weights drop to zero, so at most k distinct vectors each get a centroid), then Lloyd
+    iteration until no vector changes cluster, an iteration gains less than `tolerance` of the
+    error, or `iterations`. Writes centroids [k, d]; returns the error."""
+    n, dim = x.shape
+    nearest = np.empty(n)
+    candidate = np.empty(n)
+    drawn = np.empty(n)
+    first = _draw(w, uniforms[0])
+    centroids[0] = x[first]
+    for i in range(n):
+        nearest[i] = _squared_distance(x[i], centroids[0])
+    for j in range(1, k):
+        for i in range(n):
+            drawn[i] = w[i] * nearest[i]
+        best_total, best = np.inf, 0
+        for t in range(trials):
+            pick = _draw(drawn, uniforms[1 + (j - 1) * trials + t])
+            total = 0.0
+            for i in range(n):
+                total += w[i] * min(nearest[i], _squared_distance(x[i], x[pick]))
+            if total < best_total:
+                best_total, best = total, pick
+        centroids[j] = x[best]
+        for i in range(n):
+            nearest[i] = min(nearest[i], _squared_distance(x[i], x[best]))
+    labels = np.full(n, -1, dtype=np.int64)
+    new_labels = np.empty(n, dtype=np.int64)
+    c_norm = np.empty(k)
+    mass = np.empty(k)
+    sums = np.empty((k, dim))
+    error = np.inf
+    for iteration in range(iterations + 1):
+        for j in range(k):
+            c_norm[j] = _norm2(centroids[j])
+        new_error = 0.0
+        changed = False
+        for i in range(n):
+            best_value, label = np.inf, 0
+            for j in range(k):
+                dot = x[i, 0] * centroids[j, 0]
+                for e in range(1, dim):
+                    dot += x[i, e] * centroids[j, e]
+                value = dot * -2.0 + c_norm[j]
+                if value < best_value:  # strictly: ties keep the lower index
+                    best_value, label = value, j
+            new_labels[i] = label
+            changed |= label != labels[i]
+            new_error += w[i] * max(best_value + _norm2(x[i]), 0.0)
+        if iteration == iterations or (iteration > 0 and (not changed or error - new_error <= tolerance * error)):
+            return new_error
+        labels[:] = new_labels
+        error = new_error
+        mass[:] = 0.0
+        sums[:] = 0.0
+        for i in range(n):
+            mass[labels[i]] += w[i]
+            for e in range(dim):
+                sums[labels[i], e] += w[i] * x[i, e]
+        for j in range(k):
+            if mass[j] > 0:
+                for e in range(dim):
+                    centroids[j, e] = sums[j, e] / mass[j]
+    return error
+
+
+@_jit
+def _lloyd_vectors(x, w, k, iterations, uniforms, trials, tolerance):
+    groups, n, dim = x.shape
+    centroids = np.empty((groups, k, dim))
+    error = np.empty(groups)
+    for g in range(groups):
+        error[g] = _lloyd_group(x[g], w[g], k, iterations, uniforms[g], trials, tolerance, centroids[g])
+    return centroids, error
+
+
+def lloyd_vectors(x: np.ndarray, w: np.ndarray, k: int, iterations: int, uniforms: np.ndarray, trials: int, tolerance: float):
+    """k-means of each group's vectors x [G, n, d] with weights w [G, n] from a greedy
+    k-means++ start drawn by `uniforms` [G, 1 + (k - 1) * trials] (numbers in [0, 1)): centroids
+    [G, k, d] and each group's error (the weighted squared distance to the nearest centroid)."""
+    return _lloyd_vectors(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(w, dtype=np.float64), int(k), int(iterations),
+                          np.ascontiguousarray(uniforms, dtype=np.float64), int(trials), float(tolerance))

@@ -36,7 +36,7 @@ effort (5 Lloyd iterations; k <= 16: one fine sweep; larger k: no coarse sweeps)
 about its mean plus its weight times the entry's distance from that mean), not from a pass over
 the values. On real models' weights within 0.3% of the thorough tables' error on average.
 
-Vector clustering (`kmeans_vectors`) is batched Lloyd iteration from a seeded k-means++ start.
+Vector clustering (`kmeans_vectors`) is Lloyd iteration from seeded greedy k-means++ starts.
 
 numpy and compiled kernels (`ops._kernels`): this module never sees a MIL program.
 """
@@ -594,9 +594,10 @@ def kmeans_vectors(
 ) -> np.ndarray:
     """Cluster each group's vectors [G, n, d] into k centroids [G, k, d] (float64).
 
-    Batched Lloyd iteration from greedy k-means++ starts (each step keeps the best of several
-    candidate centres, as scikit-learn does), `starts` times with fixed seeds; each group keeps
-    its best run. A group with at most k distinct vectors gets exactly those (lossless).
+    Lloyd iteration from greedy k-means++ starts (each step keeps the best of several candidate
+    centres, as scikit-learn does), `starts` times with fixed seeds; each group keeps its best
+    run. Each group's start and iterations are one compiled loop (`ops._kernels.lloyd_vectors`).
+    A group with at most k distinct vectors gets exactly those (lossless).
 
     Groups of more than `_vector_sample_size(k)` vectors run the starts on that many of their
     vectors (a fixed-seed sample), then Lloyd iteration on all of them from the best start, until
@@ -615,10 +616,10 @@ def kmeans_vectors(
         chunk = slice(first, min(groups, first + per_chunk))
         x, wx = (vectors[chunk], w[chunk]) if sample == n else _vector_sample(vectors[chunk], w[chunk], sample)
         best, best_error = None, None
+        trials = 2 + int(np.log(k))  # k-means++ candidates per step, as scikit-learn draws them
         for seed in range(starts):
-            rng = np.random.default_rng(seed)
-            centroids = _lloyd_vectors(x, wx, k, iterations, rng)
-            error = _vector_error(x, wx, centroids)
+            uniforms = np.random.default_rng(seed).random((1 + (k - 1) * trials, x.shape[0])).T
+            centroids, error = _compiled().lloyd_vectors(x, wx, k, iterations, uniforms, trials, _VECTOR_TOLERANCE)
             if best is None:
                 best, best_error = centroids, error
             else:
@@ -698,45 +699,6 @@ def _cluster_means(x: np.ndarray, w: np.ndarray, labels: np.ndarray, centroids: 
 
 def _vector_error(x: np.ndarray, w: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return (w * _nearest_vectors(x, centroids)[1]).sum(1)
-
-
-def _lloyd_vectors(x: np.ndarray, w: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
-    groups, n, dim = x.shape
-    rows = np.arange(groups)
-    centroids = np.empty((groups, k, dim))
-    # Greedy k-means++: draw a few candidates in proportion to distance^2 and keep the one that
-    # lowers the total most. Chosen vectors' draw weights drop to zero, so a group with at most k
-    # distinct vectors gets each of them, which Lloyd iteration then keeps: lossless.
-    trials = 2 + int(np.log(k))
-    centroids[:, 0] = x[rows, _weighted_draw(w, rng)]
-    nearest = ((x - centroids[:, :1]) ** 2).sum(-1)
-    for j in range(1, k):
-        candidates = np.stack([_weighted_draw(w * nearest, rng) for _ in range(trials)], axis=1)  # [G, T]
-        points = x[rows[:, None], candidates]  # [G, T, d]
-        distance = ((x[:, None, :, :] - points[:, :, None, :]) ** 2).sum(-1)  # [G, T, n]
-        updated = np.minimum(nearest[:, None, :], distance)
-        pick = (w[:, None, :] * updated).sum(-1).argmin(1)
-        centroids[:, j] = points[rows, pick]
-        nearest = updated[rows, pick]
-    labels, error = None, None
-    for _ in range(iterations):
-        new_labels, distance = _nearest_vectors(x, centroids)
-        new_error = (w * distance).sum(1)
-        if labels is not None and (np.array_equal(new_labels, labels) or (error - new_error <= _VECTOR_TOLERANCE * error).all()):
-            break
-        labels, error = new_labels, new_error
-        centroids = _cluster_means(x, w, labels, centroids, rows)
-    return centroids
-
-
-def _weighted_draw(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One index per row drawn with probability proportional to `weights` (uniform if all zero)."""
-    groups, n = weights.shape
-    total = weights.sum(1, keepdims=True)
-    p = np.where(total > 0, weights / np.where(total > 0, total, 1.0), 1.0 / n)
-    cdf = np.cumsum(p, axis=1)
-    u = rng.random(groups)[:, None] * cdf[:, -1:]
-    return np.minimum((cdf <= u).sum(1), n - 1)
 
 
 def nearest_vectors(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
