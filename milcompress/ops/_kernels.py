@@ -1,21 +1,25 @@
-"""Compiled kernels of the 1-D k-means (`ops.kmeans`): the cut search and the nearest-entry
-assignment, one group at a time (numba).
+"""Compiled kernels of k-means (`ops.kmeans`), one group at a time (numba): the 1-D cut search,
+float16 histograms, the nearest-entry assignment, and vector k-means' starts and iterations.
 
 `cluster_cuts` takes the prefix sums of `kmeans._Bins` ([G, n + 1], float64) and returns each
 group's k - 1 cuts between bins ([G, k + 1], from 0 to n), by the algorithm `ops.kmeans`'s
 docstring describes: the exact DP on small problems; else a start (the exact DP over coarse
 atoms for k <= 16; for larger k the better after Lloyd of a divisive split and cuts at equal
 steps of the density's cube root), Lloyd iterations, and sweeps of an exact DP over all cuts
-jointly, each cut moving within a neighbourhood. `assign_by_keys` gives every value the index of
-its nearest table entry by comparing order keys with the midpoints' (ties low).
+jointly, each cut moving within a neighbourhood. The DP steps use divide and conquer over the
+monotone optimal split (`_dp_step`). `sorted_bins` and `counted_bins` make those bins from a
+float16 row's sorted codes or its counts of each 16-bit pattern (`count_codes`), in one pass.
+`assign_by_keys` gives every value the index of its nearest table entry by comparing order keys
+with the midpoints' (ties low). `nearest_vectors`, `cluster_sums` and `lloyd_vectors` are the
+loops of vector k-means.
 
-Why compiled: each step is a loop over one group's bins, cuts or values. In numpy the same
+Why compiled: each of these is a loop over one group's bins, cuts or values. In numpy the same
 search was dozens of small array calls per Lloyd iteration and per sweep, a few milliseconds per
 table whatever its size (ResNet50's 54 per-tensor 4-bit tables: 0.54 s of CPU against a floor of
-0.15 s for the histogram, gather and pack; 8-bit: 2.8 s), and the assignment of grouped palettes
-built an 8-byte key per value for one large search. numba compiles these loops to machine code;
-`cache=True` keeps it on disk, so a process compiles once per installation (about 12 s), later
-processes load it (about 0.3 s).
+0.15 s for the histogram, gather and pack; 8-bit: 2.8 s; now 0.17 and 0.41 s). numba compiles
+these loops to machine code; `cache=True` keeps it on disk, so an installation compiles once
+(about 16 s) and later processes load it (about 0.3 s). `ops.kmeans` imports this module on first
+use: numba costs a process about 50 MB of memory and 120 MB of mapped library.
 
 Deterministic and in float64, as the numpy code was; ties go to the first (lowest) candidate.
 """
