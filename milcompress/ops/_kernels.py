@@ -66,7 +66,7 @@ def _total(w, sc, qc, cuts):
 
 
 @_jit
-def _dp_step(w, sc, qc, sources, best, targets, new, choice):
+def _dp_step(w, sc, qc, sources, best, targets, new, choice, last, stack):
     """One step of a k-means DP: for each of the sorted positions `targets`, new[j] = the least
     best[i] + cost(sources[i], targets[j]) over the sorted `sources` at or before it, choice[j]
     the first i that attains it (every target must have a source at or before it).
@@ -74,8 +74,11 @@ def _dp_step(w, sc, qc, sources, best, targets, new, choice):
     The cost of a run of sorted values is Monge, so the first optimal i never decreases with j:
     divide and conquer over j needs O(n log n) costs, not O(n^2)."""
     count = targets.size
-    last = np.searchsorted(sources, targets, side="right") - 1  # the last source at or before each target
-    stack = np.empty((2 * 64 + 8, 4), dtype=np.int64)  # pending (j range, i range); depth <= log2(count) + 1
+    i = 0
+    for j in range(count):  # the last source at or before each target (both sorted)
+        while i + 1 < sources.size and sources[i + 1] <= targets[j]:
+            i += 1
+        last[j] = i
     stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = 0, count - 1, 0, sources.size - 1
     top = 1
     while top > 0:
@@ -97,6 +100,12 @@ def _dp_step(w, sc, qc, sources, best, targets, new, choice):
 
 
 @_jit
+def _dp_stack():
+    """Work space of `_dp_step`: pending (j range, i range) pairs, depth at most log2(n) + 1."""
+    return np.empty((2 * 64 + 8, 4), dtype=np.int64)
+
+
+@_jit
 def _dp_over_positions(w, sc, qc, positions, k):
     """Optimal k-cluster cuts restricted to the sorted `positions` (from 0 to the end):
     O(k n log n) costs for n positions."""
@@ -106,8 +115,9 @@ def _dp_over_positions(w, sc, qc, positions, k):
         best[j] = _cost(w, sc, qc, positions[0], positions[j])
     choices = np.zeros((max(k - 1, 1), count), dtype=np.int64)
     new = np.empty(count)
+    last, stack = np.empty(count, dtype=np.int64), _dp_stack()
     for step in range(k - 1):
-        _dp_step(w, sc, qc, positions, best, positions, new, choices[step])
+        _dp_step(w, sc, qc, positions, best, positions, new, choices[step], last, stack)
         best, new = new, best
     cuts = np.empty(k + 1, dtype=np.int64)
     index = count - 1
@@ -200,6 +210,8 @@ def _sweep(w, sc, qc, cuts, offsets, grid):
     k = cuts.size - 1
     full = grid.size + offsets.size
     candidates = np.empty((k + 1, full), dtype=np.int64)  # row t: cut t's candidates, sorted, distinct
+    spread = np.empty(grid.size, dtype=np.int64)
+    near = np.empty(offsets.size, dtype=np.int64)
     sizes = np.ones(k + 1, dtype=np.int64)
     candidates[0, 0], candidates[k, 0] = cuts[0], cuts[k]
     for t in range(1, k):
@@ -211,23 +223,30 @@ def _sweep(w, sc, qc, cuts, offsets, grid):
                 row[i] = low + i
             continue
         for i in range(grid.size):
-            row[i] = low + np.int64(np.rint((high - low) * grid[i]))
+            spread[i] = low + np.int64(np.rint((high - low) * grid[i]))
         for i in range(offsets.size):
-            row[grid.size + i] = min(max(current + offsets[i], low), high)
-        row.sort()
-        size = 1
-        for i in range(1, full):
-            if row[i] != row[size - 1]:
-                row[size] = row[i]
+            near[i] = min(max(current + offsets[i], low), high)
+        # Both runs are sorted: merge them, dropping repeats.
+        a = b = size = 0
+        while a < grid.size or b < offsets.size:
+            if b == offsets.size or (a < grid.size and spread[a] <= near[b]):
+                value = spread[a]
+                a += 1
+            else:
+                value = near[b]
+                b += 1
+            if size == 0 or row[size - 1] != value:
+                row[size] = value
                 size += 1
         sizes[t] = size
     # Cut t's candidates all lie at or after cut t - 2's position, where cut t - 1's lowest lies.
     choices = np.zeros((k + 1, full), dtype=np.int64)
     best = np.zeros(full)
     new = np.empty(full)
+    last, stack = np.empty(full, dtype=np.int64), _dp_stack()
     for t in range(1, k + 1):
         _dp_step(w, sc, qc, candidates[t - 1, : sizes[t - 1]], best[: sizes[t - 1]], candidates[t, : sizes[t]], new[: sizes[t]],
-                 choices[t, : sizes[t]])
+                 choices[t, : sizes[t]], last, stack)
         best, new = new, best
     result = np.empty(k + 1, dtype=np.int64)
     result[k] = cuts[k]
