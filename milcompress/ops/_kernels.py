@@ -10,8 +10,8 @@ jointly, each cut moving within a neighbourhood. The DP steps use divide and con
 monotone optimal split (`_dp_step`). `sorted_bins` and `counted_bins` make those bins from a
 float16 row's sorted codes or its counts of each 16-bit pattern (`count_codes`), in one pass.
 `assign_by_keys` gives every value the index of its nearest table entry by comparing order keys
-with the midpoints' (ties low). `nearest_vectors`, `cluster_sums` and `lloyd_vectors` are the
-loops of vector k-means.
+with the midpoints' (ties low). `nearest_vectors`, `lloyd_vectors` and `refine_vectors` are the
+loops of vector k-means (`refine_vectors`: Lloyd iteration from given centroids).
 
 Why compiled: each of these is a loop over one group's bins, cuts or values. In numpy the same
 search was dozens of small array calls per Lloyd iteration and per sweep, a few milliseconds per
@@ -569,8 +569,7 @@ def counted_bins(counts: np.ndarray, raw_of_key: np.ndarray, value_of_key: np.nd
     """The bins of float16 rows from their counts of each 16-bit pattern [G, 65536]
     (`count_codes`), one per pattern held, in value order, as `sorted_bins` gives them;
     `raw_of_key` [65536]: the pattern of each order key."""
-    scale = np.zeros(0) if scale is None else np.ascontiguousarray(scale, dtype=np.float64)
-    return _counted_bins(counts, raw_of_key, value_of_key, scale, float(outlier_rms) ** 2)
+    return _counted_bins(counts, raw_of_key, value_of_key, _scales(scale), float(outlier_rms) ** 2)
 
 
 def sorted_bins(keys: np.ndarray, value_of_key: np.ndarray, scale: Optional[np.ndarray], outlier_rms: float):
@@ -578,63 +577,72 @@ def sorted_bins(keys: np.ndarray, value_of_key: np.ndarray, scale: Optional[np.n
     distinct key, as `kmeans._Bins` fields (w, s, sc, qc, value, count, centre); `value_of_key`
     [65536] float64. `scale` (one per row, or None): each bin's count times the outlier factor
     1 + max(0, x^2 / scale - outlier_rms^2) of outlier-aware k-means."""
-    scale = np.zeros(0) if scale is None else np.ascontiguousarray(scale, dtype=np.float64)
-    return _sorted_bins(np.ascontiguousarray(keys, dtype=np.uint16), value_of_key, scale, float(outlier_rms) ** 2)
+    return _sorted_bins(np.ascontiguousarray(keys, dtype=np.uint16), value_of_key, _scales(scale), float(outlier_rms) ** 2)
+
+
+def _scales(scale: Optional[np.ndarray]) -> np.ndarray:
+    """One outlier scale per row for the compiled bins, or an empty array for none."""
+    return np.zeros(0) if scale is None else np.ascontiguousarray(scale, dtype=np.float64)
 
 
 @_jit
-def _nearest_vectors(x, centroids, c_norm, labels, distance):
-    groups, n, dim = x.shape
-    k = centroids.shape[1]
-    for g in range(groups):
-        c = centroids[g]
-        for i in range(n):
-            v = x[g, i]
-            best, label = np.inf, 0
-            for j in range(k):
-                dot = v[0] * c[j, 0]
-                for e in range(1, dim):
-                    dot += v[e] * c[j, e]
-                value = dot * -2.0 + c_norm[g, j]
-                if value < best:  # strictly: ties keep the lower index
-                    best, label = value, j
-            norm = 0.0
-            for e in range(dim):
-                norm += v[e] * v[e]
-            labels[g, i] = label
-            distance[g, i] = max(best + norm, 0.0)
+def _norm2(a):
+    total = 0.0
+    for e in range(a.size):
+        total += a[e] * a[e]
+    return total
+
+
+@_jit
+def _squared_distance(a, b):
+    total = 0.0
+    for e in range(a.size):
+        d = a[e] - b[e]
+        total += d * d
+    return total
+
+
+@_jit
+def _norms(centroids):
+    result = np.empty(centroids.shape[0])
+    for j in range(centroids.shape[0]):
+        result[j] = _norm2(centroids[j])
+    return result
+
+
+@_jit
+def _nearest(v, centroids, c_norm):
+    """(|c|^2 - 2 v.c, index) of the centroid nearest to the vector v: |v - c|^2 less |v|^2, a
+    running minimum over the centroids (ties keep the lower index)."""
+    best, label = np.inf, 0
+    for j in range(centroids.shape[0]):
+        dot = v[0] * centroids[j, 0]
+        for e in range(1, v.size):
+            dot += v[e] * centroids[j, e]
+        value = dot * -2.0 + c_norm[j]
+        if value < best:
+            best, label = value, j
+    return best, label
+
+
+@_jit
+def _nearest_vectors(x, centroids, labels, distance):
+    for g in range(x.shape[0]):
+        c_norm = _norms(centroids[g])
+        for i in range(x.shape[1]):
+            best, labels[g, i] = _nearest(x[g, i], centroids[g], c_norm)
+            distance[g, i] = max(best + _norm2(x[g, i]), 0.0)
 
 
 def nearest_vectors(x: np.ndarray, centroids: np.ndarray):
     """(index of the nearest centroid [G, n], squared distance to it [G, n]) for each vector of
     x [G, n, d] among centroids [G, k, d] (float64; ties go low). |x - c|^2 = |x|^2 + (|c|^2 -
-    2 x.c): the nearest c minimises the second term, a running minimum over the centroids."""
+    2 x.c): the nearest c minimises the second term."""
     x = np.ascontiguousarray(x, dtype=np.float64)
-    centroids = np.ascontiguousarray(centroids, dtype=np.float64)
     labels = np.empty(x.shape[:2], dtype=np.int64)
     distance = np.empty(x.shape[:2])
-    _nearest_vectors(x, centroids, (centroids * centroids).sum(-1), labels, distance)
+    _nearest_vectors(x, np.ascontiguousarray(centroids, dtype=np.float64), labels, distance)
     return labels, distance
-
-
-@_jit
-def _cluster_sums(x, w, labels, mass, sums):
-    groups, n, dim = x.shape
-    for g in range(groups):
-        for i in range(n):
-            j = labels[g, i]
-            mass[g, j] += w[g, i]
-            for e in range(dim):
-                sums[g, j, e] += w[g, i] * x[g, i, e]
-
-
-def cluster_sums(x: np.ndarray, w: np.ndarray, labels: np.ndarray, k: int):
-    """Each cluster's total weight [G, k] and weighted sum of its vectors [G, k, d]."""
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    mass = np.zeros((x.shape[0], k))
-    sums = np.zeros((x.shape[0], k, x.shape[2]))
-    _cluster_sums(x, np.ascontiguousarray(w, dtype=np.float64), np.ascontiguousarray(labels, dtype=np.int64), mass, sums)
-    return mass, sums
 
 
 @_jit
@@ -656,35 +664,15 @@ def _draw(weights, u):
 
 
 @_jit
-def _norm2(a):
-    total = 0.0
-    for e in range(a.size):
-        total += a[e] * a[e]
-    return total
-
-
-@_jit
-def _squared_distance(a, b):
-    total = 0.0
-    for e in range(a.size):
-        d = a[e] - b[e]
-        total += d * d
-    return total
-
-
-@_jit
-def _lloyd_group(x, w, k, iterations, uniforms, trials, tolerance, centroids):
-    """One group's vectors x [n, d]: a greedy k-means++ start (each step keeps the best of
-    `trials` candidates drawn in proportion to w times the squared distance; chosen vectors'
-    draw weights drop to zero, so at most k distinct vectors each get a centroid), then Lloyd
-    iteration until no vector changes cluster, an iteration gains less than `tolerance` of the
-    error, or `iterations`. Writes centroids [k, d]; returns the error."""
-    n, dim = x.shape
+def _kmeans_plus_plus(x, w, uniforms, trials, centroids):
+    """A greedy k-means++ start into centroids [k, d]: each step keeps the best of `trials`
+    candidates drawn (by `uniforms`) in proportion to w times the squared distance to the nearest
+    centroid so far; chosen vectors' draw weights drop to zero, so at most k distinct vectors
+    each get a centroid."""
+    n, k = x.shape[0], centroids.shape[0]
     nearest = np.empty(n)
-    candidate = np.empty(n)
     drawn = np.empty(n)
-    first = _draw(w, uniforms[0])
-    centroids[0] = x[first]
+    centroids[0] = x[_draw(w, uniforms[0])]
     for i in range(n):
         nearest[i] = _squared_distance(x[i], centroids[0])
     for j in range(1, k):
@@ -701,39 +689,37 @@ def _lloyd_group(x, w, k, iterations, uniforms, trials, tolerance, centroids):
         centroids[j] = x[best]
         for i in range(n):
             nearest[i] = min(nearest[i], _squared_distance(x[i], x[best]))
+
+
+@_jit
+def _lloyd_from(x, w, centroids, iterations, tolerance):
+    """Lloyd iteration on one group's vectors x [n, d] from centroids [k, d] (updated in place;
+    an empty cluster keeps its centroid) until no vector changes cluster, an iteration gains
+    less than `tolerance` of the error, or `iterations` updates. Returns the error of the
+    centroids it leaves (the weighted squared distance to the nearest)."""
+    n, dim = x.shape
+    k = centroids.shape[0]
     labels = np.full(n, -1, dtype=np.int64)
-    new_labels = np.empty(n, dtype=np.int64)
-    c_norm = np.empty(k)
     mass = np.empty(k)
     sums = np.empty((k, dim))
     error = np.inf
     for iteration in range(iterations + 1):
-        for j in range(k):
-            c_norm[j] = _norm2(centroids[j])
+        c_norm = _norms(centroids)
         new_error = 0.0
         changed = False
-        for i in range(n):
-            best_value, label = np.inf, 0
-            for j in range(k):
-                dot = x[i, 0] * centroids[j, 0]
-                for e in range(1, dim):
-                    dot += x[i, e] * centroids[j, e]
-                value = dot * -2.0 + c_norm[j]
-                if value < best_value:  # strictly: ties keep the lower index
-                    best_value, label = value, j
-            new_labels[i] = label
-            changed |= label != labels[i]
-            new_error += w[i] * max(best_value + _norm2(x[i]), 0.0)
-        if iteration == iterations or (iteration > 0 and (not changed or error - new_error <= tolerance * error)):
-            return new_error
-        labels[:] = new_labels
-        error = new_error
         mass[:] = 0.0
         sums[:] = 0.0
         for i in range(n):
-            mass[labels[i]] += w[i]
+            best, label = _nearest(x[i], centroids, c_norm)
+            changed |= label != labels[i]
+            labels[i] = label
+            new_error += w[i] * max(best + _norm2(x[i]), 0.0)
+            mass[label] += w[i]
             for e in range(dim):
-                sums[labels[i], e] += w[i] * x[i, e]
+                sums[label, e] += w[i] * x[i, e]
+        if iteration == iterations or (iteration > 0 and (not changed or error - new_error <= tolerance * error)):
+            return new_error
+        error = new_error
         for j in range(k):
             if mass[j] > 0:
                 for e in range(dim):
@@ -747,13 +733,28 @@ def _lloyd_vectors(x, w, k, iterations, uniforms, trials, tolerance):
     centroids = np.empty((groups, k, dim))
     error = np.empty(groups)
     for g in range(groups):
-        error[g] = _lloyd_group(x[g], w[g], k, iterations, uniforms[g], trials, tolerance, centroids[g])
+        _kmeans_plus_plus(x[g], w[g], uniforms[g], trials, centroids[g])
+        error[g] = _lloyd_from(x[g], w[g], centroids[g], iterations, tolerance)
     return centroids, error
 
 
 def lloyd_vectors(x: np.ndarray, w: np.ndarray, k: int, iterations: int, uniforms: np.ndarray, trials: int, tolerance: float):
-    """k-means of each group's vectors x [G, n, d] with weights w [G, n] from a greedy
-    k-means++ start drawn by `uniforms` [G, 1 + (k - 1) * trials] (numbers in [0, 1)): centroids
-    [G, k, d] and each group's error (the weighted squared distance to the nearest centroid)."""
+    """k-means of each group's vectors x [G, n, d] with weights w [G, n]: a greedy k-means++
+    start drawn by `uniforms` [G, 1 + (k - 1) * trials] (numbers in [0, 1)), then Lloyd iteration
+    (`_lloyd_from`). Centroids [G, k, d] and each group's error."""
     return _lloyd_vectors(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(w, dtype=np.float64), int(k), int(iterations),
                           np.ascontiguousarray(uniforms, dtype=np.float64), int(trials), float(tolerance))
+
+
+@_jit
+def _refine_vectors(x, w, centroids, iterations, tolerance):
+    for g in range(x.shape[0]):
+        _lloyd_from(x[g], w[g], centroids[g], iterations, tolerance)
+
+
+def refine_vectors(x: np.ndarray, w: np.ndarray, centroids: np.ndarray, iterations: int, tolerance: float) -> np.ndarray:
+    """Lloyd iteration (`_lloyd_from`) on each group's vectors x [G, n, d] from `centroids`
+    [G, k, d]: the refined centroids (a new array)."""
+    refined = np.array(centroids, dtype=np.float64, order="C")
+    _refine_vectors(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(w, dtype=np.float64), refined, int(iterations), float(tolerance))
+    return refined

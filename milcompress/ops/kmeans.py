@@ -277,14 +277,10 @@ def _histogram(values: np.ndarray, weights: Optional[np.ndarray], scale: Optiona
     if not _bins_by_sort(values):
         return _histogram_by_code(values, weights, scale)
     groups, n = values.shape
-    if values.dtype == np.float16 and weights is None:
-        # Sorted 16-bit codes, binned in one compiled pass (the factor goes into the counts).
-        keys = np.sort(_ordered_key16(values), axis=1)
-        return _Bins(*_compiled().sorted_bins(keys, _value_of_key16(), scale, OUTLIER_RMS))
     if values.dtype == np.float16:
         keys = _ordered_key16(values)  # 16-bit codes: sorting them is cheap and exact
-        if weights is None:
-            keys = np.sort(keys, axis=1)
+        if weights is None:  # binned in one compiled pass (the factor goes into the counts)
+            return _Bins(*_compiled().sorted_bins(np.sort(keys, axis=1), _value_of_key16(), scale, OUTLIER_RMS))
     else:
         keys = values.astype(np.float32) + np.float32(0.0)  # -0.0 becomes +0.0: one bin
         if weights is None:
@@ -627,7 +623,7 @@ def kmeans_vectors(
                 best = np.where(better[:, None, None], centroids, best)
                 best_error = np.where(better, error, best_error)
         if sample < n:
-            best = _refine_vectors(vectors[chunk], w[chunk], best, min(iterations, _VECTOR_FULL_ITERATIONS))
+            best = _compiled().refine_vectors(vectors[chunk], w[chunk], best, min(iterations, _VECTOR_FULL_ITERATIONS), _VECTOR_TOLERANCE)
             energy = (wx * (x * x).sum(-1)).sum(1)
             # Lossless on the sample (but for the rounding of weighted means): maybe on the whole.
             for g in np.flatnonzero(best_error <= 1e-12 * energy):
@@ -673,28 +669,6 @@ def _distinct_vectors(x: np.ndarray, w: np.ndarray, k: int) -> Optional[np.ndarr
     held = x[w > 0] if (w > 0).any() else x
     distinct = np.unique(held, axis=0)
     return distinct if len(distinct) <= k else None
-
-
-def _refine_vectors(x: np.ndarray, w: np.ndarray, centroids: np.ndarray, iterations: int) -> np.ndarray:
-    """Lloyd iteration on all vectors [G, n, d] from `centroids` [G, k, d]; see `kmeans_vectors`."""
-    groups = x.shape[0]
-    rows = np.arange(groups)
-    labels, error = None, None
-    for _ in range(iterations):
-        new_labels, distance = _nearest_vectors(x, centroids)
-        new_error = (w * distance).sum(1)
-        if labels is not None and (np.array_equal(new_labels, labels) or (error - new_error <= _VECTOR_TOLERANCE * error).all()):
-            break
-        labels, error = new_labels, new_error
-        centroids = _cluster_means(x, w, labels, centroids, rows)
-    return centroids
-
-
-def _cluster_means(x: np.ndarray, w: np.ndarray, labels: np.ndarray, centroids: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The weighted mean of each cluster's vectors; an empty cluster keeps its centroid."""
-    mass, sums = _compiled().cluster_sums(x, w, labels, centroids.shape[1])
-    updated = sums / np.where(mass > 0, mass, 1.0)[..., None]
-    return np.where((mass > 0)[..., None], updated, centroids)
 
 
 def _vector_error(x: np.ndarray, w: np.ndarray, centroids: np.ndarray) -> np.ndarray:

@@ -717,6 +717,7 @@ class _Interrupted(BaseException):
 
 
 _IMPORT_RETRY_SECONDS = 0.05
+_POPEN_FILE = re.compile(r"[/\\]multiprocessing[/\\]popen_\w+\.py$")  # where a worker process is being started
 
 
 def _unsafe_to_interrupt(frame) -> bool:
@@ -728,9 +729,6 @@ def _unsafe_to_interrupt(frame) -> bool:
             return True
         frame = frame.f_back
     return False
-
-
-_POPEN_FILE = re.compile(r"[/\\]multiprocessing[/\\]popen_\w+\.py$")
 
 
 @contextlib.contextmanager
