@@ -74,6 +74,7 @@ LIBRARIES = compare.LIBRARIES
 MODELS = ("smollm2", "random_llama")
 QUICK_MODELS = ("smollm2",)
 UNIFORM = ("int8 per channel", "int4 per block 32", "palettize 4-bit per tensor", "palettize 4-bit groups of 16")
+OURS_ONLY = ("int4 per block 64, float offset",)  # single configs coremltools has no form for (`ours_only_config`)
 QUICK_UNIFORM = ("int4 per block 32", "palettize 4-bit per tensor")
 TARGETS = (3.0, 4.0, 4.5, 5.0)
 QUICK_TARGETS = (4.0,)
@@ -103,7 +104,16 @@ def variants_of(model: str, only: Optional[List[str]] = None) -> List[str]:
 def all_labels() -> List[str]:
     """Every config label, in table order: single configs, then compress_to_size by target,
     data-free before calibrated."""
-    return list(UNIFORM) + [size_label(t, False) for t in TARGETS] + [size_label(t, True) for t in TARGETS]
+    return list(UNIFORM) + list(OURS_ONLY) + [size_label(t, False) for t in TARGETS] + [size_label(t, True) for t in TARGETS]
+
+
+def ours_only_config(label: str):
+    """The milcompress config of a single config in `OURS_ONLY`: 4-bit integers with a float16
+    scale and offset per block of 64 inputs (4.5 bits per weight, as int4 per block of 32)."""
+    from milcompress.config import LinearQuantizeConfig
+
+    configs = {"int4 per block 64, float offset": LinearQuantizeConfig(mode="linear_float_offset", dtype="uint4", granularity="per_block", block_size=64)}
+    return configs[label]
 
 
 def plan_of(model: str, variant: str, quick: bool, only: Optional[List[str]] = None) -> List[Tuple[str, str]]:
@@ -122,6 +132,8 @@ def plan_of(model: str, variant: str, quick: bool, only: Optional[List[str]] = N
         plan.append(("milcompress", label))
         if label not in COREMLTOOLS_LAST:
             plan.append(("coremltools", label))
+    if not quick and model == "smollm2":
+        plan += [("milcompress", label) for label in OURS_ONLY]
     for calibrated in (False, True) if model == "smollm2" else (False,):
         plan += [("milcompress", size_label(t, calibrated)) for t in targets]
     if model != "random_llama":
@@ -158,12 +170,14 @@ def convert_worker(model: str, variant: str, path: str, parameters: str, vocabul
 def compress(library: str, model, label: str):
     """A single config through `compare._compress`, or milcompress's `compress_to_size`."""
     match = SIZE_LABEL.match(label)
-    if match is None:
+    if match is None and label not in OURS_ONLY:
         return compare._compress(library, model, compare.configs()[label])
     import milcompress
 
     if library != "milcompress":
         raise ValueError(f"{label} is milcompress's alone")
+    if match is None:
+        return milcompress.linear_quantize_weights(model, ours_only_config(label))
     calibration = None
     if match["calibrated"]:
         calibration_path = Path(os.environ["DECODER_CALIBRATION"])

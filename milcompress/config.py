@@ -37,7 +37,7 @@ from milcompress.errors import ConfigError
 PALETTE_NBITS = (1, 2, 3, 4, 6, 8)
 PALETTE_MODES = ("kmeans", "uniform", "unique", "custom")
 PALETTE_GRANULARITIES = ("per_tensor", "per_grouped_channel", "auto")
-QUANTIZE_MODES = ("linear_symmetric", "linear")
+QUANTIZE_MODES = ("linear_symmetric", "linear", "linear_float_offset")
 QUANTIZE_DTYPES = ("int8", "uint8", "int4", "uint4")
 QUANTIZE_GRANULARITIES = ("per_tensor", "per_channel", "per_block")
 DEFAULT_WEIGHT_THRESHOLD = 2048
@@ -275,8 +275,10 @@ def _quantize_dtype(value: Any) -> str:
 class LinearQuantizeConfig:
     """Store weights as integers with a scale (and, in `linear` mode, a zero point).
 
-    `mode`: `linear_symmetric` (range [-max|w|, max|w|], zero point 0 or mid-range) or `linear`
-    (range [min(w, 0), max(w, 0)]). `dtype`: int8, uint8, int4, uint4. `granularity`: one scale per
+    `mode`: `linear_symmetric` (range [-max|w|, max|w|], zero point 0 or mid-range), `linear`
+    (range [min(w, 0), max(w, 0)], an integer zero point) or, ours, `linear_float_offset` (range
+    [min(w), max(w)] of each block, a float16 offset: a scale and a minimum per block as in
+    llama.cpp's Q4_1; iOS18). `dtype`: int8, uint8, int4, uint4. `granularity`: one scale per
     tensor, per output channel, or per block of `block_size` input channels (an int; 0, as in
     coremltools, the whole input axis), or blocks given per axis (a tuple with one size per axis,
     0 meaning the whole axis). `shrink_to_fit` (default true): a block size that does not divide

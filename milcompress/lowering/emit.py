@@ -102,6 +102,8 @@ def config_required_target(config, fake: bool = False):
         if config.enable_per_channel_scale and not fake:
             return IOS18, "palettization with per-channel scales"
     if isinstance(config, LinearQuantizeConfig):
+        if config.mode == "linear_float_offset":
+            return IOS18, "linear_float_offset quantization (a float16 offset)"
         if config.granularity == "per_block":
             return IOS18, "per_block quantization"
         if config.nbits == 4:

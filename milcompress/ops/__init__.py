@@ -64,7 +64,8 @@ def describe(params: CompressedForm) -> str:
         return text
     if isinstance(params, AffineParams):
         kind = f"{'int' if params.signed else 'uint'}{params.nbits}"
-        return f"{kind} {_granularity(params.block_sizes, params.shape)}"
+        text = f"{kind} {_granularity(params.block_sizes, params.shape)}"
+        return text + ", float offset" if params.float_offset else text
     if isinstance(params, SparseLutParams):
         return f"sparse {params.sparsity:.0%} + {describe(params.lut)}"
     if isinstance(params, SparseAffineParams):

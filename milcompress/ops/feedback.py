@@ -73,7 +73,7 @@ def feedback(
         if params.zero_point is not None:
             zero = _as_matrix(expand_blocks(params.zero_point, params.shape), output_axis, input_axis).astype(np.float64)
         low, high = (-(1 << (params.nbits - 1)), (1 << (params.nbits - 1)) - 1) if params.signed else (0, (1 << params.nbits) - 1)
-        codes = lambda j, column: np.clip(np.rint(column / scale[:, j]) + zero[:, j], low, high)  # noqa: E731
+        codes = lambda j, column: np.clip(np.rint(column / scale[:, j] + zero[:, j]), low, high)  # noqa: E731
         values = lambda j, code: scale[:, j] * (code - zero[:, j])  # noqa: E731
         encoded = _run(matrix, hessian, codes, values, damping)
         data = _from_matrix(encoded.astype(params.data.dtype), weight.shape, output_axis, input_axis)

@@ -10,6 +10,15 @@ block decodes to exact zeros (scale 1, data = zero point). Integer ranges, scale
 follow coremltools: `linear_symmetric` int8 uses [-127, 127] (uint8 [0, 254] around 127) and
 scale = max|w| / 127; `linear` uses the full range and scale = (max - min) / 255.
 
+`linear_float_offset` (ours; Core ML's iOS18 op takes a float offset) spans each block's own
+[min, max], zero included or not, with the offset in the weight's dtype: a scale and a minimum per
+block, the form of llama.cpp's Q4_1. Weights already stored that way (a checkpoint shipped as
+Q4_1, or quantization-aware training with a float zero point) come back to within the float16
+rounding of the offset arithmetic, about 1/256 of a step, where `linear`, whose zero point is an
+integer, puts them on another grid. A block's decoded values are scale * (q - offset) with the
+difference rounded to the dtype first, as coremltools computes it; each element still decodes
+within half a step of its original, plus that rounding. A constant block decodes exactly.
+
 Pure numpy: this module never sees a MIL program.
 """
 
@@ -32,7 +41,7 @@ class AffineParams:
 
     data: np.ndarray
     scale: np.ndarray
-    zero_point: Optional[np.ndarray]  # integers like data; Core ML also allows float offsets
+    zero_point: Optional[np.ndarray]  # integers like data, or a float offset (`linear_float_offset`)
     nbits: int
     signed: bool
 
@@ -51,15 +60,26 @@ class AffineParams:
     @property
     def nbytes(self) -> int:
         """Payload bytes: packed integers, scales, and packed zero points."""
-        zero = 0 if self.zero_point is None else packed_size(self.zero_point.size, self.nbits)
+        if self.zero_point is None:
+            zero = 0
+        elif self.float_offset:
+            zero = self.zero_point.nbytes
+        else:
+            zero = packed_size(self.zero_point.size, self.nbits)
         return packed_size(self.data.size, self.nbits) + self.scale.nbytes + zero
+
+    @property
+    def float_offset(self) -> bool:
+        return self.zero_point is not None and self.zero_point.dtype.kind == "f"
 
     def decompress(self) -> np.ndarray:
         """scale * (data - zero_point), in the scale's dtype, as Core ML's iOS18 op computes it."""
         # In float32, then rounded once to the dtype: exact for float16 (an 11-bit by 11-bit
         # product fits float32's 24 bits, and small integers and their differences are exact),
-        # so the same values as float16 arithmetic, which numpy computes far more slowly. Slice by
-        # slice, so the float32 temporaries stay small whatever the tensor's size.
+        # so the same values as float16 arithmetic, which numpy computes far more slowly. A float
+        # offset's difference need not be exact in the dtype: it is rounded to it first, as
+        # coremltools' value inference rounds it. Slice by slice, so the float32 temporaries stay
+        # small whatever the tensor's size.
         blocks = self.scale.shape
         result = np.empty(self.shape, dtype=self.scale.dtype)
         data, out = block_view(self.data, blocks), block_view(result, blocks)
@@ -69,6 +89,8 @@ class AffineParams:
             q = data[block, rows].astype(np.float32)
             if zero is not None:
                 q -= zero[block]
+                if self.float_offset and self.scale.dtype != np.float32:
+                    q = q.astype(self.scale.dtype).astype(np.float32)
             q *= scale[block]
             out[block, rows] = q
         return result
@@ -137,15 +159,10 @@ def quantize_blocks(
     weight = check_weight(weight)
     qmin, qmax = integer_range(nbits, signed, mode)
     blocks = tuple(dim // size for dim, size in zip(weight.shape, block_sizes))
+    if mode == "linear_float_offset":
+        return _float_offset_blocks(weight, nbits, signed, blocks)
     x = block_view(weight, blocks)
-    # Extremes are exact in the weight's own dtype (taken slice by slice on float32 copies of
-    # float16 weights, exact and many times faster for numpy); scales are chosen in float64.
-    inner = tuple(range(1, 2 * len(blocks), 2))
-    low, high = per_block_view(np.zeros(blocks)), per_block_view(np.zeros(blocks))
-    for block, rows in block_slices(weight.shape, blocks):
-        part = x[block, rows].astype(np.float32, copy=False)
-        low[block] = np.minimum(low[block], part.min(axis=inner, keepdims=True))
-        high[block] = np.maximum(high[block], part.max(axis=inner, keepdims=True))
+    low, high = _block_extremes(weight, blocks, start=0.0)  # coremltools' ranges always hold 0
     if mode == "linear_symmetric":
         half = (qmax - qmin) // 2
         zero = np.full(low.shape, qmin + half, dtype=np.float64)
@@ -187,3 +204,57 @@ def quantize_blocks(
         nbits=nbits,
         signed=signed,
     )
+
+
+def _float_offset_blocks(weight: np.ndarray, nbits: int, signed: bool, blocks: Tuple[int, ...]) -> AffineParams:
+    """`linear_float_offset`: each block's [min, max] onto the full integer range, the offset in
+    the weight's dtype (see the module docstring)."""
+    qmin, qmax = integer_range(nbits, signed, "linear")
+    x = block_view(weight, blocks)
+    low, high = _block_extremes(weight, blocks, start=np.inf)
+    span = high - low
+    # A constant block c: scale |c| and offset qmin - sign(c) decode qmin to c exactly (scale 1 and
+    # offset qmin for zeros). Otherwise the step is the span over the levels, but at least
+    # max|w| / 2**14 (so the offset, about -min / step, stays well inside float16's range for
+    # blocks whose values barely differ, which the dtype holds only to a few ulps anyway) and at
+    # least the dtype's smallest step (subnormal weights).
+    constant = span == 0
+    floor = np.maximum(np.maximum(np.abs(low), np.abs(high)) / (1 << 14), float(np.finfo(weight.dtype).smallest_subnormal))
+    step = np.maximum(span / (qmax - qmin), floor)
+    scale = np.where(constant, np.where(low != 0, np.abs(low), 1.0), step).astype(weight.dtype)
+    # Rounded to nearest (weights stored as such blocks keep their own step), but never below the
+    # smallest step whose top level reaches the maximum within half a step: a subnormal float16
+    # scale has few bits, and qmax - qmin of them may fall short of the span by more.
+    reach = span / (qmax - qmin + 0.5)
+    least = reach.astype(weight.dtype)
+    least = np.where(least.astype(np.float64) < reach, np.nextafter(least, np.array(np.inf, dtype=weight.dtype)), least)
+    scale = np.where(constant, scale, np.maximum(scale, least))
+    s64 = scale.astype(np.float64)
+    offset = np.where(constant, qmin - np.sign(low), qmin - low / s64).astype(weight.dtype)
+    work = np.float32 if weight.dtype == np.float16 else np.float64
+    container = np.int8 if signed else np.uint8
+    data = np.empty(weight.shape, dtype=container)
+    out = block_view(data, blocks)
+    divisor, shift = scale.astype(work), offset.astype(work)
+    for block, rows in block_slices(weight.shape, blocks):
+        q = np.divide(x[block, rows], divisor[block], dtype=work)
+        q += shift[block]
+        np.rint(q, out=q)
+        np.clip(q, qmin, qmax, out=q)
+        out[block, rows] = q
+    return AffineParams(data=data, scale=scale.reshape(blocks), zero_point=offset.reshape(blocks), nbits=nbits, signed=signed)
+
+
+def _block_extremes(weight: np.ndarray, blocks: Tuple[int, ...], start: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Each block's (min, max) as float64 per-block views (`per_block_view`), starting from
+    (start, -start): 0 makes every range hold 0. Exact in the weight's own dtype (taken slice by
+    slice on float32 copies of float16 weights, exact and many times faster for numpy); scales are
+    then chosen in float64."""
+    x = block_view(weight, blocks)
+    inner = tuple(range(1, 2 * len(blocks), 2))
+    low, high = per_block_view(np.full(blocks, float(start))), per_block_view(np.full(blocks, -float(start)))
+    for block, rows in block_slices(weight.shape, blocks):
+        part = x[block, rows].astype(np.float32, copy=False)
+        low[block] = np.minimum(low[block], part.min(axis=inner, keepdims=True))
+        high[block] = np.maximum(high[block], part.max(axis=inner, keepdims=True))
+    return low, high

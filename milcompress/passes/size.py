@@ -6,8 +6,9 @@ stages, never mutating a block while it walks it:
    rules: float, read by a weight input, not already compressed ...); those below
    `weight_threshold` elements stay dense, and count towards the budget as they are;
 2. evaluate: each remaining weight is offered every candidate form (`DEFAULT_CANDIDATES`: int8
-   per channel, int4 per block of 32, k-means palettes of 8/6/4/3/2 bits per tensor and of 4/3/2
-   bits per group of 16 channels) plus "dense", each with its stored bytes (exact) and its error;
+   per channel, int4 per block of 32, uint4 per block of 32 and of 64 with a float16 offset
+   (`linear_float_offset`), k-means palettes of 8/6/4/3/2 bits per tensor and of 4/3/2 bits per
+   group of 16 channels) plus "dense", each with its stored bytes (exact) and its error;
    forms the shape or the opset cannot take drop out of that weight's menu. Quantized forms are
    computed and decompressed. k-means palettes are estimated, not built
    (`ops.estimate_palettes`): one histogram of each group serves every number of bits, the k-means
@@ -177,6 +178,10 @@ DENSE = "dense"
 DEFAULT_CANDIDATES: Tuple[Tuple[str, AlgorithmConfig], ...] = (
     ("int8 per channel", LinearQuantizeConfig(dtype="int8", granularity="per_channel", weight_threshold=0)),
     ("int4 per block 32", LinearQuantizeConfig(dtype="int4", granularity="per_block", block_size=32, weight_threshold=0)),
+    *(
+        (f"int4 per block {n}, float offset", LinearQuantizeConfig(mode="linear_float_offset", dtype="uint4", granularity="per_block", block_size=n, weight_threshold=0))
+        for n in (32, 64)
+    ),
     *((f"palette {n}-bit", PalettizeConfig(nbits=n, weight_threshold=0)) for n in (8, 6, 4, 3, 2)),
     *(
         (f"palette {n}-bit groups of 16", PalettizeConfig(nbits=n, granularity="per_grouped_channel", group_size=16, weight_threshold=0))

@@ -28,6 +28,9 @@ def test_compress_to_size_and_calibration_are_ours_alone_and_on_smollm2_only():
     assert float(match["target"]) == 4.5 and match["calibrated"]
     with pytest.raises(ValueError, match="milcompress's alone"):
         decoder.compress("coremltools", None, "compress_to_size 4")
+    with pytest.raises(ValueError, match="milcompress's alone"):
+        decoder.compress("coremltools", None, "int4 per block 64, float offset")
+    assert ("milcompress", "int4 per block 64, float offset") in plan and ("milcompress", "int4 per block 64, float offset") not in random
 
 
 def _smollm2_result(variant):

@@ -31,6 +31,8 @@ CASES = [
     ("int8 per block 16", LinearQuantizeConfig(granularity="per_block", block_size=16), None, ["constexpr_blockwise_shift_scale"]),
     ("int4 per block 16", LinearQuantizeConfig(dtype="int4", granularity="per_block", block_size=16), None, ["constexpr_blockwise_shift_scale"]),
     ("uint4 linear per channel", LinearQuantizeConfig(mode="linear", dtype="uint4"), None, ["constexpr_blockwise_shift_scale"]),
+    ("uint4 float offset per block 16", LinearQuantizeConfig(mode="linear_float_offset", dtype="uint4", granularity="per_block", block_size=16), None, ["constexpr_blockwise_shift_scale"]),
+    ("int8 float offset per block 8", LinearQuantizeConfig(mode="linear_float_offset", dtype="int8", granularity="per_block", block_size=8), None, ["constexpr_blockwise_shift_scale"]),
     (
         "prune 75% + palette 4-bit",
         JointConfig(MagnitudePruneConfig(target_sparsity=0.75), PalettizeConfig(nbits=4)),
@@ -109,7 +111,7 @@ def test_conv_palettization_round_trips_through_coremltools(nbits, group, dim, d
 @settings(max_examples=25)
 @given(
     dtype_name=st.sampled_from(["int8", "uint8", "int4", "uint4"]),
-    mode=st.sampled_from(["linear", "linear_symmetric"]),
+    mode=st.sampled_from(["linear", "linear_symmetric", "linear_float_offset"]),
     blocks=st.sampled_from([(1, 0, 0, 0), (0, 0, 0, 0), (1, 2, 0, 0), (2, 4, 3, 1)]),
     seed=st.integers(0, 1000),
 )

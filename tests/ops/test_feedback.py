@@ -19,6 +19,7 @@ FORMS = {
     "int8 per channel": LinearQuantizeConfig(dtype="int8", granularity="per_channel"),
     "int4 per block 8": LinearQuantizeConfig(dtype="int4", granularity="per_block", block_size=8),
     "uint4 linear per block 8": LinearQuantizeConfig(dtype="uint4", mode="linear", granularity="per_block", block_size=8),
+    "uint4 float offset per block 8": LinearQuantizeConfig(dtype="uint4", mode="linear_float_offset", granularity="per_block", block_size=8),
 }
 
 

@@ -198,3 +198,98 @@ def test_large_tensors_quantize_and_decompress_slice_by_slice_alike(monkeypatch,
         for field in ("data", "scale", "zero_point"):
             np.testing.assert_array_equal(getattr(sliced, field), getattr(whole, field))
         np.testing.assert_array_equal(sliced.decompress(), dense)
+
+
+# linear_float_offset: a scale and a float minimum per block (llama.cpp's Q4_1), Core ML's iOS18
+# constexpr_blockwise_shift_scale with a float offset.
+
+
+def _assert_float_offset_bound(w: np.ndarray, params: AffineParams):
+    """Within half a step of the original, plus the float rounding of the offset and of
+    (q - offset): a few units in the last place of the block's largest magnitude."""
+    dense = params.decompress().astype(np.float64)
+    scale = expand_blocks(params.scale.astype(np.float64), w.shape)
+    largest = expand_blocks(_block_max_abs(w, params), w.shape)
+    slack = 4 * np.spacing(largest.astype(w.dtype)).astype(np.float64) + np.spacing(np.abs(dense).astype(w.dtype)).astype(np.float64)
+    error = np.abs(w.astype(np.float64) - dense)
+    assert (error <= scale / 2 * (1 + 1e-9) + slack).all(), float((error - scale / 2 - slack).max())
+
+
+def _block_max_abs(w: np.ndarray, params: AffineParams) -> np.ndarray:
+    split = []
+    for dim, count in zip(w.shape, params.scale.shape):
+        split += [count, dim // count]
+    return np.abs(w.astype(np.float64)).reshape(split).max(axis=tuple(range(1, 2 * w.ndim, 2)))
+
+
+@given(w=weights(min_rank=2, max_side=12), dtype=DTYPES, data=st.data())
+def test_float_offset_blocks_decode_within_half_a_step(w, dtype, data):
+    block = data.draw(st.sampled_from([d for d in range(1, w.shape[1] + 1) if w.shape[1] % d == 0]))
+    params = quantize(w, LinearQuantizeConfig(mode="linear_float_offset", dtype=dtype, granularity="per_block", block_size=block))
+    assert params.zero_point.dtype == w.dtype and params.scale.dtype == w.dtype
+    assert params.block_sizes == (1, block) + w.shape[2:]
+    qmin, qmax = integer_range(params.nbits, params.signed, "linear")
+    assert params.data.min() >= qmin and params.data.max() <= qmax
+    _assert_float_offset_bound(w, params)
+
+
+@given(w=weights(min_rank=2, max_side=12), dtype=DTYPES, granularity=st.sampled_from(["per_tensor", "per_channel", "per_block"]))
+def test_float_offsets_decode_as_coremltools_does(w, dtype, granularity):
+    """coremltools' value inference of constexpr_blockwise_shift_scale rounds (data - offset) to the
+    dtype before the product; ours gives the same values bit for bit."""
+    from coremltools.converters.mil.mil.ops.defs.iOS18.compression import constexpr_blockwise_shift_scale
+
+    block = largest_divisor_at_most_helper(w.shape[1], 4)
+    params = quantize(w, LinearQuantizeConfig(mode="linear_float_offset", dtype=dtype, granularity=granularity, block_size=block))
+    theirs = constexpr_blockwise_shift_scale.decompress(params.data, params.scale, params.zero_point)
+    np.testing.assert_array_equal(params.decompress(), theirs)
+
+
+def largest_divisor_at_most_helper(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+@given(seed=st.integers(0, 10_000), dtype=st.sampled_from([np.float16, np.float32]), nbits=st.just(4))
+def test_weights_stored_as_scale_and_minimum_blocks_come_back(seed, dtype, nbits):
+    """A checkpoint shipped as Q4_1 (per block of 32: 4-bit integers, a float16 scale d and minimum
+    m, w = d q + m) comes back to within 1/32 of its step (a float16 weight itself is rounded by up to 1/100); `linear`, whose zero point is an integer,
+    loses up to half a step. (At 8 bits a float16 weight far from zero has too few bits for 255
+    levels to begin with.)"""
+    rng = np.random.default_rng(seed)
+    levels = (1 << nbits) - 1
+    d = rng.uniform(0.002, 0.05, (16, 4, 1)).astype(np.float16).astype(np.float64)
+    m = (-rng.uniform(0.2, 0.8, (16, 4, 1)) * levels * d).astype(np.float16).astype(np.float64)
+    q = rng.integers(0, levels + 1, (16, 4, 32))
+    q[..., 0], q[..., 1] = 0, levels
+    w = (d * q + m).reshape(16, 128).astype(dtype)
+    step = np.repeat(d.reshape(16, 4), 32, axis=1)
+    dtype_name = "uint4" if nbits == 4 else "uint8"
+    config = LinearQuantizeConfig(mode="linear_float_offset", dtype=dtype_name, granularity="per_block", block_size=32)
+    ours = np.abs(quantize(w, config).decompress().astype(np.float64) - w) / step
+    assert ours.max() <= 1 / 32
+    integer = LinearQuantizeConfig(mode="linear", dtype=dtype_name, granularity="per_block", block_size=32)
+    assert (np.abs(quantize(w, integer).decompress().astype(np.float64) - w) / step).max() > 0.1
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.25, 3e-5, -6.0e-8])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_float_offset_constant_blocks_decode_exactly(value, dtype):
+    w = np.full((3, 8), value, dtype)
+    config = LinearQuantizeConfig(mode="linear_float_offset", dtype="uint4", granularity="per_block", block_size=4)
+    np.testing.assert_array_equal(quantize(w, config).decompress(), w)
+
+
+def test_float_offset_blocks_whose_values_barely_differ_keep_their_offset_in_range():
+    """A block [1, 1 + ulp] would need an offset of about -15 * 2**10 / 15 steps of its span at 8
+    bits (beyond float16's range); the step is floored at max|w| / 2**14 instead."""
+    w = np.array([[1.0, 1.0009765625, 1.0, 1.0009765625]], np.float16)
+    params = quantize(w, LinearQuantizeConfig(mode="linear_float_offset", dtype="uint8", granularity="per_channel"))
+    assert np.isfinite(params.zero_point.astype(np.float32)).all()
+    _assert_float_offset_bound(w, params)
+
+
+def test_nbytes_counts_float_offsets_in_their_dtype():
+    w = np.random.default_rng(0).normal(size=(8, 32)).astype(np.float16)
+    params = quantize_blocks(w, 4, False, "linear_float_offset", (1, 16))
+    assert params.float_offset
+    assert params.nbytes == 8 * 32 // 2 + 16 * 2 + 16 * 2

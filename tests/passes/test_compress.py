@@ -131,6 +131,19 @@ def test_a_form_the_opset_cannot_hold_is_an_error_that_leaves_the_program_alone_
     assert records(report)["fc_w"].reason == "opset too old: per_grouped_channel palettization needs iOS18, the program targets iOS17"
 
 
+def test_float_offsets_need_ios18_and_come_back_from_the_program_as_built():
+    float_offset = LinearQuantizeConfig(mode="linear_float_offset", dtype="uint4", granularity="per_block", block_size=16)
+    with pytest.raises(PreconditionError, match=r"linear_float_offset quantization \(a float16 offset\) needs minimum_deployment_target=ct\.target\.iOS18"):
+        compress_program(net(IOS17), float_offset)
+    prog = net(IOS18)
+    report = compress_program(prog, float_offset)
+    record = records(report)["fc_w"]
+    assert record.action == "compressed" and record.bytes_after == 64 * 64 // 2 + 2 * 2 * 64 * 4
+    assert record.form.endswith(", float offset")
+    back = read_back(next(op.outputs[0] for op, _ in walk_ops(prog) if op.op_type == "constexpr_blockwise_shift_scale" and op.name.startswith("fc_w")))
+    assert back.form.float_offset and back.form.zero_point.dtype == np.float16
+
+
 def test_group_and_block_sizes_shrink_to_fit_and_say_so():
     w = _w(1000, 96)
 

@@ -154,6 +154,31 @@ def test_the_rewrite_clusters_nothing_again(monkeypatch):
     assert any(choice.form.startswith("palette") for choice in result.choices)
 
 
+def test_weights_stored_as_scale_and_minimum_blocks_get_the_float_offset_form_back():
+    """Weights shipped as llama.cpp's Q4_1 (per 32 inputs: 4-bit integers, a scale d and a
+    minimum m) fit the float-offset form at 5 bits per weight to within float16 rounding; every
+    other 5-bit choice would put them on another grid."""
+    rng = np.random.default_rng(3)
+    shapes = [(128, 64), (256, 128), (32, 256)]
+    weights = []
+    for rows, columns in shapes:
+        d = rng.uniform(0.01, 0.03, (rows, columns // 32, 1)).astype(np.float16).astype(np.float64)
+        m = (-rng.uniform(5, 10, d.shape) * d).astype(np.float16).astype(np.float64)
+        q = rng.integers(0, 16, (rows, columns // 32, 32))
+        q[..., 0], q[..., 1] = 0, 15
+        weights.append((d * q + m).reshape(rows, columns).astype(np.float16))
+    with Function({"x": mb.placeholder(shape=(4, 64))}, IOS18) as function:
+        y = mb.cast(x=function.inputs["x"], dtype="fp16")
+        for index, weight in enumerate(weights):
+            y = mb.linear(x=y, weight=mb.const(val=weight, name=f"w{index}"), name=f"fc{index}")
+        function.set_outputs([mb.cast(x=y, dtype="fp32", name="out")])
+    program = Program()
+    program.add_function("main", function)
+    result = compress_program_to_size(program, target_bits_per_weight=5.0)
+    assert [c.form for c in result.choices] == ["int4 per block 32, float offset"] * 3
+    assert max(c.error for c in result.choices) < 1e-5  # int4 per block 32 (symmetric): about 1e-2
+
+
 def test_more_bits_never_cost_more_error():
     errors = [compress_program_to_size(network(), target_bits_per_weight=bits).total_error for bits in (2.5, 3, 4, 5, 6, 8, 16)]
     assert errors == sorted(errors, reverse=True)
