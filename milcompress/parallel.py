@@ -185,6 +185,7 @@ class ProcessPool(_Bounded):
         self.workers = check_workers(workers) or machine_workers()
         super().__init__(in_flight or IN_FLIGHT_PER_WORKER * self.workers)
         self._pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
+        self._workers: set = set()  # every worker process the pool started
 
     @staticmethod
     def _result(future):
@@ -201,16 +202,26 @@ class ProcessPool(_Bounded):
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_interrupts
             )
+        before = set(multiprocessing.active_children())
         with _caller_script_hidden():  # workers start within submit, as they are needed
-            return self._pool.submit(function, job)
+            future = self._pool.submit(function, job)
+        self._workers.update(set(multiprocessing.active_children()) - before)  # to stop them on abort
+        return future
 
     def close(self, abort: bool = False) -> None:
         if self._pool is None:
             return
         pool, self._pool = self._pool, None
-        # After Ctrl-C or an error, the jobs not started are dropped and nothing waits here: the
-        # workers finish the weight in hand and exit.
+        # After Ctrl-C or an error, the jobs not started are dropped and the workers are stopped
+        # (their work is being abandoned): a worker still starting would otherwise find the pool's
+        # queues gone with the parent and print a traceback, and one still computing could write
+        # into the scratch space the caller is about to remove.
+        workers, self._workers = (list(self._workers) if abort else []), set()
         pool.shutdown(wait=not abort, cancel_futures=True)
+        for worker in workers:
+            worker.kill()
+        for worker in workers:
+            worker.join(timeout=5)
 
 
 class DaskExecutor(_Bounded):

@@ -67,6 +67,22 @@ def test_no_more_jobs_are_taken_than_the_bound_before_the_first_result(pool):
     assert list(results) == [-v for v in range(1, 20)]
 
 
+def test_an_aborted_pool_stops_its_workers_at_once():
+    """After Ctrl-C or an error the pool's workers are stopped, busy or still starting: none is
+    left to print a traceback when the parent's queues are gone, or to write into scratch space
+    the caller removes."""
+    pool = ProcessPool(2)
+    for _ in range(2):
+        pool._submit(time.sleep, 30)
+    workers = list(pool._pool._processes.values())
+    assert workers
+    started = time.perf_counter()
+    pool.close(abort=True)
+    while any(worker.is_alive() for worker in workers) and time.perf_counter() - started < 10:
+        time.sleep(0.05)
+    assert not any(worker.is_alive() for worker in workers)  # within 10 s: not the 30 s of the jobs in hand
+
+
 def test_a_weight_reference_is_loaded_inside_the_job(tmp_path, pool):
     value = WEIGHTS["w1"]
     np.save(tmp_path / "w1.npy", value)

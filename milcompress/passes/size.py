@@ -70,10 +70,12 @@ embedding alone as a 4-bit palette costs 307, as int4 per block of 32 44.4; the 
 on one sequence, whenever the allocation runs it: the calibration's first sequence, or, without
 calibration, `SYNTHETIC_TOKENS` random token ids (`synthetic_check`; the massive activations
 that make a few weights matter show on any input, Yu et al. 2024, *The Super Weight in Large
-Language Models*). Data-free at 3, 4, 4.5 and 5 bits that gives 997, 67.9, 56.6 and 49.5
+Language Models*). Data-free at 3, 4, 4.5 and 5 bits that gave 997, 67.9, 56.6 and 49.5
 (`benchmarks/decoder.py`), against 288 for 4-bit palettes in groups of 16 (4.03 bits), 1,077 for
-4-bit palettes per tensor and 65.6 for int4 per block of 32 at 4.5 bits. It costs 211 what-if
-runs, one per weight: the call took 112 s on two shared cores, against 7.7 s for int4 per block.
+4-bit palettes per tensor and 65.6 for int4 per block of 32 at 4.5 bits; with the float-offset
+candidates (`linear_float_offset`: SmolLM2's linears were shipped as llama.cpp's Q4_1, which that
+form holds exactly at 5 bits) 850, 64.6, 53.5 and 43.3. It costs 211 what-if runs, one per weight:
+the call took 112 s on two shared cores, against 7.7 s for int4 per block.
 What-if runs resume from a snapshot of the dense run (`Interpreter.snapshot`), recomputing only
 from the weight's first reader on, and the executor holds the weights it reads while they run
 (`passes.sensitivity.HELD_WEIGHT_BYTES`; reading and converting each weight on every run took four times as long).
