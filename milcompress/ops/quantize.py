@@ -85,11 +85,12 @@ class AffineParams:
         data, out = block_view(self.data, blocks), block_view(result, blocks)
         scale = per_block_view(self.scale.astype(np.float32))
         zero = None if self.zero_point is None else per_block_view(self.zero_point.astype(np.float32))
+        round_difference = self.float_offset and self.scale.dtype != np.float32
         for block, rows in block_slices(self.shape, blocks):
             q = data[block, rows].astype(np.float32)
             if zero is not None:
                 q -= zero[block]
-                if self.float_offset and self.scale.dtype != np.float32:
+                if round_difference:
                     q = q.astype(self.scale.dtype).astype(np.float32)
             q *= scale[block]
             out[block, rows] = q
@@ -220,15 +221,14 @@ def _float_offset_blocks(weight: np.ndarray, nbits: int, signed: bool, blocks: T
     # least the dtype's smallest step (subnormal weights).
     constant = span == 0
     floor = np.maximum(np.maximum(np.abs(low), np.abs(high)) / (1 << 14), float(np.finfo(weight.dtype).smallest_subnormal))
-    step = np.maximum(span / (qmax - qmin), floor)
-    scale = np.where(constant, np.where(low != 0, np.abs(low), 1.0), step).astype(weight.dtype)
+    step = np.maximum(span / (qmax - qmin), floor).astype(weight.dtype)
     # Rounded to nearest (weights stored as such blocks keep their own step), but never below the
     # smallest step whose top level reaches the maximum within half a step: a subnormal float16
     # scale has few bits, and qmax - qmin of them may fall short of the span by more.
     reach = span / (qmax - qmin + 0.5)
     least = reach.astype(weight.dtype)
     least = np.where(least.astype(np.float64) < reach, np.nextafter(least, np.array(np.inf, dtype=weight.dtype)), least)
-    scale = np.where(constant, scale, np.maximum(scale, least))
+    scale = np.where(constant, np.where(low != 0, np.abs(low), 1.0).astype(weight.dtype), np.maximum(step, least))
     s64 = scale.astype(np.float64)
     offset = np.where(constant, qmin - np.sign(low), qmin - low / s64).astype(weight.dtype)
     work = np.float32 if weight.dtype == np.float16 else np.float64

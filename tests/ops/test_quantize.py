@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights as ct_quantize
 from milcompress.config import LinearQuantizeConfig
 from milcompress.errors import NotCompressible
-from milcompress.ops._arrays import expand_blocks
+from milcompress.ops._arrays import expand_blocks, largest_divisor_at_most
 from milcompress.ops.quantize import AffineParams, block_sizes_for, integer_range, quantize, quantize_blocks
 from tests.strategies import weights
 
@@ -239,14 +239,10 @@ def test_float_offsets_decode_as_coremltools_does(w, dtype, granularity):
     dtype before the product; ours gives the same values bit for bit."""
     from coremltools.converters.mil.mil.ops.defs.iOS18.compression import constexpr_blockwise_shift_scale
 
-    block = largest_divisor_at_most_helper(w.shape[1], 4)
+    block = largest_divisor_at_most(w.shape[1], 4)
     params = quantize(w, LinearQuantizeConfig(mode="linear_float_offset", dtype=dtype, granularity=granularity, block_size=block))
     theirs = constexpr_blockwise_shift_scale.decompress(params.data, params.scale, params.zero_point)
     np.testing.assert_array_equal(params.decompress(), theirs)
-
-
-def largest_divisor_at_most_helper(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
 @given(seed=st.integers(0, 10_000), dtype=st.sampled_from([np.float16, np.float32]), nbits=st.just(4))
